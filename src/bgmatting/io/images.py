@@ -1,0 +1,152 @@
+"""Image reading and writing: the one place where image files are opened or written.
+
+Arrays at this boundary are ``float32`` in ``[0, 1]``: ``(H, W)`` for gray, ``(H, W, 3)`` for RGB and
+``(H, W, 4)`` for RGBA. Writes are atomic (temporary name in the same folder, then rename), so an
+interrupted run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import BgMattingError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+_MODES = {"RGB": 3, "L": 1, "RGBA": 4}
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` has a suffix of an image format that :func:`read_image` reads."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(path: str | os.PathLike) -> list[Path]:
+    """The image files at ``path``: the file itself, or every image below a folder (recursive, sorted).
+
+    Raises :class:`BgMattingError` when the path does not exist or a folder holds no image.
+    """
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and is_image_path(f) and not f.name.startswith("."))
+        if not files:
+            raise BgMattingError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) found in folder '{p}'")
+        return files
+    raise BgMattingError(f"'{p}' does not exist")
+
+
+def _to_float(img: Image.Image, mode: str) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit (or 32-bit integer) gray: keep the precision.
+        arr = np.asarray(img, dtype=np.float32)
+        arr = arr / (65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0)
+        arr = np.clip(arr, 0.0, 1.0)
+        if mode == "L":
+            return arr
+        arr = np.repeat(arr[..., None], 3, axis=2)
+        if mode == "RGBA":
+            arr = np.concatenate([arr, np.ones_like(arr[..., :1])], axis=2)
+        return arr
+    if img.mode == "F":
+        arr = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+        return arr if mode == "L" else np.repeat(arr[..., None], _MODES[mode], axis=2)
+    if img.mode == "P":
+        img = img.convert("RGBA")  # palette images, possibly with a transparent colour
+    return np.asarray(img.convert(mode), dtype=np.float32) / 255.0
+
+
+def read_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
+    """Read an image file as ``float32`` in ``[0, 1]``, with its EXIF orientation applied.
+
+    Args:
+        path: an image file (PNG, JPEG, WebP, BMP, TIFF; 8 or 16 bit).
+        mode: ``"RGB"`` → ``(H, W, 3)``, ``"L"`` → ``(H, W)`` gray, ``"RGBA"`` → ``(H, W, 4)``.
+
+    Raises:
+        BgMattingError: the file is missing, unreadable, truncated, not an image, or too large.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {sorted(_MODES)}, not {mode!r}")
+    p = Path(path)
+    if not p.is_file():
+        raise BgMattingError(f"image '{p}' does not exist" if not p.exists() else f"'{p}' is not a file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_float(img, mode)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BgMattingError(f"image '{p}' is too large to read safely (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
+    except UnidentifiedImageError:
+        raise BgMattingError(f"'{p}' is not an image file that can be read (corrupt or unsupported format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BgMattingError(f"cannot read image '{p}': {e}") from None
+
+
+def to_uint(array: np.ndarray, bits: int = 8) -> np.ndarray:
+    """Convert a float array in ``[0, 1]`` to ``uint8`` (``bits=8``) or ``uint16`` (``bits=16``), rounding."""
+    if array.dtype == np.uint8 and bits == 8 or array.dtype == np.uint16 and bits == 16:
+        return array
+    if np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"cannot convert {array.dtype} to {bits}-bit; pass float in [0, 1]")
+    top = 255 if bits == 8 else 65535
+    out = np.rint(np.clip(array, 0.0, 1.0) * top)
+    return out.astype(np.uint8 if bits == 8 else np.uint16)
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray, bits: int = 8) -> Path:
+    """Write ``array`` atomically to ``path`` (format from the suffix).
+
+    Args:
+        array: ``(H, W)`` gray, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA; float in ``[0, 1]`` or ``uint8``.
+        bits: 8, or 16 for 16-bit gray PNG/TIFF (``(H, W)`` arrays only).
+
+    The image goes to a temporary file in the same folder first and is renamed into place, so an
+    interrupted write leaves either the old file or the complete new one.
+    """
+    p = Path(path)
+    fmt = Image.registered_extensions().get(p.suffix.lower())
+    if fmt is None:
+        raise BgMattingError(f"cannot write '{p}': unknown image format '{p.suffix}' (use .png, .jpg, .webp or .tif)")
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if bits == 16:
+        if array.ndim != 2 or fmt not in ("PNG", "TIFF"):
+            raise BgMattingError("16-bit output is only available for gray PNG/TIFF images")
+        img = Image.fromarray(to_uint(array, 16))
+    elif bits == 8:
+        data = to_uint(array, 8)
+        if data.ndim == 3 and data.shape[2] == 4 and fmt == "JPEG":
+            raise BgMattingError(f"cannot write transparency to JPEG '{p}': use .png or .webp")
+        img = Image.fromarray(data)
+    else:
+        raise ValueError("bits must be 8 or 16")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except OSError as e:
+        raise BgMattingError(f"cannot write to folder '{p.parent}': {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+        os.replace(tmp, p)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise BgMattingError(f"cannot write '{p}': {e.strerror or e}") from None
+        raise
+    return p
