@@ -1,7 +1,17 @@
-"""bgmatting: real-time, high-resolution background matting (Background Matting V2)."""
+"""bgmatting: real-time, high-resolution background matting (Background Matting V2).
 
+>>> import bgmatting
+>>> matter = bgmatting.Matter()                       # doctest: +SKIP
+>>> result = matter(src, bgr)                         # doctest: +SKIP
+"""
+
+from .batch import matte_images
 from .errors import BgMattingError
+from .models import MattingBase, MattingRefine
+from .pipeline import Matter, MatteResult
+from .weights import ModelInfo, list_models, load_model, read_state_dict, save_weights
 
 __version__ = "0.1.0"
 
-__all__ = ["BgMattingError", "__version__"]
+__all__ = ["BgMattingError", "MattingBase", "MattingRefine", "MatteResult", "Matter", "ModelInfo", "__version__",
+           "list_models", "load_model", "matte_images", "read_state_dict", "save_weights"]

@@ -93,6 +93,25 @@ def read_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
         raise BgMattingError(f"cannot read image '{p}': {e}") from None
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(H, W)`` of an image file as displayed (EXIF rotation applied), reading only its header.
+
+    Raises :class:`BgMattingError` when the file is missing or not an image.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise BgMattingError(f"image '{p}' does not exist" if not p.exists() else f"'{p}' is not a file")
+    try:
+        with Image.open(p) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except UnidentifiedImageError:
+        raise BgMattingError(f"'{p}' is not an image file that can be read (corrupt or unsupported format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BgMattingError(f"cannot read image '{p}': {e}") from None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
 def to_uint(array: np.ndarray, bits: int = 8) -> np.ndarray:
     """Convert a float array in ``[0, 1]`` to ``uint8`` (``bits=8``) or ``uint16`` (``bits=16``), rounding."""
     if array.dtype == np.uint8 and bits == 8 or array.dtype == np.uint16 and bits == 16:

@@ -1,0 +1,233 @@
+"""Matte many image files: pair sources with backgrounds, plan the outputs, run a :class:`Matter`, write.
+
+This is what ``bgmatting matte`` runs; every check happens before the first image is matted, so a
+mistake in the arguments costs nothing, and every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .errors import BgMattingError
+from .io import image_size, is_image_path, list_images, read_image, write_image
+from .pipeline import MatteResult, Matter, check_background_size, parse_colour
+
+OUTPUT_KINDS = ("com", "pha", "fgr", "err", "ref", "mask")
+
+
+@dataclass
+class Job:
+    """One image to matte: its source, background and relative output path (without suffix)."""
+
+    src: Path
+    bgr: Path
+    rel: Path
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+def _expand(arg: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """``(file, relative path)`` for a file argument (its name) or every image below a folder."""
+    p = Path(arg)
+    if p.is_dir():
+        return [(f, f.relative_to(p)) for f in list_images(p)]
+    if p.is_file():
+        if not is_image_path(p):
+            raise BgMattingError(f"'{p}' is not an image file (expected .png, .jpg, .webp, .bmp or .tif)")
+        return [(p, Path(p.name))]
+    raise BgMattingError(f"'{p}' does not exist")
+
+
+def _key(rel: Path) -> str:
+    return rel.with_suffix("").as_posix()
+
+
+def pair_inputs(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.PathLike]) -> list[Job]:
+    """Pair every source image with its background.
+
+    Rules: one background file serves every source; otherwise the i-th background argument pairs with the
+    i-th source argument (file with file, folder with folder by relative path, the suffix may differ); a
+    single background folder pairs with every source argument by relative path. All sources without a
+    background are reported together.
+    """
+    if not srcs:
+        raise BgMattingError("no source images given")
+    if not bgrs:
+        raise BgMattingError("no background given: pass the shot of the empty scene with --bgr")
+    for s in srcs:
+        if not Path(s).exists():
+            raise BgMattingError(f"source '{s}' does not exist")
+    bgr_paths = [Path(b) for b in bgrs]
+    for b in bgr_paths:
+        if not b.exists():
+            raise BgMattingError(f"background '{b}' does not exist")
+    jobs: list[Job] = []
+    missing: list[str] = []
+    if len(bgr_paths) == 1 and bgr_paths[0].is_file():
+        bgr_file = _expand(bgr_paths[0])[0][0]
+        for s in srcs:
+            jobs += [Job(f, bgr_file, rel) for f, rel in _expand(s)]
+        return _check_unique(jobs)
+    if len(bgr_paths) == 1:
+        pairs = [(s, bgr_paths[0]) for s in srcs]
+    elif len(bgr_paths) == len(srcs):
+        pairs = list(zip(srcs, bgr_paths))
+    else:
+        raise BgMattingError(f"{len(srcs)} sources but {len(bgr_paths)} backgrounds: give one background for "
+                             "all, one per source, or a folder whose relative paths match the source folder")
+    for s, b in pairs:
+        src_items = _expand(s)
+        if b.is_file():
+            if Path(s).is_dir():
+                raise BgMattingError(f"source '{s}' is a folder but its background '{b}' is a file; pass a "
+                                     "single --bgr file for all images, or a folder of backgrounds")
+            jobs.append(Job(src_items[0][0], _expand(b)[0][0], src_items[0][1]))
+            continue
+        by_key = {_key(rel): f for f, rel in _expand(b)}
+        for f, rel in src_items:
+            match = by_key.get(_key(rel))
+            if match is None:
+                missing.append(str(f))
+            else:
+                jobs.append(Job(f, match, rel))
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise BgMattingError(f"{len(missing)} source image(s) have no background with the same relative path: "
+                             f"{', '.join(missing[:5])}{more}")
+    return _check_unique(jobs)
+
+
+def _check_unique(jobs: list[Job]) -> list[Job]:
+    seen: dict[str, Path] = {}
+    for j in jobs:
+        k = _key(j.rel)
+        if k in seen and seen[k] != j.src:
+            raise BgMattingError(f"'{seen[k]}' and '{j.src}' would write the same outputs ('{k}'); "
+                                 "rename one or matte them separately")
+        seen[k] = j.src
+    return jobs
+
+
+def check_inputs(jobs: list[Job]) -> None:
+    """Read every header: all files must be images, each background the same view (aspect ratio) as its source."""
+    sizes: dict[Path, tuple[int, int]] = {}
+    for j in jobs:
+        for p in (j.src, j.bgr):
+            if p not in sizes:
+                sizes[p] = image_size(p)
+        try:
+            check_background_size(sizes[j.bgr], sizes[j.src])
+        except BgMattingError as e:
+            raise BgMattingError(f"{j.src}: {e}") from None
+
+
+def parse_outputs(text: str | Iterable[str]) -> list[str]:
+    """``'com,pha'`` → ``['com', 'pha']``, checked against :data:`OUTPUT_KINDS`."""
+    kinds = [k.strip() for k in (text.split(",") if isinstance(text, str) else text) if k.strip()]
+    bad = [k for k in kinds if k not in OUTPUT_KINDS]
+    if bad or not kinds:
+        raise BgMattingError(f"unknown output(s) {', '.join(bad) or '(none given)'}; choose from "
+                             f"{','.join(OUTPUT_KINDS)}")
+    return list(dict.fromkeys(kinds))
+
+
+def plan_outputs(jobs: list[Job], out_dir: str | os.PathLike, kinds: Sequence[str], overwrite: bool = False) -> None:
+    """Fill ``job.outputs`` with ``out_dir/<kind>/<relative path>.png``; refuse to overwrite or touch inputs."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise BgMattingError(f"output path '{out}' exists and is not a folder")
+    inputs = {j.src.resolve() for j in jobs} | {j.bgr.resolve() for j in jobs}
+    existing = []
+    for j in jobs:
+        j.outputs = {k: out / k / j.rel.with_suffix(".png") for k in kinds}
+        for path in j.outputs.values():
+            if path.resolve() in inputs:
+                raise BgMattingError(f"output '{path}' would overwrite an input; choose another output folder")
+            if path.exists():
+                existing.append(str(path))
+    if existing and not overwrite:
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        raise BgMattingError(f"{len(existing)} output file(s) exist already ({', '.join(existing[:3])}{more}); "
+                             "pass --overwrite to replace them")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".bgmatting-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise BgMattingError(f"cannot write to output folder '{out}': {e.strerror or e}") from None
+
+
+def load_target(target: str | None) -> Any:
+    """``--target-bgr``: ``None``, a colour tuple (from ``#RRGGBB`` / ``r,g,b``) or an image array."""
+    if target is None:
+        return None
+    if Path(target).is_file():
+        return read_image(target)
+    if Path(target).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"):
+        raise BgMattingError(f"target background '{target}' does not exist")
+    return parse_colour(target)
+
+
+def write_outputs(result: MatteResult, outputs: dict[str, Path], target: Any = None, pha_16bit: bool = False,
+                  mask_threshold: float = 0.5) -> None:
+    """Write the requested outputs of one matte (see :data:`OUTPUT_KINDS`)."""
+    for kind, path in outputs.items():
+        if kind == "pha":
+            write_image(path, result.pha, bits=16 if pha_16bit else 8)
+        elif kind == "fgr":
+            write_image(path, result.fgr)
+        elif kind == "com":
+            write_image(path, result.composite(target))
+        elif kind == "err":
+            write_image(path, result.err)
+        elif kind == "ref":
+            write_image(path, result.ref)
+        elif kind == "mask":
+            write_image(path, result.mask(mask_threshold).astype(np.uint8) * 255)
+
+
+def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                 matter: Matter | Callable[[], Matter], outputs: str | Sequence[str] = ("com", "pha"), target_bgr: str | None = None,
+                 overwrite: bool = False, pha_16bit: bool = False, mask_threshold: float = 0.5,
+                 progress: bool = True) -> list[Job]:
+    """Matte image files and write the outputs under ``out_dir/<kind>/<relative path>.png``.
+
+    Args:
+        srcs: image files or folders (searched recursively) with the subject.
+        bgrs: the background shot(s): one file for all sources, or files/folders paired as in :func:`pair_inputs`.
+        out_dir: output folder; outputs mirror each source's relative path.
+        matter: the :class:`Matter` that runs the model, or a function that makes one (called after every
+            argument has been checked, so that mistakes are reported before a model is loaded).
+        outputs: any of ``com`` (RGBA with straight alpha, or RGB over ``target_bgr``), ``pha`` (gray),
+            ``fgr`` (RGB), ``err``/``ref`` (gray), ``mask`` (binary: subject white where alpha ≥ ``mask_threshold``).
+        target_bgr: an image path or ``#RRGGBB``: ``com`` becomes the composite over it.
+        overwrite: replace existing outputs (inputs are never overwritten).
+
+    Returns:
+        the jobs done, with their output paths.
+    """
+    from tqdm import tqdm
+
+    kinds = parse_outputs(outputs)
+    if not 0.0 <= mask_threshold <= 1.0:
+        raise BgMattingError(f"mask threshold must be in [0, 1], got {mask_threshold}")
+    jobs = pair_inputs(srcs, bgrs)
+    check_inputs(jobs)
+    plan_outputs(jobs, out_dir, kinds, overwrite)
+    target = load_target(target_bgr)
+    if not isinstance(matter, Matter):
+        matter = matter()
+    bgr_cache: dict[Path, np.ndarray] = {}
+    for job in tqdm(jobs, desc="matting", unit="img", disable=not progress):
+        src = read_image(job.src)
+        if job.bgr not in bgr_cache:
+            bgr_cache.clear()  # keep at most one background in memory
+            bgr_cache[job.bgr] = read_image(job.bgr)
+        result = matter(src, bgr_cache[job.bgr])
+        write_outputs(result, job.outputs, target, pha_16bit, mask_threshold)
+    return jobs

@@ -1,0 +1,125 @@
+"""``bgmatting <command>``: argument parsing only; the work is done by the package's Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from fractions import Fraction
+
+from . import __version__
+from .errors import BgMattingError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit status 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _scale(text: str) -> float:
+    try:
+        value = float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number (e.g. 0.25 or 1/4)") from None
+    if not 0 < value <= 0.5:
+        raise argparse.ArgumentTypeError(f"backbone scale must be in (0, 1/2], got {text}")
+    return value
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--weights", metavar="PATH|NAME", default=None,
+                   help="weights file (original .pth/TorchScript or .safetensors) or zoo name; default: the shipped model")
+    g.add_argument("--backbone-scale", type=_scale, metavar="S", help="input scale of the base network, e.g. 1/4")
+    g.add_argument("--refine-mode", choices=("sampling", "thresholding", "full"))
+    g.add_argument("--refine-sample-pixels", type=int, metavar="N", help="pixels refined in sampling mode")
+    g.add_argument("--refine-threshold", type=float, metavar="T", help="error threshold in thresholding mode")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+
+
+def _matter(args):
+    from .pipeline import Matter
+
+    options = {k: getattr(args, k) for k in ("backbone_scale", "refine_mode", "refine_sample_pixels",
+                                                "refine_threshold") if getattr(args, k) is not None}
+    return Matter(args.weights, device=args.device, precision=args.precision, **options)
+
+
+def _cmd_matte(args) -> int:
+    from .batch import matte_images
+
+    jobs = matte_images(args.src, args.bgr, args.output, lambda: _matter(args), outputs=args.outputs, target_bgr=args.target_bgr,
+                        overwrite=args.overwrite, pha_16bit=args.pha_16bit, mask_threshold=args.mask_threshold,
+                        progress=not args.quiet)
+    if not args.quiet:
+        print(f"matted {len(jobs)} image(s) into {args.output}", file=sys.stderr)
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from .weights import DEFAULT_MODEL, list_models
+
+    rows = [("name", "architecture", "backbone", "installed", "description")]
+    for m in list_models():
+        name = m.name + (" (default)" if m.name == DEFAULT_MODEL else "")
+        rows.append((name, m.architecture, m.backbone, "yes" if m.available else "no", m.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bgmatting", description="Real-time high-resolution background matting (BGMv2).")
+    parser.add_argument("--version", action="version", version=f"bgmatting {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("matte", help="matte images given a shot of the background",
+                       description="Matte images: alpha, foreground and composites from an image and a shot of "
+                                   "the same background without the subject.")
+    p.add_argument("src", nargs="+", metavar="SRC", help="source image files or folders (recursive)")
+    p.add_argument("--bgr", nargs="+", required=True, metavar="BGR",
+                   help="background shot: one file for all sources, or files/folders matching the sources")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder")
+    p.add_argument("--outputs", default="com,pha", metavar="LIST",
+                   help="comma-separated: com,pha,fgr,err,ref,mask (default: com,pha)")
+    p.add_argument("--target-bgr", metavar="IMAGE|#RRGGBB", help="composite over this image or colour")
+    p.add_argument("--pha-16bit", action="store_true", help="write alpha as 16-bit PNG")
+    p.add_argument("--mask-threshold", type=float, default=0.5, metavar="T", help="alpha threshold of 'mask'")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_model_args(p)
+    p.set_defaults(func=_cmd_matte)
+
+    p = sub.add_parser("models", help="list the model zoo")
+    p.set_defaults(func=_cmd_models)
+    return parser
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"bgmatting: warning: {message}", file=sys.stderr if file is None else file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already printed on one line
+        return int(e.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    warnings.showwarning = _one_line_warning
+    try:
+        return args.func(args)
+    except BgMattingError as e:
+        print(f"bgmatting: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bgmatting: interrupted (finished files are complete; nothing is half-written)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

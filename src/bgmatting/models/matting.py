@@ -1,0 +1,108 @@
+"""MattingBase and MattingRefine, with the original BGMv2 parameter names and shapes.
+
+``MattingBase`` runs the backbone, ASPP and decoder on the full input; ``MattingRefine`` runs them on
+``src``/``bgr`` downsampled by ``backbone_scale`` and refines selected patches at full resolution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.segmentation.deeplabv3 import ASPP
+
+from ..errors import BgMattingError
+from .backbones import make_backbone
+from .decoder import Decoder
+from .refiner import Refiner
+
+HIDDEN_CHANNELS = 32
+_OUT_CHANNELS = 1 + 3 + 1 + HIDDEN_CHANNELS  # pha, fgr residual, err, hid
+
+
+def _check_pair(src: torch.Tensor, bgr: torch.Tensor, multiple: int = 1) -> None:
+    if src.ndim != 4 or src.shape[1] != 3:
+        raise BgMattingError(f"src must be a (B, 3, H, W) tensor, got shape {tuple(src.shape)}")
+    if bgr.shape != src.shape:
+        raise BgMattingError(f"src and bgr must have the same shape, got {tuple(src.shape)} and {tuple(bgr.shape)}")
+    h, w = src.shape[2:]
+    if h % multiple or w % multiple:
+        raise BgMattingError(f"the model needs H and W divisible by {multiple}, got {h}x{w} "
+                             "(bgmatting.Matter pads any size for you)")
+
+
+class MattingBase(nn.Module):
+    """The base network: backbone → ASPP (rates 3, 6, 9) → decoder.
+
+    Args:
+        backbone: ``"resnet50"``, ``"resnet101"`` or ``"mobilenetv2"``.
+
+    ``forward(src, bgr)`` with ``src``, ``bgr`` ``(B, 3, H, W)`` in [0, 1] returns ``(pha, fgr, err, hid)``:
+    ``pha`` ``(B, 1, H, W)`` in [0, 1], ``fgr`` ``(B, 3, H, W)`` = clamp(residual + src, 0, 1), ``err``
+    ``(B, 1, H, W)`` in [0, 1], ``hid`` ``(B, 32, H, W)`` ≥ 0.
+    """
+
+    def __init__(self, backbone: str = "resnet50"):
+        super().__init__()
+        self.backbone_name = backbone
+        self.backbone = make_backbone(backbone, in_channels=6)
+        deep, *skips = self.backbone.channels
+        self.aspp = ASPP(deep, [3, 6, 9])
+        self.decoder = Decoder((256, 128, 64, 48, _OUT_CHANNELS), tuple(skips))
+
+    def _coarse(self, src: torch.Tensor, bgr: torch.Tensor):
+        """Base network: ``pha`` in [0, 1], foreground *residual*, ``err`` in [0, 1], ``hid`` ≥ 0."""
+        x, *skips = self.backbone(torch.cat([src, bgr], dim=1))
+        x = self.decoder(self.aspp(x), *skips)
+        pha = x[:, 0:1].clamp(0.0, 1.0)
+        fgr_res = x[:, 1:4]
+        err = x[:, 4:5].clamp(0.0, 1.0)
+        hid = x[:, 5:].relu()
+        return pha, fgr_res, err, hid
+
+    def forward(self, src: torch.Tensor, bgr: torch.Tensor):
+        _check_pair(src, bgr)
+        pha, fgr_res, err, hid = self._coarse(src, bgr)
+        return pha, (fgr_res + src).clamp(0.0, 1.0), err, hid
+
+
+class MattingRefine(MattingBase):
+    """Base network at ``backbone_scale`` plus the patch refiner at full resolution.
+
+    Args:
+        backbone: ``"resnet50"``, ``"resnet101"`` or ``"mobilenetv2"``.
+        backbone_scale: downsampling of the input to the base network, in (0, 1/2].
+        refine_mode: ``"sampling"``, ``"thresholding"`` or ``"full"``.
+        refine_sample_pixels: pixels refined in sampling mode (``// 16`` patches of 4×4).
+        refine_threshold: error threshold in thresholding mode.
+        refine_kernel_size: 3 (the released models) or 1.
+        refine_prevent_oversampling: in sampling mode, skip patches with zero error.
+
+    ``forward(src, bgr)`` with ``(B, 3, H, W)`` inputs in [0, 1] (``H``, ``W`` multiples of 4) returns
+    ``(pha, fgr, pha_sm, fgr_sm, err_sm, ref_sm)``: ``pha`` ``(B, 1, H, W)`` and ``fgr`` ``(B, 3, H, W)`` in [0, 1];
+    the coarse ``pha_sm``, ``fgr_sm``, ``err_sm`` at ``(H·s, W·s)``; ``ref_sm`` ``(B, 1, H/4, W/4)``, 1 where refined.
+    """
+
+    def __init__(self, backbone: str = "resnet50", backbone_scale: float = 1 / 4, refine_mode: str = "sampling",
+                 refine_sample_pixels: int = 80_000, refine_threshold: float = 0.1, refine_kernel_size: int = 3,
+                 refine_prevent_oversampling: bool = True):
+        if not 0 < backbone_scale <= 0.5:
+            raise BgMattingError(f"backbone_scale must be in (0, 1/2], got {backbone_scale}")
+        super().__init__(backbone)
+        self.backbone_scale = backbone_scale
+        self.refiner = Refiner(refine_mode, refine_sample_pixels, refine_threshold, refine_kernel_size,
+                               refine_prevent_oversampling)
+
+    def forward(self, src: torch.Tensor, bgr: torch.Tensor):
+        _check_pair(src, bgr, multiple=4)
+        src_sm, bgr_sm = (F.interpolate(t, scale_factor=self.backbone_scale, mode="bilinear", align_corners=False,
+                                        recompute_scale_factor=True) for t in (src, bgr))
+        pha_sm, fgr_sm, err_sm, hid_sm = self._coarse(src_sm, bgr_sm)
+        pha, fgr, ref_sm = self.refiner(src, bgr, pha_sm, fgr_sm, err_sm, hid_sm)
+        pha = pha.clamp(0.0, 1.0)
+        fgr = (fgr + src).clamp(0.0, 1.0)
+        fgr_sm = (fgr_sm + src_sm).clamp(0.0, 1.0)
+        return pha, fgr, pha_sm, fgr_sm, err_sm, ref_sm
+
+
+

@@ -1,0 +1,148 @@
+"""The BGMv2 refiner: re-predicts alpha and foreground residual on selected 4×4 patches at full resolution.
+
+Selection works on the coarse error map upsampled to 1/4 resolution, where each pixel stands for one 4×4
+patch of the full image:
+
+* ``"sampling"``: the ``sample_pixels // 16`` patches with the largest error (top-k per image); with
+  ``prevent_oversampling`` patches whose error is exactly 0 are dropped.
+* ``"thresholding"``: every patch whose error is above ``threshold``.
+* ``"full"``: no selection; the refiner runs densely over the whole image.
+
+Stage 1 runs on 8×8 crops (4×4 patch plus a 2-pixel border) of ``[hid, pha, fgr]`` and ``[src, bgr]``, both
+resized to 1/2 resolution; two 3×3 valid convs (+BN+ReLU) shrink them to 4×4. Stage 2 upsamples that to 8×8
+(nearest), adds the full-resolution ``[src, bgr]`` crop, and two more 3×3 valid convs give the 4×4 patch.
+With ``kernel_size=1`` the crops carry no border.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REFINE_MODES = ("full", "sampling", "thresholding")
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def crop_patches(x: torch.Tensor, idx: torch.Tensor, size: int, border: int) -> torch.Tensor:
+    """Crop the patch-grid cells ``idx`` out of ``x``.
+
+    Args:
+        x: ``(B, C, H, W)``, where ``H`` and ``W`` are multiples of ``size``.
+        idx: ``(N, 3)`` long tensor of ``(batch, row, col)`` patch-grid coordinates.
+        size: the grid cell size in pixels.
+        border: extra pixels on each side (zero outside the image).
+
+    Returns:
+        ``(N, C, size + 2*border, size + 2*border)``.
+    """
+    if border:
+        x = F.pad(x, (border, border, border, border))
+    k = size + 2 * border
+    windows = x.unfold(2, k, size).unfold(3, k, size)  # (B, C, H/size, W/size, k, k), a view
+    return windows[idx[:, 0], :, idx[:, 1], idx[:, 2]]
+
+
+def paste_patches(x: torch.Tensor, patches: torch.Tensor, idx: torch.Tensor, size: int = 4) -> torch.Tensor:
+    """Return ``x`` ``(B, C, H, W)`` with the grid cells ``idx`` replaced by ``patches`` ``(N, C, size, size)``."""
+    b, c, h, w = x.shape
+    grid = x.reshape(b, c, h // size, size, w // size, size).permute(0, 2, 4, 1, 3, 5).clone()
+    grid[idx[:, 0], idx[:, 1], idx[:, 2]] = patches.to(grid.dtype)
+    return grid.permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+class Refiner(nn.Module):
+    """Patch refiner. ``forward(src, bgr, pha, fgr, err, hid) -> (pha, fgr, ref)``.
+
+    Inputs: ``src``, ``bgr`` ``(B, 3, H, W)`` in [0, 1] with ``H``, ``W`` multiples of 4; ``pha`` ``(B, 1, h, w)``,
+    ``fgr`` ``(B, 3, h, w)`` (the foreground *residual*), ``err`` ``(B, 1, h, w)``, ``hid`` ``(B, 32, h, w)`` from
+    the base network at any coarse size ``(h, w)``.
+
+    Returns full-resolution ``pha`` ``(B, 1, H, W)`` and ``fgr`` residual ``(B, 3, H, W)`` (not clamped), and
+    ``ref`` ``(B, 1, H/4, W/4)``: 1 where a patch was refined.
+    """
+
+    def __init__(self, mode: str = "sampling", sample_pixels: int = 80_000, threshold: float = 0.1,
+                 kernel_size: int = 3, prevent_oversampling: bool = True):
+        super().__init__()
+        if mode not in REFINE_MODES:
+            raise ValueError(f"refine mode must be one of {', '.join(REFINE_MODES)}, not {mode!r}")
+        if kernel_size not in (1, 3):
+            raise ValueError(f"refine kernel size must be 1 or 3, not {kernel_size!r}")
+        self.mode = mode
+        self.sample_pixels = sample_pixels
+        self.threshold = threshold
+        self.kernel_size = kernel_size
+        self.prevent_oversampling = prevent_oversampling
+        hid, src_bgr, coarse = 32, 6, 4  # channels of hid, [src, bgr] and [pha, fgr]
+        self.conv1 = nn.Conv2d(hid + coarse + src_bgr, 24, kernel_size, bias=False)
+        self.bn1 = nn.BatchNorm2d(24)
+        self.conv2 = nn.Conv2d(24, 16, kernel_size, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.conv3 = nn.Conv2d(16 + src_bgr, 12, kernel_size, bias=False)
+        self.bn3 = nn.BatchNorm2d(12)
+        self.conv4 = nn.Conv2d(12, 4, kernel_size, bias=True)
+        self.relu = nn.ReLU(True)
+
+    def extra_repr(self) -> str:
+        return (f"mode={self.mode!r}, sample_pixels={self.sample_pixels}, threshold={self.threshold}, "
+                f"kernel_size={self.kernel_size}, prevent_oversampling={self.prevent_oversampling}")
+
+    def select(self, err: torch.Tensor) -> torch.Tensor:
+        """Which patches to refine: ``err`` ``(B, 1, h, w)`` at 1/4 resolution → ``ref`` ``(B, 1, h, w)`` of 0/1."""
+        if self.mode == "sampling":
+            b, _, h, w = err.shape
+            flat = err.reshape(b, h * w)
+            k = min(self.sample_pixels // 16, h * w)
+            ref = torch.zeros_like(flat)
+            top = flat.topk(k, dim=1, sorted=False).indices
+            ref.scatter_(1, top, 1.0)
+            if self.prevent_oversampling:
+                ref = ref * (flat > 0).to(ref.dtype)
+            return ref.reshape(b, 1, h, w)
+        return (err > self.threshold).to(err.dtype)
+
+    def _stage1(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(x)))
+
+    def _stage2(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv4(self.relu(self.bn3(self.conv3(x))))
+
+    def forward(self, src, bgr, pha, fgr, err, hid):
+        H, W = src.shape[2:]
+        half, quarter = (H // 2, W // 2), (H // 4, W // 4)
+        src_bgr = torch.cat([src, bgr], dim=1)
+        coarse = torch.cat([hid, pha, fgr], dim=1)
+        k3 = self.kernel_size == 3
+
+        if self.mode == "full":
+            x = _resize(coarse, half)
+            y = _resize(src_bgr, half)
+            if k3:  # 3 px of zeros on each side: two valid 3×3 convs leave a 1 px border for stage 2
+                x, y = F.pad(x, (3, 3, 3, 3)), F.pad(y, (3, 3, 3, 3))
+            x = self._stage1(torch.cat([x, y], dim=1))
+            if k3:
+                x = F.interpolate(x, size=(H + 4, W + 4), mode="nearest")
+                y = F.pad(src_bgr, (2, 2, 2, 2))
+            else:
+                x = F.interpolate(x, size=(H, W), mode="nearest")
+                y = src_bgr
+            out = self._stage2(torch.cat([x, y], dim=1))
+            ref = torch.ones(src.shape[0], 1, quarter[0], quarter[1], device=src.device, dtype=src.dtype)
+            return out[:, :1], out[:, 1:], ref
+
+        ref = self.select(_resize(err, quarter))
+        idx = torch.nonzero(ref[:, 0])  # (N, 3): batch, row, col on the 1/4 grid
+        out = _resize(torch.cat([pha, fgr], dim=1), (H, W))
+        if idx.shape[0] > 0:
+            x = crop_patches(_resize(coarse, half), idx, 2, 3 if k3 else 0)
+            y = crop_patches(_resize(src_bgr, half), idx, 2, 3 if k3 else 0)
+            x = self._stage1(torch.cat([x, y], dim=1))
+            x = F.interpolate(x, size=(8, 8) if k3 else (4, 4), mode="nearest")
+            y = crop_patches(src_bgr, idx, 4, 2 if k3 else 0)
+            out = paste_patches(out, self._stage2(torch.cat([x, y], dim=1)), idx)
+        return out[:, :1], out[:, 1:], ref

@@ -1,0 +1,290 @@
+"""``Matter``: matte frames of any size and type with one call.
+
+It converts numpy / PIL / tensor inputs to ``(B, 3, H, W)`` float tensors in [0, 1], pads them (replicate,
+bottom/right) to the size the model needs, runs the model on the chosen device and precision, crops back
+and returns alpha, foreground, error and refinement maps at the input size.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import BgMattingError
+from .models import MattingBase, MattingRefine
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SIZE_MULTIPLE = 4  # the refiner works on 4×4 patches of the full image
+
+ImageLike = Union[np.ndarray, torch.Tensor, "PIL.Image.Image"]  # noqa: F821
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+def to_tensor(image: Any, name: str = "image") -> torch.Tensor:
+    """Convert an image to a ``(B, 3, H, W)`` float32 tensor in [0, 1].
+
+    Accepts numpy arrays ``(H, W)``, ``(H, W, 1|3|4)`` of uint8, uint16 or float (taken as [0, 1]); PIL
+    images; tensors ``(H, W)``, ``(C, H, W)`` or ``(B, C, H, W)`` (uint8 or float). Gray is repeated to RGB;
+    a fourth (alpha) channel is dropped with a warning.
+    """
+    if hasattr(image, "mode") and hasattr(image, "convert"):  # PIL image
+        image = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "LA", "PA") else "RGB"))
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim != 3:
+            raise BgMattingError(f"{name} must be an (H, W) or (H, W, C) array, got shape {image.shape}")
+        if arr.dtype == np.uint16:
+            arr = arr.astype(np.float32) / 65535.0
+        elif arr.dtype == np.uint8:
+            arr = arr.astype(np.float32) / 255.0
+        elif arr.dtype == np.bool_:
+            arr = arr.astype(np.float32)
+        elif not np.issubdtype(arr.dtype, np.floating):
+            raise BgMattingError(f"{name} has unsupported dtype {arr.dtype}; use uint8, uint16 or float in [0, 1]")
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1)[None]
+    elif isinstance(image, torch.Tensor):
+        t = image
+        if t.ndim == 2:
+            t = t[None, None]
+        elif t.ndim == 3:
+            t = t[None]
+        if t.ndim != 4:
+            raise BgMattingError(f"{name} must be an (H, W), (C, H, W) or (B, C, H, W) tensor, got {tuple(image.shape)}")
+    else:
+        raise BgMattingError(f"{name} must be a numpy array, PIL image or torch tensor, not {type(image).__name__}")
+    if t.dtype == torch.uint8:
+        t = t.float() / 255.0
+    elif t.dtype == torch.bool:
+        t = t.float()
+    elif t.is_floating_point():
+        t = t.float()
+    else:
+        raise BgMattingError(f"{name} has unsupported dtype {t.dtype}; use uint8, uint16 or float in [0, 1]")
+    c = t.shape[1]
+    if c == 4:
+        warnings.warn(f"{name} has an alpha channel; it is ignored", stacklevel=3)
+        t = t[:, :3]
+    elif c == 1:
+        t = t.expand(-1, 3, -1, -1)
+    elif c != 3:
+        raise BgMattingError(f"{name} must have 1, 3 or 4 channels, got {c}")
+    if t.shape[2] < 1 or t.shape[3] < 1:
+        raise BgMattingError(f"{name} is empty ({t.shape[2]}x{t.shape[3]})")
+    return t.clamp(0.0, 1.0)
+
+
+def check_background_size(bgr_size: tuple[int, int], src_size: tuple[int, int], tolerance: float = 0.01) -> None:
+    """Raise BgMattingError unless a background of ``(h, w)`` can serve a source of ``(H, W)`` (same aspect ratio)."""
+    (h, w), (H, W) = bgr_size, src_size
+    if abs((w / h) / (W / H) - 1.0) > tolerance:
+        raise BgMattingError(f"background is {w}x{h} but the source is {W}x{H}: the background shot must show the "
+                             "same view as the source (same aspect ratio)")
+
+
+def match_background(bgr: torch.Tensor, size: tuple[int, int], tolerance: float = 0.01) -> torch.Tensor:
+    """Resize ``bgr`` to ``size`` when its aspect ratio matches (with a warning), else raise BgMattingError."""
+    h, w = bgr.shape[2:]
+    if (h, w) == tuple(size):
+        return bgr
+    H, W = size
+    check_background_size((h, w), (H, W), tolerance)
+    warnings.warn(f"background {w}x{h} resized to the source size {W}x{H}", stacklevel=3)
+    return F.interpolate(bgr, size=(H, W), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> torch.Tensor:
+    """Replicate-pad ``x`` ``(B, C, H, W)`` at the bottom and right so that H and W are multiples of ``multiple``."""
+    h, w = x.shape[2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (0, pw, 0, ph), mode="replicate")
+
+
+def parse_colour(text: str) -> tuple[float, float, float]:
+    """``'#RRGGBB'``, ``'#RGB'`` or ``'r,g,b'`` (0-255) → an RGB tuple in [0, 1]."""
+    s = text.strip()
+    m = re.fullmatch(r"#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})", s)
+    if m:
+        h = m.group(1)
+        if len(h) == 3:
+            h = "".join(c * 2 for c in h)
+        return tuple(int(h[i:i + 2], 16) / 255.0 for i in (0, 2, 4))
+    parts = s.split(",")
+    if len(parts) == 3:
+        try:
+            vals = [float(p) for p in parts]
+        except ValueError:
+            vals = []
+        if vals and all(0 <= v <= 255 for v in vals):
+            return tuple(v / 255.0 for v in vals)
+    raise BgMattingError(f"'{text}' is not a colour; use #RRGGBB (e.g. #00ff00) or r,g,b with values 0-255")
+
+
+# --------------------------------------------------------------------------------------------- results
+
+@dataclass
+class MatteResult:
+    """The matte of one image, at the input size.
+
+    Attributes:
+        pha: alpha ``(H, W)`` float32 in [0, 1].
+        fgr: foreground colour ``(H, W, 3)`` float32 in [0, 1] (meaningful where ``pha > 0``).
+        err: the base network's error estimate, upsampled, ``(H, W)`` float32 in [0, 1].
+        ref: ``(H, W)`` float32, 1 where the refiner re-predicted a 4×4 patch (all 0 for ``MattingBase``).
+    """
+
+    pha: np.ndarray
+    fgr: np.ndarray
+    err: np.ndarray
+    ref: np.ndarray
+
+    def mask(self, threshold: float = 0.5) -> np.ndarray:
+        """Hard segmentation ``(H, W)`` bool: True where ``pha >= threshold`` (subject)."""
+        return self.pha >= threshold
+
+    def composite(self, target: Any = None) -> np.ndarray:
+        """Composite the foreground over ``target``.
+
+        Args:
+            target: ``None`` → RGBA ``(H, W, 4)`` with straight (un-premultiplied) alpha; a colour
+                (``'#RRGGBB'`` or an RGB tuple in [0, 1]) or an image (array/PIL/tensor, resized to cover the frame)
+                → RGB ``(H, W, 3)`` = ``pha·fgr + (1 − pha)·target``. All float32 in [0, 1].
+        """
+        pha = self.pha[..., None]
+        if target is None:
+            return np.concatenate([self.fgr, pha], axis=2).astype(np.float32)
+        if isinstance(target, str):
+            target = parse_colour(target)
+        if isinstance(target, (tuple, list)) and len(target) == 3 and all(np.isscalar(v) for v in target):
+            bg = np.asarray(target, dtype=np.float32).reshape(1, 1, 3)
+        else:
+            bg = cover_resize(to_tensor(target, "target background"), self.pha.shape)
+            bg = bg[0].permute(1, 2, 0).numpy()
+        return (pha * self.fgr + (1.0 - pha) * bg).astype(np.float32)
+
+
+def cover_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Scale ``x`` ``(B, C, h, w)`` to cover ``size`` (keeping its aspect ratio) and centre-crop to it."""
+    H, W = size
+    h, w = x.shape[2:]
+    if (h, w) == (H, W):
+        return x
+    s = max(H / h, W / w)
+    nh, nw = max(H, round(h * s)), max(W, round(w * s))
+    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    top, left = (nh - H) // 2, (nw - W) // 2
+    return x[:, :, top:top + H, left:left + W].clamp(0, 1)
+
+
+# --------------------------------------------------------------------------------------------- Matter
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``'auto'`` → CUDA when available, else CPU; otherwise the named device, checked to exist."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise BgMattingError(f"unknown device '{device}'; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BgMattingError("CUDA was requested but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+class Matter:
+    """Background matting for frames of any size.
+
+    Args:
+        model: a ``MattingBase``/``MattingRefine`` module, a zoo name, a weights path, or ``None`` for the
+            default model (see :func:`bgmatting.load_model`).
+        device: ``'auto'`` (CUDA if available), ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
+        precision: ``'fp32'``, ``'fp16'`` (CUDA only) or ``'bf16'``: autocast for the network.
+        **model_options: refiner options passed to :func:`bgmatting.load_model` when ``model`` is not a module.
+
+    Example:
+        >>> matter = Matter("mobilenetv2")                          # doctest: +SKIP
+        >>> result = matter(src_rgb_uint8, bgr_rgb_uint8)            # doctest: +SKIP
+        >>> result.pha.shape, result.composite("#00ff00").shape      # doctest: +SKIP
+        ((1080, 1920), (1080, 1920, 3))
+    """
+
+    def __init__(self, model: nn.Module | str | os.PathLike | None = None, device: str = "auto",
+                 precision: str = "fp32", **model_options):
+        if precision not in PRECISIONS:
+            raise BgMattingError(f"precision must be one of {', '.join(PRECISIONS)}, not '{precision}'")
+        self.device = resolve_device(device)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise BgMattingError("fp16 needs a CUDA GPU; on the CPU use --precision fp32 or bf16")
+        if not isinstance(model, nn.Module):
+            from .weights import load_model
+
+            model = load_model(model, **model_options)
+        elif model_options:
+            raise BgMattingError("model options can only be given when Matter loads the model itself")
+        if not isinstance(model, (MattingBase, MattingRefine)):
+            raise BgMattingError(f"Matter needs a MattingBase or MattingRefine model, not {type(model).__name__}")
+        self.model = model.eval().to(self.device)
+        self.precision = precision
+
+    @torch.inference_mode()
+    def forward_tensors(self, src: torch.Tensor, bgr: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run the model on a batch of any size.
+
+        Args:
+            src, bgr: ``(B, 3, H, W)`` float in [0, 1], same shape (any H, W).
+
+        Returns:
+            dict of float32 tensors on the model's device, at ``(H, W)``: ``pha`` ``(B, 1, H, W)``, ``fgr``
+            ``(B, 3, H, W)``, ``err`` ``(B, 1, H, W)``, ``ref`` ``(B, 1, H, W)``.
+        """
+        h, w = src.shape[2:]
+        src = pad_to_multiple(src.to(self.device, torch.float32))
+        bgr = pad_to_multiple(bgr.to(self.device, torch.float32))
+        dtype = PRECISIONS[self.precision]
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            out = self.model(src, bgr)
+        H, W = src.shape[2:]
+        if isinstance(self.model, MattingRefine):
+            pha, fgr, _pha_sm, _fgr_sm, err, ref = out
+            ref = F.interpolate(ref.float(), size=(H, W), mode="nearest")
+        else:
+            pha, fgr, err, _hid = out
+            ref = torch.zeros_like(pha)
+        if err.shape[2:] != (H, W):
+            err = F.interpolate(err.float(), size=(H, W), mode="bilinear", align_corners=False)
+        crop = (slice(None), slice(None), slice(0, h), slice(0, w))
+        return {k: v[crop].float().clamp(0, 1) for k, v in (("pha", pha), ("fgr", fgr), ("err", err), ("ref", ref))}
+
+    def __call__(self, src: ImageLike, bgr: ImageLike) -> MatteResult:
+        """Matte one image.
+
+        Args:
+            src: the image with the subject: numpy ``(H, W[, C])`` uint8/uint16/float in [0, 1], PIL image, or
+                tensor ``(C, H, W)``/``(1, C, H, W)``. Gray or RGB; RGBA's alpha is ignored with a warning.
+            bgr: the shot of the same background without the subject, in any of those forms; a different size
+                with the same aspect ratio is resized (with a warning).
+
+        Returns:
+            :class:`MatteResult` with numpy arrays at the size of ``src``.
+        """
+        s = to_tensor(src, "source image")
+        b = to_tensor(bgr, "background image")
+        if s.shape[0] != 1 or b.shape[0] != 1:
+            raise BgMattingError("Matter() takes one image at a time; use forward_tensors() for batches")
+        b = match_background(b, tuple(s.shape[2:]))
+        out = self.forward_tensors(s, b)
+        arr = {k: v[0].permute(1, 2, 0).cpu().numpy() for k, v in out.items()}
+        return MatteResult(pha=arr["pha"][..., 0], fgr=np.ascontiguousarray(arr["fgr"]), err=arr["err"][..., 0],
+                           ref=arr["ref"][..., 0])

@@ -1,0 +1,395 @@
+"""Model zoo and weight files: our safetensors, the original BGMv2 ``.pth`` state_dicts and TorchScript exports.
+
+Every file is treated as data, never as code: ``.pth`` files go through ``torch.load(weights_only=True)``;
+TorchScript archives are read by a restricted unpickler that only rebuilds tensors (no TorchScript code is
+loaded or run); safetensors hold nothing but tensors and a JSON header.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import BgMattingError
+from .models import BACKBONES, REFINE_MODES, MattingBase, MattingRefine
+
+FORMAT_TAG = "bgmatting"
+REFINE_OPTIONS = ("backbone_scale", "refine_mode", "refine_sample_pixels", "refine_threshold",
+                  "refine_prevent_oversampling")
+_ARCHITECTURES = {"MattingBase": MattingBase, "MattingRefine": MattingRefine}
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A named model of the zoo.
+
+    Attributes:
+        name: registry name, e.g. ``"mobilenetv2"``.
+        file: the safetensors file name inside the package's ``assets`` folder.
+        architecture: ``"MattingRefine"`` or ``"MattingBase"``.
+        backbone: ``"resnet50"``, ``"resnet101"`` or ``"mobilenetv2"``.
+        description: one line on what it is and what it was trained on.
+        defaults: constructor options the weights were made for (``backbone_scale``, ``refine_mode``, ...).
+    """
+
+    name: str
+    file: str
+    architecture: str
+    backbone: str
+    description: str
+    defaults: dict = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return Path(str(resources.files("bgmatting") / "assets" / self.file))
+
+    @property
+    def available(self) -> bool:
+        """Whether the weights file ships with this installation."""
+        return self.path.is_file()
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+DEFAULT_MODEL = "mobilenetv2"
+
+
+def register_model(info: ModelInfo) -> ModelInfo:
+    """Add ``info`` to the zoo (replacing an entry of the same name)."""
+    _REGISTRY[info.name] = info
+    return info
+
+
+def list_models(available_only: bool = False) -> list[ModelInfo]:
+    """The registered models, default first; ``available_only`` keeps those whose weights are installed."""
+    infos = sorted(_REGISTRY.values(), key=lambda i: (i.name != DEFAULT_MODEL, i.name))
+    return [i for i in infos if i.available or not available_only]
+
+
+register_model(ModelInfo(
+    name="mobilenetv2", file="bgmatting_mobilenetv2.safetensors", architecture="MattingRefine",
+    backbone="mobilenetv2",
+    description="MattingRefine, MobileNetV2, trained by bgmatting on its offline corpus (see DATA.md)",
+    defaults={"backbone_scale": 0.25, "refine_mode": "sampling", "refine_sample_pixels": 80_000},
+))
+register_model(ModelInfo(
+    name="resnet50", file="bgmatting_resnet50.safetensors", architecture="MattingRefine", backbone="resnet50",
+    description="MattingRefine, ResNet-50, trained by bgmatting on its offline corpus (see DATA.md)",
+    defaults={"backbone_scale": 0.25, "refine_mode": "sampling", "refine_sample_pixels": 80_000},
+))
+
+
+# --------------------------------------------------------------------------------------------- file readers
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    size = int.from_bytes(head[:8], "little")
+    return 0 < size < 100_000_000 and head[8:9] == b"{"
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BgMattingError(f"'{path}' is not a valid safetensors file: {e}") from None
+
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+
+
+class _ScriptObject:
+    """Stands in for a TorchScript module class: keeps only the attribute dict it is built with."""
+
+    def __init__(self, *args):
+        self.state: dict = {}
+
+    def __setstate__(self, state):
+        self.state = state if isinstance(state, dict) else {}
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_):
+    return torch.as_strided(storage, size, stride, offset).clone()
+
+
+def _build_list(*args):
+    return list(args[0]) if len(args) == 1 else list(args)
+
+
+class _TorchScriptUnpickler(pickle.Unpickler):
+    """Reads a TorchScript archive's ``data.pkl`` as plain data: tensors and attribute dicts, nothing else."""
+
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str):
+        super().__init__(io.BytesIO(data))
+        self.archive, self.prefix = archive, prefix
+
+    def find_class(self, module: str, name: str):
+        if module.startswith("__torch__"):
+            return _ScriptObject
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return _rebuild_tensor
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if module == "collections" and name == "OrderedDict":
+            from collections import OrderedDict
+            return OrderedDict
+        if module == "torch.jit._pickle" and name.startswith("build_") and name.endswith("list"):
+            return _build_list
+        raise pickle.UnpicklingError(f"refusing to load '{module}.{name}' from a TorchScript file")
+
+    def persistent_load(self, pid):
+        kind, dtype, key, _location, numel = pid
+        if kind != "storage" or not isinstance(dtype, torch.dtype):
+            raise pickle.UnpicklingError(f"unexpected storage record {pid!r}")
+        raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
+        t = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        return t[:numel]
+
+
+def _collect_tensors(obj: _ScriptObject, prefix: str = "", out: dict | None = None) -> dict[str, torch.Tensor]:
+    out = {} if out is None else out
+    for name, value in obj.state.items():
+        if not isinstance(name, str) or name.startswith("_"):
+            continue
+        if isinstance(value, torch.Tensor):
+            out[prefix + name] = value
+        elif isinstance(value, _ScriptObject):
+            _collect_tensors(value, f"{prefix}{name}.", out)
+    return out
+
+
+def _read_torchscript(path: Path, archive: zipfile.ZipFile) -> dict[str, torch.Tensor]:
+    data_pkl = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+    if not data_pkl:
+        raise BgMattingError(f"'{path}' looks like a TorchScript archive but has no data.pkl")
+    prefix = data_pkl[0][: -len("data.pkl")]
+    try:
+        root = _TorchScriptUnpickler(archive.read(data_pkl[0]), archive, prefix).load()
+    except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as e:
+        raise BgMattingError(f"cannot read weights from TorchScript file '{path}': {e}") from None
+    if not isinstance(root, _ScriptObject):
+        raise BgMattingError(f"'{path}' does not hold a TorchScript module")
+    return _collect_tensors(root)
+
+
+def _read_torch(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+        raise BgMattingError(f"'{path}' holds more than weights and is not loaded for safety ({first[:160]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise BgMattingError(f"'{path}' is not a readable PyTorch weights file: {str(e).splitlines()[0][:160]}") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise BgMattingError(f"'{path}' does not hold a state_dict (a mapping of parameter names to tensors)")
+    return dict(obj)
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read the tensors of a weights file of any supported kind, safely.
+
+    Returns ``(state_dict, metadata)``; metadata is empty except for our own safetensors files. Prefixes
+    ``model.`` (TorchScript wrappers) and ``module.`` (DistributedDataParallel) are removed.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise BgMattingError(f"weights file '{p}' does not exist")
+    if not p.is_file():
+        raise BgMattingError(f"weights path '{p}' is not a file")
+    meta: dict[str, str] = {}
+    if _is_safetensors(p):
+        state, meta = _read_safetensors(p)
+    elif zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as archive:
+            names = archive.namelist()
+            if any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names):
+                state = _read_torchscript(p, archive)
+            else:
+                state = None
+        if state is None:
+            state = _read_torch(p)
+    else:
+        with open(p, "rb") as f:
+            magic = f.read(2)
+        if magic[:1] != b"\x80":  # legacy torch.save files start with a pickle protocol opcode
+            raise BgMattingError(f"'{p}' is not a weights file (.pth state_dict, TorchScript or .safetensors)")
+        state = _read_torch(p)
+    for prefix in ("model.", "module."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state, meta
+
+
+# --------------------------------------------------------------------------------------------- building models
+
+def detect_config(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Architecture, backbone and refiner kernel size of a BGMv2 state_dict, from its key names and shapes."""
+    if "backbone.features.0.0.weight" in state:
+        backbone = "mobilenetv2"
+    elif "backbone.layer3.0.conv1.weight" in state:
+        backbone = "resnet101" if "backbone.layer3.6.conv1.weight" in state else "resnet50"
+    else:
+        raise BgMattingError("these weights are not a Background Matting V2 model: no 'backbone.*' parameters "
+                             f"(first keys: {', '.join(list(state)[:3]) or 'none'})")
+    cfg: dict[str, Any] = {"architecture": "MattingBase", "backbone": backbone}
+    if any(k.startswith("refiner.") for k in state):
+        cfg["architecture"] = "MattingRefine"
+        w = state.get("refiner.conv1.weight")
+        if w is not None and w.ndim == 4:
+            cfg["refine_kernel_size"] = int(w.shape[-1])
+    return cfg
+
+
+def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state and state[k].shape != v.shape]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs model)", mismatched)):
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            problems.append(f"{len(keys)} {label}: {', '.join(keys[:3])}{more}")
+    if problems:
+        raise BgMattingError(f"weights '{source}' do not fit {type(model).__name__}"
+                             f"({getattr(model, 'backbone_name', '?')}): " + "; ".join(problems))
+
+
+def build_model(architecture: str, backbone: str, **options) -> nn.Module:
+    """Construct a ``MattingBase``/``MattingRefine`` from names, with clear errors for bad values."""
+    if architecture not in _ARCHITECTURES:
+        raise BgMattingError(f"unknown architecture '{architecture}'; choose MattingBase or MattingRefine")
+    if backbone not in BACKBONES:
+        raise BgMattingError(f"unknown backbone '{backbone}'; choose one of {', '.join(BACKBONES)}")
+    if architecture == "MattingBase":
+        return MattingBase(backbone)
+    mode = options.get("refine_mode", "sampling")
+    if mode not in REFINE_MODES:
+        raise BgMattingError(f"refine mode must be one of {', '.join(REFINE_MODES)}, not '{mode}'")
+    if options.get("refine_sample_pixels", 16) < 16:
+        raise BgMattingError("refine_sample_pixels must be at least 16 (one 4x4 patch)")
+    if not 0.0 <= options.get("refine_threshold", 0.1) <= 1.0:
+        raise BgMattingError("refine_threshold must be in [0, 1]")
+    return MattingRefine(backbone, **options)
+
+
+def load_model(source: str | os.PathLike | None = None, **overrides) -> nn.Module:
+    """Load a matting model, ready for inference (eval mode, float32, CPU).
+
+    Args:
+        source: ``None`` for the default model of the zoo; a zoo name (see :func:`list_models`); or the
+            path of an original BGMv2 ``.pth`` state_dict, an original TorchScript export, or one of our
+            ``.safetensors`` files. The architecture (``MattingBase``/``MattingRefine``) and backbone are
+            detected from the weights.
+        **overrides: ``MattingRefine`` options to use instead of the file's defaults: ``backbone_scale``,
+            ``refine_mode``, ``refine_sample_pixels``, ``refine_threshold``, ``refine_prevent_oversampling``.
+
+    Raises:
+        BgMattingError: unknown name, missing/unreadable file, or weights that do not fit the model (the
+            message names the first few offending keys).
+    """
+    unknown = sorted(set(overrides) - set(REFINE_OPTIONS))
+    if unknown:
+        raise BgMattingError(f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(REFINE_OPTIONS)}")
+    if source is None or (isinstance(source, str) and source in _REGISTRY):
+        info = _REGISTRY[DEFAULT_MODEL if source is None else source]
+        if not info.available:
+            raise BgMattingError(
+                f"the weights of model '{info.name}' are not included in this installation; pass a weights file "
+                "(an original BGMv2 .pth/TorchScript checkpoint or a bgmatting .safetensors) with --weights")
+        path = info.path
+    else:
+        path = Path(source)
+        if not path.exists() and isinstance(source, str) and os.sep not in source and "." not in source:
+            names = ", ".join(i.name for i in list_models()) or "none"
+            raise BgMattingError(f"'{source}' is neither a file nor a model name (models: {names})")
+    state, meta = read_state_dict(path)
+    cfg = detect_config(state)
+    options: dict[str, Any] = {}
+    if meta.get("format") == FORMAT_TAG and meta.get("config"):
+        try:
+            options.update(json.loads(meta["config"]))
+        except json.JSONDecodeError:
+            raise BgMattingError(f"'{path}' has a corrupt bgmatting metadata header") from None
+    if cfg["architecture"] == "MattingRefine":
+        if "refine_kernel_size" in cfg:
+            options["refine_kernel_size"] = cfg["refine_kernel_size"]
+        options.update(overrides)
+    elif overrides:
+        raise BgMattingError(f"'{path}' holds a MattingBase model, which has no refiner options "
+                             f"({', '.join(sorted(overrides))})")
+    options = {k: v for k, v in options.items() if k in REFINE_OPTIONS or k == "refine_kernel_size"}
+    model = build_model(cfg["architecture"], cfg["backbone"], **options)
+    _check_keys(model, state, str(path))
+    expected = model.state_dict()
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+    return model.eval()
+
+
+def model_config(model: nn.Module) -> dict[str, Any]:
+    """The constructor options of ``model`` as a JSON-friendly dict (architecture, backbone, refiner options)."""
+    cfg: dict[str, Any] = {"architecture": type(model).__name__, "backbone": model.backbone_name}
+    if isinstance(model, MattingRefine):
+        r = model.refiner
+        cfg.update(backbone_scale=model.backbone_scale, refine_mode=r.mode, refine_sample_pixels=r.sample_pixels,
+                   refine_threshold=r.threshold, refine_kernel_size=r.kernel_size,
+                   refine_prevent_oversampling=r.prevent_oversampling)
+    return cfg
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, dtype: torch.dtype | None = None,
+                 description: str = "") -> Path:
+    """Write ``model``'s weights to a ``.safetensors`` file with a bgmatting metadata header, atomically.
+
+    Args:
+        dtype: store floating-point tensors in this dtype (e.g. ``torch.float16`` to halve the size).
+    """
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    cfg = model_config(model)
+    meta = {"format": FORMAT_TAG, "architecture": cfg.pop("architecture"), "backbone": cfg.pop("backbone"),
+            "config": json.dumps(cfg), "description": description}
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        state[k] = v.contiguous()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=meta)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p

@@ -1,0 +1,31 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give a model non-trivial weights and BatchNorm statistics, deterministically.
+
+    The decoder's error and alpha biases are raised so that the error map is positive in many places
+    (otherwise the clamp makes it all zero and the refiner would select nothing).
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.1 if p.ndim == 1 else (2.0 / p[0].numel()) ** 0.5))
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+        model.decoder.conv4.bias[0] = 0.5
+        model.decoder.conv4.bias[4] = 0.15
+    return model.eval()
+
+
+@pytest.fixture
+def rng():
+    return torch.Generator().manual_seed(1234)

@@ -1,0 +1,139 @@
+"""`bgmatting matte` and `bgmatting models` as a user runs them: outputs, pairing, and every kind of bad input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bgmatting import MattingBase, MattingRefine, save_weights
+from bgmatting.cli import main
+from conftest import randomize_
+
+
+def _img(path, h=20, w=28, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    return str(save_weights(randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=320)), path))
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+def test_matte_writes_every_output(tmp_path, weights, capsys):
+    src, bgr = _img(tmp_path / "in" / "photo.jpg"), _img(tmp_path / "in" / "plate.jpg", seed=1)
+    out = tmp_path / "out"
+    assert run("matte", src, "--bgr", bgr, "-o", out, "--weights", weights, "--outputs", "com,pha,fgr,err,ref,mask",
+               "--refine-mode", "full", "-q") == 0
+    modes = {k: Image.open(out / k / "photo.png").mode for k in ("com", "pha", "fgr", "err", "ref", "mask")}
+    assert modes == {"com": "RGBA", "pha": "L", "fgr": "RGB", "err": "L", "ref": "L", "mask": "L"}
+    assert Image.open(out / "pha" / "photo.png").size == (28, 20)
+    mask = np.asarray(Image.open(out / "mask" / "photo.png"))
+    assert set(np.unique(mask)) <= {0, 255}
+    ref = np.asarray(Image.open(out / "ref" / "photo.png"))
+    assert (ref == 255).all()  # full refinement
+    assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "o2", "--weights", weights, "--target-bgr", "#00ff00",
+               "--pha-16bit", "-q") == 0
+    assert Image.open(tmp_path / "o2" / "com" / "photo.png").mode == "RGB"
+    assert Image.open(tmp_path / "o2" / "pha" / "photo.png").mode.startswith("I")
+
+
+def test_folders_pair_by_relative_path(tmp_path, weights):
+    for rel in ("a/1.jpg", "a/2.png", "b/3.jpg"):
+        _img(tmp_path / "src" / rel)
+        _img((tmp_path / "bgr" / rel).with_suffix(".png"), seed=2)
+    assert run("matte", tmp_path / "src", "--bgr", tmp_path / "bgr", "-o", tmp_path / "out", "--weights", weights,
+               "--outputs", "pha", "-q") == 0
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png"))
+    assert written == ["pha/a/1.png", "pha/a/2.png", "pha/b/3.png"]
+
+
+def test_missing_backgrounds_are_listed_before_any_work(tmp_path, weights, capsys):
+    _img(tmp_path / "src" / "1.jpg")
+    _img(tmp_path / "src" / "2.jpg")
+    _img(tmp_path / "bgr" / "1.jpg")
+    assert run("matte", tmp_path / "src", "--bgr", tmp_path / "bgr", "-o", tmp_path / "out", "--weights", weights) == 2
+    err = capsys.readouterr().err
+    assert "2.jpg" in err and "no background" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_to_overwrite_and_never_writes_onto_inputs(tmp_path, weights, capsys):
+    src, bgr = _img(tmp_path / "photo.jpg"), _img(tmp_path / "plate.jpg", seed=1)
+    args = ("matte", src, "--bgr", bgr, "-o", tmp_path / "out", "--weights", weights, "-q")
+    assert run(*args) == 0
+    before = (tmp_path / "out" / "pha" / "photo.png").read_bytes()
+    assert run(*args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "out" / "pha" / "photo.png").read_bytes() == before
+    assert run(*args, "--overwrite") == 0
+    inside = _img(tmp_path / "pha" / "photo.png")  # an input where the output would go
+    data = inside.read_bytes()
+    assert run("matte", inside, "--bgr", bgr, "-o", tmp_path, "--weights", weights, "--overwrite", "-q") == 2
+    assert "overwrite an input" in capsys.readouterr().err and inside.read_bytes() == data
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing_src", "does not exist"),
+    ("corrupt_src", "not an image"),
+    ("mismatched_size", "same view"),
+    ("bad_scale", "backbone scale"),
+    ("bad_outputs", "unknown output"),
+    ("bad_colour", "not a colour"),
+    ("bad_weights", "not a weights file"),
+    ("base_with_refine_flag", "MattingBase"),
+    ("not_image_suffix", "not an image file"),
+    ("count_mismatch", "backgrounds"),
+    ("output_is_file", "not a folder"),
+    ("bad_device", "unknown device"),
+])
+def test_user_errors_exit_2_with_one_line(tmp_path, weights, capsys, case, message):
+    src, bgr = _img(tmp_path / "s.jpg"), _img(tmp_path / "b.jpg", seed=1)
+    out = tmp_path / "out"
+    base = tmp_path / "base.pth"
+    torch.save(MattingBase("mobilenetv2").state_dict(), base)
+    args = {
+        "missing_src": ("matte", tmp_path / "nope.jpg", "--bgr", bgr, "-o", out, "--weights", weights),
+        "corrupt_src": ("matte", (tmp_path / "c.png", (tmp_path / "c.png").write_bytes(b"xx"))[0], "--bgr", bgr,
+                        "-o", out, "--weights", weights),
+        "mismatched_size": ("matte", src, "--bgr", _img(tmp_path / "sq.jpg", 30, 30), "-o", out, "--weights", weights),
+        "bad_scale": ("matte", src, "--bgr", bgr, "-o", out, "--backbone-scale", "3/4"),
+        "bad_outputs": ("matte", src, "--bgr", bgr, "-o", out, "--outputs", "pha,alpha", "--weights", weights),
+        "bad_colour": ("matte", src, "--bgr", bgr, "-o", out, "--target-bgr", "#zz0000", "--weights", weights),
+        "bad_weights": ("matte", src, "--bgr", bgr, "-o", out, "--weights", src),
+        "base_with_refine_flag": ("matte", src, "--bgr", bgr, "-o", out, "--weights", base, "--refine-mode", "full"),
+        "not_image_suffix": ("matte", (tmp_path / "x.txt", (tmp_path / "x.txt").write_text("x"))[0], "--bgr", bgr,
+                             "-o", out),
+        "count_mismatch": ("matte", src, src, src, "--bgr", bgr, bgr, "-o", out),
+        "output_is_file": ("matte", src, "--bgr", bgr, "-o", src, "--weights", weights),
+        "bad_device": ("matte", src, "--bgr", bgr, "-o", out, "--weights", weights, "--device", "tpu7"),
+    }[case]
+    assert run(*args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not list(out.rglob("*.png")) if out.exists() else True
+
+
+def test_models_and_version(capsys):
+    assert run("models") == 0
+    listing = capsys.readouterr().out
+    assert "mobilenetv2 (default)" in listing and "resnet50" in listing
+    assert run("--version") == 0 and "bgmatting" in capsys.readouterr().out
+
+
+def test_console_script_exit_code_and_message(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bgmatting", "matte", str(tmp_path / "none.jpg"), "--bgr",
+                           str(tmp_path / "none.jpg"), "-o", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("bgmatting: error:") and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "bgmatting", "matte", "--frobnicate"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1

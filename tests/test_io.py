@@ -1,0 +1,85 @@
+"""Image reading and writing: formats, bit depths, EXIF orientation, bad files, atomic writes."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bgmatting import BgMattingError
+from bgmatting.io import list_images, read_image, write_image
+
+
+def test_roundtrip_8_and_16_bit(tmp_path):
+    rgb = np.random.default_rng(0).random((5, 7, 3)).astype(np.float32)
+    write_image(tmp_path / "a.png", rgb)
+    back = read_image(tmp_path / "a.png")
+    assert back.shape == (5, 7, 3) and back.dtype == np.float32
+    assert np.abs(back - rgb).max() <= 0.5 / 255 + 1e-6
+    gray = np.linspace(0, 1, 35, dtype=np.float32).reshape(5, 7)
+    write_image(tmp_path / "g16.png", gray, bits=16)
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode.startswith("I")
+    assert np.abs(read_image(tmp_path / "g16.png", mode="L") - gray).max() <= 0.5 / 65535 + 1e-6
+    rgba = np.concatenate([rgb, gray[..., None]], axis=2)
+    write_image(tmp_path / "rgba.png", rgba)
+    assert read_image(tmp_path / "rgba.png", mode="RGBA").shape == (5, 7, 4)
+    assert read_image(tmp_path / "rgba.png", mode="RGB").shape == (5, 7, 3)
+    assert read_image(tmp_path / "g16.png", mode="RGB").shape == (5, 7, 3)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (24, 16), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 8, 8))  # a blue block at the top-left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    img.save(tmp_path / "rot.jpg", exif=exif.tobytes(), quality=100)
+    arr = read_image(tmp_path / "rot.jpg")
+    assert arr.shape == (24, 16, 3)  # displayed upright: portrait
+    assert arr[2, -3, 2] > 0.7 and arr[2, 2, 2] < 0.3  # the blue block went from top-left to top-right
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(BgMattingError, match="does not exist"):
+        read_image(tmp_path / "missing.png")
+    (tmp_path / "fake.png").write_bytes(b"not an image at all")
+    with pytest.raises(BgMattingError, match="not an image"):
+        read_image(tmp_path / "fake.png")
+    write_image(tmp_path / "ok.png", np.zeros((64, 64, 3), np.float32) + 0.5)
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "trunc.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BgMattingError, match="trunc.png"):
+        read_image(tmp_path / "trunc.png")
+    with pytest.raises(BgMattingError, match="transparency to JPEG"):
+        write_image(tmp_path / "x.jpg", np.zeros((2, 2, 4), np.float32))
+    with pytest.raises(BgMattingError, match="unknown image format"):
+        write_image(tmp_path / "x.xyz", np.zeros((2, 2), np.float32))
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    write_image(tmp_path / "big.png", np.zeros((40, 40), np.float32))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(BgMattingError, match="too large"):
+        read_image(tmp_path / "big.png")
+
+
+def test_write_is_atomic(tmp_path, monkeypatch):
+    write_image(tmp_path / "out.png", np.zeros((4, 4), np.float32))
+    before = (tmp_path / "out.png").read_bytes()
+
+    def boom(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        write_image(tmp_path / "out.png", np.ones((4, 4), np.float32))
+    assert (tmp_path / "out.png").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]  # no temporary file left
+
+
+def test_list_images(tmp_path):
+    for rel in ["b/2.png", "a.jpg", "b/1.webp", "notes.txt", ".hidden.png"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == ["a.jpg", "b/1.webp", "b/2.png"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BgMattingError, match="no image files"):
+        list_images(tmp_path / "empty")

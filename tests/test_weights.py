@@ -1,0 +1,172 @@
+"""Weight files: original .pth and TorchScript checkpoints, our safetensors, and clear errors for bad files."""
+
+import os
+import pickle
+import zipfile
+
+import pytest
+import torch
+
+from bgmatting import BgMattingError, MattingBase, MattingRefine, list_models, load_model, save_weights
+from bgmatting import weights
+from bgmatting.weights import ModelInfo, detect_config, read_state_dict, register_model
+from conftest import randomize_
+
+oracle = pytest.importorskip("BackgroundMattingV2.model", reason="parity oracle backgroundmattingv2==1.0 missing")
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return set(sa) == set(sb) and all(torch.equal(sa[k].float(), sb[k].float()) for k in sa)
+
+
+@pytest.mark.parametrize("arch,backbone,kernel", [("MattingRefine", "resnet50", 3), ("MattingRefine", "resnet101", 1),
+                                                  ("MattingRefine", "mobilenetv2", 3), ("MattingBase", "mobilenetv2", 3)])
+def test_original_pth_loads_with_detected_architecture(tmp_path, arch, backbone, kernel):
+    if arch == "MattingRefine":
+        theirs = randomize_(oracle.MattingRefine(backbone, refine_kernel_size=kernel))
+    else:
+        theirs = randomize_(oracle.MattingBase(backbone))
+    path = tmp_path / "original.pth"
+    torch.save(theirs.state_dict(), path)
+    model = load_model(path)
+    assert type(model).__name__ == arch and model.backbone_name == backbone
+    assert detect_config(theirs.state_dict())["backbone"] == backbone
+    if arch == "MattingRefine":
+        assert model.refiner.kernel_size == kernel
+    assert _same_weights(model, theirs)
+    assert not model.training
+
+
+def test_original_torchscript_export_loads_without_running_code(tmp_path):
+    theirs = randomize_(oracle.MattingRefine("mobilenetv2", refine_mode="full"))
+
+    class Wrapper(torch.nn.Module):  # the original export wraps the model as `self.model`
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, src, bgr):
+            return self.model(src, bgr)
+
+    x = torch.rand(1, 3, 32, 32)
+    path = tmp_path / "torchscript_mobilenetv2_fp32.pth"
+    with pytest.warns(Warning):
+        traced = torch.jit.trace(Wrapper(theirs), (x, x), check_trace=False)
+    traced.save(str(path))
+    model = load_model(path)
+    assert isinstance(model, MattingRefine) and _same_weights(model, theirs)
+    # a TorchScript file that refers to anything but tensors and module attributes is refused
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        data_name = next(n for n in names if n.endswith("/data.pkl"))
+        evil = tmp_path / "evil.pth"
+        with zipfile.ZipFile(evil, "w") as out:
+            for n in names:
+                out.writestr(n, pickle.dumps(os.system) if n == data_name else z.read(n))
+    with pytest.raises(BgMattingError, match="refusing to load"):
+        load_model(evil)
+
+
+def test_fp16_torchscript_export_loads_as_fp32(tmp_path):
+    theirs = randomize_(oracle.MattingBase("mobilenetv2")).half()
+    path = tmp_path / "ts16.pth"
+    with pytest.warns(FutureWarning):
+        torch.jit.script(_Holder(theirs)).save(str(path))
+    model = load_model(path)
+    assert next(model.parameters()).dtype == torch.float32
+    assert _same_weights(model, theirs)
+
+
+class _Holder(torch.nn.Module):
+    """A scriptable module that only holds weights (fp16 convs cannot be traced on the CPU)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_safetensors_roundtrip_keeps_config_and_outputs(tmp_path):
+    model = randomize_(MattingRefine("mobilenetv2", backbone_scale=1 / 8, refine_mode="thresholding",
+                                     refine_threshold=0.2, refine_kernel_size=1))
+    path = save_weights(model, tmp_path / "m.safetensors", description="test")
+    loaded = load_model(path)
+    assert loaded.backbone_scale == 1 / 8 and loaded.refiner.mode == "thresholding"
+    assert loaded.refiner.threshold == 0.2 and loaded.refiner.kernel_size == 1
+    assert _same_weights(loaded, model)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(model(x, x), loaded(x, x)))
+    overridden = load_model(path, refine_mode="full", backbone_scale=0.25)
+    assert overridden.refiner.mode == "full" and overridden.backbone_scale == 0.25
+    half = load_model(save_weights(model, tmp_path / "h.safetensors", dtype=torch.float16))
+    assert next(half.parameters()).dtype == torch.float32
+    assert os.path.getsize(tmp_path / "h.safetensors") < 0.6 * os.path.getsize(path)
+
+
+def test_ddp_and_nested_checkpoints(tmp_path):
+    model = randomize_(MattingBase("mobilenetv2"))
+    torch.save({"model_state_dict": {"module." + k: v for k, v in model.state_dict().items()}, "step": 3},
+               tmp_path / "ckpt.pth")
+    assert _same_weights(load_model(tmp_path / "ckpt.pth"), model)
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    with pytest.raises(BgMattingError, match="does not exist"):
+        load_model(tmp_path / "nope.pth")
+    (tmp_path / "text.pth").write_text("hello")
+    with pytest.raises(BgMattingError, match="not a weights file"):
+        load_model(tmp_path / "text.pth")
+    (tmp_path / "trunc.safetensors").write_bytes((200).to_bytes(8, "little") + b'{"a": ')
+    with pytest.raises(BgMattingError, match="safetensors"):
+        load_model(tmp_path / "trunc.safetensors")
+    torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(BgMattingError, match="not a Background Matting V2 model"):
+        load_model(tmp_path / "other.pth")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled_module.pth")  # needs code to load: refused
+    with pytest.raises(BgMattingError, match="for safety"):
+        load_model(tmp_path / "pickled_module.pth")
+    with pytest.raises(BgMattingError, match="neither a file nor a model name"):
+        load_model("no_such_model")
+    with pytest.raises(BgMattingError, match="unknown model option"):
+        load_model(tmp_path / "other.pth", refine_kernel=3)
+
+
+def test_mismatched_weights_name_the_offending_keys(tmp_path):
+    sd = randomize_(MattingRefine("resnet50")).state_dict()
+    del sd["refiner.bn3.running_var"]
+    sd["refiner.extra"] = torch.zeros(1)
+    sd["decoder.conv4.bias"] = torch.zeros(5)
+    torch.save(sd, tmp_path / "broken.pth")
+    with pytest.raises(BgMattingError) as info:
+        load_model(tmp_path / "broken.pth")
+    msg = str(info.value)
+    assert "refiner.bn3.running_var" in msg and "refiner.extra" in msg and "decoder.conv4.bias (5,) vs (37,)" in msg
+
+
+def test_base_weights_refuse_refiner_options(tmp_path):
+    torch.save(MattingBase("mobilenetv2").state_dict(), tmp_path / "base.pth")
+    with pytest.raises(BgMattingError, match="MattingBase"):
+        load_model(tmp_path / "base.pth", refine_mode="full")
+    with pytest.raises(BgMattingError, match="refine mode"):
+        torch.save(MattingRefine("mobilenetv2").state_dict(), tmp_path / "r.pth")
+        load_model(tmp_path / "r.pth", refine_mode="everything")
+
+
+def test_registry(tmp_path, monkeypatch):
+    names = [m.name for m in list_models()]
+    assert names[0] == "mobilenetv2" and "resnet50" in names
+    model = randomize_(MattingRefine("mobilenetv2"))
+    monkeypatch.setattr(weights, "_REGISTRY", dict(weights._REGISTRY))
+    info = register_model(ModelInfo("unit-test", "unit-test.safetensors", "MattingRefine", "mobilenetv2", "test"))
+    monkeypatch.setattr(ModelInfo, "path", property(lambda self: tmp_path / self.file))
+    assert not info.available and info not in list_models(available_only=True)
+    with pytest.raises(BgMattingError, match="not included"):
+        load_model("unit-test")
+    save_weights(model, tmp_path / "unit-test.safetensors")
+    assert info.available and _same_weights(load_model("unit-test"), model)
+    state, meta = read_state_dict(tmp_path / "unit-test.safetensors")
+    assert meta["architecture"] == "MattingRefine" and meta["backbone"] == "mobilenetv2"
