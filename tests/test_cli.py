@@ -137,3 +137,34 @@ def test_console_script_exit_code_and_message(tmp_path):
     assert proc.stderr.strip().startswith("bgmatting: error:") and "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "bgmatting", "matte", "--frobnicate"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def _matte_dataset(root, n=2):
+    rng = np.random.default_rng(5)
+    for i in range(n):
+        pha = np.zeros((20, 28), np.uint8)
+        pha[5:15, 8:20] = 255
+        for kind, arr in (("pha", pha), ("fgr", rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)),
+                          ("bgr", rng.integers(0, 256, (20, 28, 3), dtype=np.uint8))):
+            (root / kind).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(root / kind / f"{i}.png")
+    return root
+
+
+def test_eval_command(tmp_path, weights, capsys):
+    data = _matte_dataset(tmp_path / "data")  # fgr + pha + a background pool: composited with a fixed seed
+    assert run("eval", "--data", data, "--weights", weights, "--csv", tmp_path / "r.csv", "--json", tmp_path / "r.json",
+               "--save-predictions", tmp_path / "pred", "-q") == 0
+    table = capsys.readouterr().out
+    assert "SAD" in table and "mean" in table.lower() and "0" in table
+    assert (tmp_path / "r.csv").read_text().count("\n") >= 3
+    import json
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert "mean" in json.dumps(saved)
+    # the written predictions score the same when evaluated from disk
+    assert run("eval", "--data", data, "--predictions", tmp_path / "pred", "--json", tmp_path / "p.json", "-q") == 0
+    assert json.loads((tmp_path / "p.json").read_text())["mean"]["sad"] == pytest.approx(saved["mean"]["sad"], rel=0.05)
+    (data / "pha" / "1.png").unlink()
+    assert run("eval", "--data", data, "--weights", weights, "-q") == 2
+    err = capsys.readouterr().err
+    assert "1" in err and err.count("\n") == 1

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import BgMattingError
+from .io.atomic import atomic_path
 from .models import BACKBONES, REFINE_MODES, MattingBase, MattingRefine
 
 FORMAT_TAG = "bgmatting"
@@ -383,13 +383,6 @@ def save_weights(model: nn.Module, path: str | os.PathLike, dtype: torch.dtype |
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         state[k] = v.contiguous()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=meta)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(p) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return p

@@ -8,7 +8,6 @@ interrupted run never leaves a half-written file.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import BgMattingError
+from .atomic import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -152,20 +152,8 @@ def write_image(path: str | os.PathLike, array: np.ndarray, bits: int = 8) -> Pa
     else:
         raise ValueError("bits must be 8 or 16")
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        with atomic_path(p) as tmp:
+            img.save(tmp, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
     except OSError as e:
-        raise BgMattingError(f"cannot write to folder '{p.parent}': {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
-        os.replace(tmp, p)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise BgMattingError(f"cannot write '{p}': {e.strerror or e}") from None
-        raise
+        raise BgMattingError(f"cannot write '{p}': {e.strerror or e}") from None
     return p

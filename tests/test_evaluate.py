@@ -1,0 +1,273 @@
+"""Dataset evaluation on tiny generated folders: both layouts, predictions, errors, reports."""
+
+import csv
+import json
+import math
+import shutil
+import types
+
+import numpy as np
+import pytest
+
+from bgmatting.errors import BgMattingError
+from bgmatting.evaluation import EvalReport, build_benchmark, evaluate, sad
+from bgmatting.io import read_image, write_image
+
+H, W = 24, 32
+NAMES = ["a", "b", "sub/c"]
+
+
+def _alpha(i):
+    yy, xx = np.mgrid[:H, :W]
+    r = np.hypot(yy - 12, xx - 10 - 4 * i)
+    return np.clip((9 - r) / 3, 0, 1).astype(np.float32)  # a disc with a soft edge
+
+
+def _write(root, folder, name, img, ext=".png"):
+    write_image(root / folder / f"{name}{ext}", img)
+
+
+def make_paired(root, with_fgr=True):
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(NAMES):
+        pha = _alpha(i)
+        fgr = rng.random((H, W, 3)).astype(np.float32) * 0.5 + 0.5
+        bgr = rng.random((H, W, 3)).astype(np.float32) * 0.4
+        src = pha[..., None] * fgr + (1 - pha[..., None]) * bgr
+        _write(root, "src", name, src)
+        _write(root, "bgr", name, bgr, ".jpg" if i == 0 else ".png")  # extensions may differ
+        _write(root, "pha", name, pha)
+        if with_fgr:
+            _write(root, "fgr", name, fgr)
+    return root
+
+
+def make_composited(root):
+    rng = np.random.default_rng(1)
+    for i, name in enumerate(NAMES):
+        _write(root, "pha", name, _alpha(i))
+        _write(root, "fgr", name, rng.random((H, W, 3)).astype(np.float32) * 0.5 + 0.5)
+    _write(root, "bgr", "bg0", rng.random((40, 50, 3)).astype(np.float32) * 0.4)  # other sizes, fewer images
+    _write(root, "bgr", "bg1", rng.random((10, 12, 3)).astype(np.float32) * 0.4)
+    return root
+
+
+class DifferenceKeyer:
+    """A stand-in model: alpha from the colour difference to the background shot."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, src, bgr):
+        assert src.dtype == np.float32 and src.shape == bgr.shape == (H, W, 3)
+        self.calls.append((src, bgr))
+        pha = np.clip(np.abs(src - bgr).max(axis=2) * 3, 0, 1).astype(np.float32)
+        return types.SimpleNamespace(pha=pha, fgr=src)
+
+
+def test_paired_with_matter(tmp_path):
+    data = make_paired(tmp_path / "data")
+    report = evaluate(data, matter=DifferenceKeyer(), progress=False)
+    assert isinstance(report, EvalReport)
+    assert [r["name"] for r in report.rows] == sorted(NAMES)
+    assert report.metrics == ("sad", "mse", "grad", "conn", "fgr_mse")
+    assert report.info["layout"] == "paired" and report.info["source"] == "matter"
+    for r in report.rows:
+        assert all(r[m] >= 0 for m in report.metrics)
+    mean = report.mean()
+    assert mean["sad"] == pytest.approx(np.mean([r["sad"] for r in report.rows]))
+    assert mean["sad"] > 0
+
+
+def test_paired_without_fgr_has_no_fgr_column(tmp_path):
+    data = make_paired(tmp_path / "data", with_fgr=False)
+    report = evaluate(data, matter=DifferenceKeyer(), progress=False)
+    assert report.metrics == ("sad", "mse", "grad", "conn")
+    assert "fgr_mse" not in report.rows[0]
+
+
+def test_perfect_predictions_score_zero(tmp_path):
+    data = make_paired(tmp_path / "data")
+    report = evaluate(data, predictions_dir=data / "pha", progress=False)  # a flat folder of gray images
+    assert report.info["source"] == "predictions"
+    assert report.metrics == ("sad", "mse", "grad", "conn")  # no predicted fgr
+    for r in report.rows:
+        assert all(r[m] == 0 for m in report.metrics)
+
+
+def test_predictions_folder_with_pha_and_fgr(tmp_path):
+    data = make_paired(tmp_path / "data")
+    preds = tmp_path / "preds"
+    for name in NAMES:
+        _write(preds, "pha", name, np.zeros((H, W), np.float32))
+        _write(preds, "fgr", name, read_image(data / "fgr" / f"{name}.png"))
+    report = evaluate(data, predictions_dir=preds, progress=False)
+    assert report.metrics[-1] == "fgr_mse"
+    for r, name in zip(report.rows, sorted(NAMES)):
+        assert r["fgr_mse"] == 0
+        true = read_image(data / "pha" / f"{name}.png", "L")
+        assert r["sad"] == pytest.approx(sad(np.zeros_like(true), true))
+
+
+def test_save_predictions_round_trip(tmp_path):
+    data = make_paired(tmp_path / "data")
+    report = evaluate(data, matter=DifferenceKeyer(), save_predictions=tmp_path / "out", progress=False)
+    for name in NAMES:
+        assert (tmp_path / "out" / "pha" / f"{name}.png").is_file()
+    again = evaluate(data, predictions_dir=tmp_path / "out", progress=False)
+    for r1, r2 in zip(report.rows, again.rows):
+        assert r2["sad"] == pytest.approx(r1["sad"], abs=H * W * 0.5 / 255 / 1000)  # 8-bit rounding
+
+
+def test_composited_layout_is_deterministic(tmp_path):
+    data = make_composited(tmp_path / "data")
+    k1, k2, k3 = DifferenceKeyer(), DifferenceKeyer(), DifferenceKeyer()
+    r1 = evaluate(data, matter=k1, seed=0, progress=False)
+    r2 = evaluate(data, matter=k2, seed=0, progress=False)
+    evaluate(data, matter=k3, seed=1, progress=False)
+    assert r1.info["layout"] == "composited" and r1.info["seed"] == 0
+    assert r1.rows == r2.rows
+    assert r1.metrics[-1] == "fgr_mse"
+    for (s1, b1), (s2, b2) in zip(k1.calls, k2.calls):
+        assert np.array_equal(s1, s2) and np.array_equal(b1, b2)
+    assert any(not np.array_equal(c1[1], c3[1]) for c1, c3 in zip(k1.calls, k3.calls))
+    # the subject is composited in: where α* = 1 the source is the foreground
+    fgr = read_image(data / "fgr" / "a.png")
+    pha = read_image(data / "pha" / "a.png", "L")
+    src = k1.calls[0][0]
+    inside = pha == 1
+    np.testing.assert_allclose(src[inside], fgr[inside], atol=0.2)  # up to the sensor noise
+
+
+def test_build_benchmark_matches_on_the_fly(tmp_path):
+    data = make_composited(tmp_path / "data")
+    bench = build_benchmark(data, tmp_path / "bench", seed=0, progress=False)
+    for folder in ("src", "bgr", "pha", "fgr"):
+        assert sorted(p.relative_to(bench / folder).as_posix() for p in (bench / folder).rglob("*.png")) == sorted(
+            f"{n}.png" for n in NAMES
+        )
+    keyer = DifferenceKeyer()
+    evaluate(data, matter=keyer, seed=0, progress=False)
+    src = read_image(bench / "src" / "a.png")
+    np.testing.assert_allclose(src, keyer.calls[0][0], atol=0.6 / 255)
+    with pytest.raises(BgMattingError, match="already"):
+        build_benchmark(bench, tmp_path / "again", progress=False)
+
+
+def test_trimap_region_reduces_the_area(tmp_path):
+    data = make_paired(tmp_path / "data")
+    full = evaluate(data, predictions_dir=data / "src", progress=False)  # gray of src: a poor matte
+    band = evaluate(data, predictions_dir=data / "src", region="trimap", progress=False)
+    assert band.info["trimap"] == "generated"
+    for rf, rb in zip(full.rows, band.rows):
+        assert 0 < rb["sad"] < rf["sad"]
+    # user trimaps: everything unknown equals the whole image; nothing unknown gives no SAD and nan MSE
+    for name in NAMES:
+        _write(tmp_path, "tri_all", name, np.full((H, W), 0.5, np.float32))
+        _write(tmp_path, "tri_none", name, np.ones((H, W), np.float32))
+    kw = dict(predictions_dir=data / "src", region="trimap", progress=False)
+    same = evaluate(data, trimap_dir=tmp_path / "tri_all", **kw)
+    assert same.info["trimap"] == "files"
+    assert [r["sad"] for r in same.rows] == pytest.approx([r["sad"] for r in full.rows])
+    none = evaluate(data, trimap_dir=tmp_path / "tri_none", **kw)
+    assert all(r["sad"] == 0 and math.isnan(r["mse"]) for r in none.rows)
+    assert math.isnan(none.mean()["mse"])
+    # a trimap/ folder inside the data is used by default
+    (tmp_path / "tri_all").rename(data / "trimap")
+    inside = evaluate(data, predictions_dir=data / "src", region="trimap", progress=False)
+    assert inside.info["trimap"] == "files"
+    assert [r["sad"] for r in inside.rows] == pytest.approx([r["sad"] for r in full.rows])
+
+
+def test_missing_and_unmatched_files_are_listed_up_front(tmp_path):
+    data = make_paired(tmp_path / "data")
+    (data / "bgr" / "b.png").unlink()
+    _write(data, "src", "extra", np.zeros((H, W, 3), np.float32))
+    keyer = DifferenceKeyer()
+    with pytest.raises(BgMattingError) as err:
+        evaluate(data, matter=keyer, progress=False)
+    message = str(err.value)
+    assert "bgr/ lacks 1 image(s) that pha/ has: b" in message and "b" in message and "extra" in message
+    assert not keyer.calls  # nothing was run
+
+
+def test_missing_predictions(tmp_path):
+    data = make_paired(tmp_path / "data")
+    preds = tmp_path / "preds"
+    _write(preds, "pha", "a", np.zeros((H, W), np.float32))
+    with pytest.raises(BgMattingError, match=r"lacks 2 image\(s\) that pha/ has: b, sub/c"):
+        evaluate(data, predictions_dir=preds, progress=False)
+
+
+def test_prediction_size_must_match(tmp_path):
+    data = make_paired(tmp_path / "data")
+    preds = tmp_path / "preds"
+    for name in NAMES:
+        _write(preds, "pha", name, np.zeros((H, W + 1), np.float32))
+    with pytest.raises(BgMattingError, match="33x24 but the ground truth is 32x24"):
+        evaluate(data, predictions_dir=preds, progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(), "either"),
+        (dict(matter=DifferenceKeyer(), predictions_dir="x"), "either"),
+        (dict(matter=DifferenceKeyer(), region="everything"), "region"),
+        (dict(matter=DifferenceKeyer(), trimap_dir="t"), "region='trimap'"),
+        (dict(matter=DifferenceKeyer(), seed=-1), "seed"),
+    ],
+)
+def test_bad_options(tmp_path, kwargs, match):
+    data = make_paired(tmp_path / "data")
+    with pytest.raises(BgMattingError, match=match):
+        evaluate(data, progress=False, **kwargs)
+
+
+def test_bad_layouts(tmp_path):
+    with pytest.raises(BgMattingError, match="does not exist"):
+        evaluate(tmp_path / "nope", matter=DifferenceKeyer(), progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BgMattingError, match="pha/"):
+        evaluate(tmp_path / "empty", matter=DifferenceKeyer(), progress=False)
+    data = make_paired(tmp_path / "data")
+    shutil.rmtree(data / "src")
+    shutil.rmtree(data / "fgr")
+    with pytest.raises(BgMattingError, match="fgr/"):
+        evaluate(data, matter=DifferenceKeyer(), progress=False)
+    _write(data, "pha", "a", np.zeros((H, W), np.float32), ".jpg")  # a.png and a.jpg
+    with pytest.raises(BgMattingError, match="differ only by extension"):
+        evaluate(data, predictions_dir=data / "pha", progress=False)
+
+
+def test_report_outputs(tmp_path):
+    data = make_paired(tmp_path / "data")
+    report = evaluate(data, matter=DifferenceKeyer(), progress=False)
+    table = report.format_table()
+    lines = table.splitlines()
+    assert lines[0].split() == ["name", "SAD", "MSE", "Grad", "Conn", "fgr", "MSE"]
+    assert any(line.startswith("sub/c") for line in lines)
+    assert lines[-2].startswith("mean (3)")
+    assert len({len(line) for line in lines[2:5]}) == 1  # aligned
+    assert str(report) == table
+
+    with open(report.to_csv(tmp_path / "r" / "out.csv"), newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["name", "sad", "mse", "grad", "conn", "fgr_mse"]
+    assert [r[0] for r in rows[1:]] == ["a", "b", "sub/c", "mean"]
+    assert float(rows[1][1]) == report.rows[0]["sad"]
+    assert float(rows[-1][2]) == pytest.approx(report.mean()["mse"])
+
+    doc = json.loads(report.to_json(tmp_path / "out.json").read_text())
+    assert doc["count"] == 3 and doc["info"]["region"] == "all"
+    assert doc["images"][2]["name"] == "sub/c"
+    assert doc["mean"]["conn"] == pytest.approx(report.mean()["conn"])
+    assert set(doc["units"]) == set(report.metrics)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left
+
+
+def test_json_writes_nan_as_null(tmp_path):
+    report = EvalReport(rows=[{"name": "x", "sad": 0.0, "mse": float("nan")}], metrics=("sad", "mse"))
+    doc = json.loads(report.to_json(tmp_path / "r.json").read_text())
+    assert doc["images"][0]["mse"] is None and doc["mean"]["mse"] is None
+    assert "nan" in report.format_table()

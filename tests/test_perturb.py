@@ -1,0 +1,197 @@
+"""BGMv2 perturbations: shapes and ranges, reproducibility, p = 0 / p = 1, and what each one does."""
+
+import pytest
+import torch
+
+from bgmatting.data.perturb import (
+    _affine_grid,
+    _warp,
+    add_noise,
+    cast_shadow,
+    composite,
+    jitter_background_colour,
+    make_pair,
+    misalign_background,
+)
+
+N, H, W = 3, 40, 56
+
+
+def _inputs(dtype=torch.float32):
+    g = torch.Generator().manual_seed(123)
+    fgr = torch.rand(N, 3, H, W, generator=g, dtype=dtype)
+    bgr = torch.rand(N, 3, H, W, generator=g, dtype=dtype) * 0.8 + 0.1
+    pha = torch.zeros(N, 1, H, W, dtype=dtype)
+    pha[:, :, 8:32, 16:40] = 1.0
+    return fgr, pha, bgr
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+PERTURBATIONS = {
+    "shadow": lambda fgr, pha, bgr, g, p: cast_shadow(bgr, pha, g, p=p),
+    "noise": lambda fgr, pha, bgr, g, p: add_noise(bgr, g, p=p),
+    "colour": lambda fgr, pha, bgr, g, p: jitter_background_colour(bgr, g, p=p),
+    "misalign": lambda fgr, pha, bgr, g, p: misalign_background(bgr, g, p=p),
+}
+
+
+@pytest.mark.parametrize("name", PERTURBATIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shape_dtype_range(name, dtype):
+    fgr, pha, bgr = _inputs(dtype)
+    out = PERTURBATIONS[name](fgr, pha, bgr, _gen(), 1.0)
+    assert out.shape == bgr.shape and out.dtype == dtype
+    assert out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("name", PERTURBATIONS)
+def test_seeded_generator_is_reproducible(name):
+    fgr, pha, bgr = _inputs()
+    a = PERTURBATIONS[name](fgr, pha, bgr, _gen(7), 1.0)
+    b = PERTURBATIONS[name](fgr, pha, bgr, _gen(7), 1.0)
+    c = PERTURBATIONS[name](fgr, pha, bgr, _gen(8), 1.0)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", PERTURBATIONS)
+def test_p0_is_identity_and_p1_changes_every_sample(name):
+    fgr, pha, bgr = _inputs()
+    before = bgr.clone()
+    same = PERTURBATIONS[name](fgr, pha, bgr, _gen(), 0.0)
+    assert torch.equal(same, bgr) and same is not bgr
+    changed = PERTURBATIONS[name](fgr, pha, bgr, _gen(), 1.0)
+    assert all((changed[i] - bgr[i]).abs().max() > 1e-3 for i in range(N))
+    assert torch.equal(bgr, before)  # inputs are never modified
+
+
+@pytest.mark.parametrize("name", PERTURBATIONS)
+def test_parameters_differ_per_sample(name):
+    fgr, pha, bgr = _inputs()
+    bgr = bgr[:1].expand(N, -1, -1, -1).contiguous()
+    pha = pha[:1].expand(N, -1, -1, -1).contiguous()
+    out = PERTURBATIONS[name](fgr, pha, bgr, _gen(), 1.0)
+    assert not torch.equal(out[0], out[1])
+
+
+def test_p_selects_some_samples():
+    bgr = torch.rand(64, 3, 4, 4, generator=_gen())
+    out = add_noise(bgr, _gen(), p=0.5)
+    changed = (out != bgr).flatten(1).any(1)
+    assert 10 < changed.sum() < 54
+
+
+def test_shadow_only_darkens_and_follows_the_subject():
+    fgr, pha, bgr = _inputs()
+    out = cast_shadow(bgr, pha, _gen(), p=1.0)
+    assert (out <= bgr).all()
+    assert (out < bgr - 1e-3).any()
+    # no subject, no shadow
+    assert torch.equal(cast_shadow(bgr, torch.zeros_like(pha), _gen(), p=1.0), bgr)
+
+
+def test_shadow_on_a_large_image_is_built_small_and_upsampled():
+    bgr = torch.full((1, 3, 700, 900), 0.5)
+    pha = torch.zeros(1, 1, 700, 900)
+    pha[..., 200:500, 300:600] = 1
+    out = cast_shadow(bgr, pha, _gen(), p=1.0)
+    assert out.shape == bgr.shape and (out <= bgr).all() and (out < 0.49).any()
+
+
+def test_noise_level():
+    x = torch.full((2, 3, 64, 64), 0.5)
+    out = add_noise(x, _gen(), std_max=0.03)
+    assert 0 < (out - x).std() < 0.03 * 1.2
+    assert torch.equal(add_noise(x, _gen(), std_max=0.0), x)
+
+
+def test_colour_jitter_keeps_greys_grey():
+    grey = torch.linspace(0.1, 0.9, 16).view(1, 1, 4, 4).expand(2, 3, 4, 4).contiguous()
+    out = jitter_background_colour(grey, _gen())
+    assert (out.max(1).values - out.min(1).values).max() < 1e-5  # channels stay equal
+    assert (out - grey).abs().max() > 1e-3
+
+
+def _centroid(img):
+    w = img[0, 0]
+    ys, xs = torch.meshgrid(
+        torch.arange(w.shape[0], dtype=w.dtype), torch.arange(w.shape[1], dtype=w.dtype), indexing="ij"
+    )
+    return float((w * ys).sum() / w.sum()), float((w * xs).sum() / w.sum())
+
+
+def test_affine_grid_moves_content_as_documented():
+    x = torch.zeros(1, 1, 40, 60)
+    x[0, 0, 10, 20] = 1
+    shifted = _warp(x, _affine_grid(torch.eye(2)[None], torch.tensor([[3.0, 5.0]]), 40, 60, x.dtype), "zeros")
+    assert torch.nonzero(shifted > 0.99).tolist() == [[0, 0, 15, 23]]
+    quarter = torch.tensor([[[0.0, -1.0], [1.0, 0.0]]])  # 90° about the centre (29.5, 19.5) in pixel indices
+    turned = _warp(x, _affine_grid(quarter, torch.zeros(1, 2), 40, 60, x.dtype), "zeros")
+    assert torch.nonzero(turned > 0.99).tolist() == [[0, 0, 10, 39]]
+
+
+def test_misalignment_moves_content_a_little_without_black_borders():
+    x = torch.full((4, 1, 64, 96), 0.2)
+    x[:, :, 20:30, 40:52] = 1.0  # a bright patch
+    out = misalign_background(x, _gen(3))
+    for i in range(4):
+        cy, cx = _centroid(x[i : i + 1] - 0.2)
+        oy, ox = _centroid(out[i : i + 1] - 0.2)
+        shift = ((oy - cy) ** 2 + (ox - cx) ** 2) ** 0.5
+        assert 0.05 < shift < 0.04 * 96  # moved, by a few pixels at most
+    assert out.min() > 0.19  # borders reflected, not black
+
+
+def test_composite():
+    fgr, pha, bgr = _inputs()
+    src = composite(fgr, pha, bgr)
+    assert torch.equal(src[:, :, 8:32, 16:40], fgr[:, :, 8:32, 16:40])
+    assert torch.equal(src[:, :, :8], bgr[:, :, :8])
+    half = composite(fgr, torch.full_like(pha, 0.5), bgr)
+    torch.testing.assert_close(half, (fgr + bgr) / 2)
+
+
+def test_make_pair():
+    fgr, pha, bgr = _inputs()
+    src, shot = make_pair(fgr, pha, bgr, _gen(), shadow_p=0, noise_p=0, colour_p=0, misalign_p=0)
+    assert torch.equal(src, composite(fgr, pha, bgr)) and torch.equal(shot, bgr)
+    src, shot = make_pair(fgr, pha, bgr, _gen(), shadow_p=1, noise_p=1, colour_p=1, misalign_p=1)
+    assert src.shape == shot.shape == bgr.shape
+    assert not torch.equal(src, composite(fgr, pha, bgr)) and not torch.equal(shot, bgr)
+    assert src.min() >= 0 and src.max() <= 1 and shot.min() >= 0 and shot.max() <= 1
+    a = make_pair(fgr, pha, bgr, _gen(5))
+    b = make_pair(fgr, pha, bgr, _gen(5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # the subject itself is untouched by the shadow (only the background darkens)
+    src, _ = make_pair(fgr, pha, bgr, _gen(), shadow_p=1, noise_p=0, colour_p=1, misalign_p=1)
+    assert torch.equal(src[:, :, 8:32, 16:40], fgr[:, :, 8:32, 16:40])
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda f, a, b: add_noise(b[0]), r"\(N, C, H, W\)"),
+        (lambda f, a, b: jitter_background_colour(a), r"\(N, 3, H, W\)"),
+        (lambda f, a, b: cast_shadow(b, a[:1]), "must match"),
+        (lambda f, a, b: add_noise(b, p=1.5), "probability"),
+        (lambda f, a, b: composite(f, a, (b * 255).to(torch.uint8)), "float"),
+        (lambda f, a, b: make_pair(f, a, b, misalign_p=-1), "misalign_p"),
+        (lambda f, a, b: misalign_background(b.numpy()), "torch.Tensor"),
+    ],
+)
+def test_programmer_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(*_inputs())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_stays_finite(dtype):
+    g = _gen()
+    fgr, pha, bgr = (torch.rand(2, c, 530, 520, generator=g).to(dtype) for c in (3, 1, 3))
+    src, shot = make_pair(fgr, pha, bgr, g, shadow_p=1, noise_p=1, colour_p=1, misalign_p=1)
+    assert src.dtype == shot.dtype == dtype
+    assert torch.isfinite(src).all() and torch.isfinite(shot).all()
+    assert src.min() >= 0 and src.max() <= 1 and shot.min() >= 0 and shot.max() <= 1
