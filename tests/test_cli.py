@@ -168,3 +168,10 @@ def test_eval_command(tmp_path, weights, capsys):
     assert run("eval", "--data", data, "--weights", weights, "-q") == 2
     err = capsys.readouterr().err
     assert "1" in err and err.count("\n") == 1
+
+
+def test_data_prepare_rejects_unknown_sources_before_downloading(tmp_path, capsys):
+    assert run("data", "prepare", "--out", tmp_path / "corpus", "--sources", "wallpapers,gnome-backgrounds") == 2
+    err = capsys.readouterr().err
+    assert "gnome-backgrounds" in err and err.count("\n") == 1
+    assert not (tmp_path / "corpus").exists()

