@@ -92,6 +92,17 @@ def _cmd_data_prepare(args) -> int:
     return 0
 
 
+def _cmd_export_weights(args) -> int:
+    import torch
+
+    from .train.trainer import export_weights
+
+    out = export_weights(args.checkpoint, args.output, dtype=torch.float16 if args.dtype == "fp16" else None,
+                         description=args.description)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def _cmd_models(args) -> int:
     from .weights import DEFAULT_MODEL, list_models
 
@@ -170,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_data_prepare)
 
+    sub.add_parser("train", help="train BGMv2 (base or refine stage); see 'bgmatting train --help'",
+                   add_help=False)  # parsed by bgmatting.train.trainer.main, which torchrun also runs
+
+    p = sub.add_parser("export-weights", help="turn a training checkpoint into a .safetensors weights file")
+    p.add_argument("checkpoint", help="checkpoint file, or a run folder (its newest checkpoint)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.safetensors")
+    p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16", help="storage precision (default fp16)")
+    p.add_argument("--description", default="", help="one line stored in the file's metadata")
+    p.set_defaults(func=_cmd_export_weights)
+
     p = sub.add_parser("models", help="list the model zoo")
     p.set_defaults(func=_cmd_models)
     return parser
@@ -180,6 +201,11 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        from .train.trainer import main as train_main
+
+        return train_main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

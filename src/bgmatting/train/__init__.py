@@ -1,1 +1,6 @@
-"""Training: the paper's losses (:mod:`bgmatting.train.losses`) and, later, the trainer (base and refine stages)."""
+"""Training: the paper's losses, a plain resumable (torchrun-ready) trainer, and initialisation weights."""
+
+from .config import TrainConfig
+from .trainer import export_weights, train
+
+__all__ = ["TrainConfig", "export_weights", "train"]

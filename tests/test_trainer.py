@@ -1,0 +1,173 @@
+"""The trainer: config files, a base and a refine run on tiny data, exact resuming, export, and torchrun (2 CPU processes)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bgmatting.errors import BgMattingError
+from bgmatting.train import trainer as trainer_module
+from bgmatting.train.config import TrainConfig, parse_overrides, to_toml
+from bgmatting.train.trainer import export_weights, latest_checkpoint, load_checkpoint, train
+from bgmatting.weights import load_model, read_state_dict
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A corpus in the layout of ``bgmatting data prepare``: 6 training and 2 validation 32×32 mattes."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32]
+    pha = (np.clip(1.5 - np.hypot(yy - 16, xx - 16) / 8, 0, 1) * 255).astype(np.uint8)
+    for split, n in (("train", 6), ("valid", 2)):
+        for sub in ("fgr/toy", "pha/toy", "backgrounds/toy"):
+            (root / split / sub).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(root / split / "fgr/toy" / f"{i}.png")
+            Image.fromarray(pha).save(root / split / "pha/toy" / f"{i}.png")
+            bg = (rng.random((40, 48, 3)) * 255).astype(np.uint8)
+            Image.fromarray(bg).save(root / split / "backgrounds/toy" / f"{i}.png")
+    return root
+
+
+def tiny(corpus: Path, out_dir: Path, **kw) -> TrainConfig:
+    values = {"data_root": str(corpus), "out_dir": str(out_dir), "size": 32, "batch_size": 2, "steps": 2,
+              "num_workers": 0, "log_every": 1, "checkpoint_every": 0, "validate_every": 0, "tensorboard": False,
+              "seed": 3}
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def read_metrics(out_dir: Path, split: str = "train") -> dict[int, dict]:
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows if r["split"] == split}  # a resumed run may repeat a step: last wins
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+def test_config_stage_defaults():
+    base = TrainConfig(matte_roots=["m"], background_roots=["b"]).resolved()
+    assert (base.lr_backbone, base.lr_aspp, base.lr_decoder) == (1e-4, 5e-4, 5e-4)
+    assert (base.size, base.crop_min, base.crop_max, base.batch_size) == (512, 256, 512, 8)
+    ref = TrainConfig(stage="refine", matte_roots=["m"], background_roots=["b"]).resolved()
+    assert (ref.lr_backbone, ref.lr_aspp, ref.lr_decoder, ref.lr_refiner) == (5e-5, 5e-5, 1e-4, 3e-4)
+    assert (ref.size, ref.crop_min, ref.crop_max) == (2048, 1024, 2048)
+    assert ref.crop_multiple == 16 and all(h % 16 == 0 and w % 16 == 0 for h, w in ref.crop_sizes())
+    assert TrainConfig(matte_roots=["m"], background_roots=["b"], lr_aspp=1e-3).resolved().lr_aspp == 1e-3
+
+
+def test_config_file_roundtrip_and_overrides(corpus, tmp_path):
+    cfg = tiny(corpus, tmp_path / "run", init="weights.pth").resolved()
+    path = tmp_path / "train.toml"
+    path.write_text(to_toml(cfg.to_dict()))
+    assert TrainConfig.from_file(path) == cfg
+    assert TrainConfig.from_file(path, steps=7).steps == 7
+    json_path = tmp_path / "train.json"
+    json_path.write_text(json.dumps({"stage": "refine", "matte_roots": "a"}))
+    assert TrainConfig.from_file(json_path).matte_roots == ["a"]
+    assert parse_overrides(["steps=5", "init=w.pth", "amp=false", "matte_roots=['a', 'b']", "lr-aspp=1e-3"]) == {
+        "steps": 5, "init": "w.pth", "amp": False, "matte_roots": ["a", "b"], "lr_aspp": 1e-3}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"stepz": 3}, "unknown training option"),
+    ({"stage": "middle"}, "stage"),
+    ({"batch_size": 1}, "at least 2"),
+    ({"crop_max": 64}, "larger than the sample size"),
+    ({"base_checkpoint": "x.pt"}, "refine stage"),
+    ({"stage": "refine", "backbone_scale": 0.3}, "divide 4"),
+    ({"data_root": None}, "no training data"),
+])
+def test_config_errors(corpus, tmp_path, bad, message):
+    with pytest.raises(BgMattingError, match=message):
+        TrainConfig.from_dict({**tiny(corpus, tmp_path).to_dict(), **bad}).resolved()
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+def test_base_run_outputs_and_export(corpus, tmp_path):
+    out = tmp_path / "run"
+    ckpt = train(tiny(corpus, out, validate_every=2, tensorboard=True))
+    assert ckpt == out / "checkpoint-00000002.pt" and ckpt.is_file()
+    assert TrainConfig.from_file(out / "config.toml").steps == 2
+    metrics = read_metrics(out)
+    assert sorted(metrics) == [1, 2] and all(np.isfinite(m["total"]) for m in metrics.values())
+    valid = read_metrics(out, "valid")[2]
+    assert valid["samples"] == 2 and {"loss_total", "sad", "mse"} <= set(valid)
+    state = load_checkpoint(out)
+    assert state["step"] == 2 and state["model_config"]["architecture"] == "MattingBase"
+    assert not list(out.glob(".*tmp*")), "no temporary files are left behind"
+
+    shipped = export_weights(ckpt, tmp_path / "base.safetensors")
+    tensors, meta = read_state_dict(shipped)
+    assert tensors["backbone.features.0.0.weight"].dtype == torch.float16 and meta["architecture"] == "MattingBase"
+    model = load_model(shipped)
+    assert torch.allclose(model.state_dict()["decoder.conv4.weight"], state["model"]["decoder.conv4.weight"],
+                          atol=1e-3)
+
+    with pytest.raises(BgMattingError, match="resume=True"):
+        train(tiny(corpus, out))
+
+
+def test_resume_continues_exactly(corpus, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    train(tiny(corpus, straight, steps=4))
+
+    crashed = tmp_path / "crashed"
+    real_step, calls = trainer_module._train_step, []
+
+    def crash_at_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed after the checkpoint of step 2
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "_train_step", crash_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(corpus, crashed, steps=4, checkpoint_every=2))
+    monkeypatch.setattr(trainer_module, "_train_step", real_step)
+    assert latest_checkpoint(crashed).name == "checkpoint-00000002.pt"
+
+    final = train(tiny(corpus, crashed, steps=4, checkpoint_every=2, resume=True))
+    a, b = read_metrics(straight), read_metrics(crashed)
+    for step in (3, 4):
+        assert a[step]["total"] == b[step]["total"], f"loss at step {step}"
+        assert (a[step]["height"], a[step]["width"]) == (b[step]["height"], b[step]["width"])
+    wa, wb = load_checkpoint(straight)["model"], load_checkpoint(final)["model"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_refine_stage_from_base_checkpoint(corpus, tmp_path):
+    base = train(tiny(corpus, tmp_path / "base", steps=1))
+    ckpt = train(tiny(corpus, tmp_path / "refine", stage="refine", size=64, steps=2, refine_sample_pixels=256,
+                      base_checkpoint=str(base), validate_every=2))
+    state = load_checkpoint(ckpt)
+    assert state["model_config"]["architecture"] == "MattingRefine"
+    assert state["model_config"]["refine_sample_pixels"] == 256
+    rows = read_metrics(tmp_path / "refine")
+    assert {"pha", "pha_sm", "err_sm", "lr_refiner"} <= set(rows[1])
+    assert all(r["height"] % 16 == 0 and r["width"] % 16 == 0 for r in rows.values())
+    assert "sad" in read_metrics(tmp_path / "refine", "valid")[2]
+
+
+def test_torchrun_two_cpu_processes(corpus, tmp_path):
+    out = tmp_path / "ddp"
+    config = tmp_path / "ddp.toml"
+    config.write_text(to_toml(tiny(corpus, out, steps=3, checkpoint_every=2).to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "bgmatting.train.trainer", str(config)]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "checkpoint-00000003.pt").is_file() and (out / "checkpoint-00000002.pt").is_file()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3], "only rank 0 logs"
+    assert load_checkpoint(out)["step"] == 3
