@@ -175,3 +175,10 @@ def test_data_prepare_rejects_unknown_sources_before_downloading(tmp_path, capsy
     err = capsys.readouterr().err
     assert "gnome-backgrounds" in err and err.count("\n") == 1
     assert not (tmp_path / "corpus").exists()
+
+
+def test_serve_reports_bad_weights_before_binding(tmp_path, capsys):
+    pytest.importorskip("fastapi")
+    assert run("serve", "--port", "0", "--weights", tmp_path / "missing.pth") == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and err.count("\n") == 1

@@ -103,6 +103,16 @@ def _cmd_export_weights(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from .web import serve
+
+    options = {k: getattr(args, k) for k in ("backbone_scale", "refine_mode", "refine_sample_pixels",
+                                                "refine_threshold") if getattr(args, k) is not None}
+    serve(args.host, args.port, args.weights, args.device, precision=args.precision,
+          max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, **options)
+    return 0
+
+
 def _cmd_models(args) -> int:
     from .weights import DEFAULT_MODEL, list_models
 
@@ -190,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16", help="storage precision (default fp16)")
     p.add_argument("--description", default="", help="one line stored in the file's metadata")
     p.set_defaults(func=_cmd_export_weights)
+
+    p = sub.add_parser("serve", help="a local web page: matte your photos, or live from your webcam",
+                       description="Serve the bgmatting page and its JSON/WebSocket API (OpenAPI at /docs).")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest request accepted (default 32 MB)")
+    p.add_argument("--max-pixels", type=int, default=16_000_000, help="largest image accepted (default 16 MP)")
+    _add_model_args(p)
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("models", help="list the model zoo")
     p.set_defaults(func=_cmd_models)

@@ -1,6 +1,19 @@
-"""Readers and writers for images (and, later, video)."""
+"""Readers and writers for images and video; atomic file creation."""
 
 from .atomic import atomic_path, atomic_write_bytes, atomic_write_text
-from .images import IMAGE_SUFFIXES, image_size, is_image_path, list_images, read_image, to_uint, write_image
+from .images import (
+    IMAGE_SUFFIXES,
+    ImageDecodeError,
+    ImageTooLargeError,
+    decode_image,
+    image_size,
+    is_image_path,
+    list_images,
+    read_image,
+    to_uint,
+    write_image,
+)
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "IMAGE_SUFFIXES", "image_size", "is_image_path", "list_images", "read_image", "to_uint", "write_image"]
+__all__ = ["IMAGE_SUFFIXES", "ImageDecodeError", "ImageTooLargeError", "atomic_path", "atomic_write_bytes",
+           "atomic_write_text", "decode_image", "image_size", "is_image_path", "list_images", "read_image",
+           "to_uint", "write_image"]

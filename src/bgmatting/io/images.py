@@ -7,7 +7,9 @@ interrupted run never leaves a half-written file.
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 import warnings
 from pathlib import Path
 
@@ -63,6 +65,39 @@ def _to_float(img: Image.Image, mode: str) -> np.ndarray:
     return np.asarray(img.convert(mode), dtype=np.float32) / 255.0
 
 
+class ImageTooLargeError(BgMattingError):
+    """The image has more pixels than allowed (a decompression-bomb guard or a server limit)."""
+
+
+class ImageDecodeError(BgMattingError):
+    """The data is not an image, or a corrupt or truncated one."""
+
+
+def _decode(fp, name: str, mode: str, max_pixels: int | None, formats: list[str] | None, uint8: bool) -> np.ndarray:
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {sorted(_MODES)}, not {mode!r}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fp, formats=formats) as img:
+                w, h = img.size
+                if max_pixels is not None and w * h > max_pixels:
+                    raise ImageTooLargeError(f"{name} is {w}x{h} ({w * h / 1e6:.1f} megapixels); at most "
+                                             f"{max_pixels / 1e6:.1f} megapixels are accepted: scale it down first")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                if uint8 and img.mode in ("RGB", "L", "RGBA", "P", "LA", "CMYK", "YCbCr"):
+                    return np.asarray(img.convert(mode))
+                return _to_float(img, mode)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        limit = max_pixels or Image.MAX_IMAGE_PIXELS
+        raise ImageTooLargeError(f"{name} is too large to decode safely (over {limit} pixels)") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{name} is not an image file that can be read (corrupt or unsupported format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise ImageDecodeError(f"{name} is corrupt or truncated ({e})") from None
+
+
 def read_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
     """Read an image file as ``float32`` in ``[0, 1]``, with its EXIF orientation applied.
 
@@ -73,24 +108,34 @@ def read_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
     Raises:
         BgMattingError: the file is missing, unreadable, truncated, not an image, or too large.
     """
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {sorted(_MODES)}, not {mode!r}")
     p = Path(path)
     if not p.is_file():
         raise BgMattingError(f"image '{p}' does not exist" if not p.exists() else f"'{p}' is not a file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_float(img, mode)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BgMattingError(f"image '{p}' is too large to read safely (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
-    except UnidentifiedImageError:
-        raise BgMattingError(f"'{p}' is not an image file that can be read (corrupt or unsupported format)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise BgMattingError(f"cannot read image '{p}': {e}") from None
+        return _decode(p, f"'{p}'", mode, None, None, uint8=False)
+    except PermissionError:
+        raise BgMattingError(f"cannot read image '{p}': permission denied") from None
+
+
+def decode_image(data: bytes, mode: str = "RGB", *, name: str = "image", max_pixels: int | None = None,
+                 formats: list[str] | None = None, uint8: bool = False) -> np.ndarray:
+    """Decode an image file held in memory, like :func:`read_image` (EXIF orientation applied).
+
+    Args:
+        data: the file's bytes.
+        mode: ``"RGB"``, ``"L"`` or ``"RGBA"``.
+        name: what the user calls it, for the messages.
+        max_pixels: refuse images with more pixels than this, before decoding them.
+        formats: PIL format names to accept (``None``: any).
+        uint8: return ``uint8`` for 8-bit images (faster) instead of ``float32`` in [0, 1].
+
+    Raises:
+        ImageTooLargeError: more than ``max_pixels`` pixels (or a decompression bomb).
+        ImageDecodeError: not an image, or a corrupt or truncated one.
+    """
+    if not data:
+        raise ImageDecodeError(f"{name} is an empty file")
+    return _decode(io.BytesIO(data), name, mode, max_pixels, formats, uint8)
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
