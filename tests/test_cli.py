@@ -182,3 +182,22 @@ def test_serve_reports_bad_weights_before_binding(tmp_path, capsys):
     assert run("serve", "--port", "0", "--weights", tmp_path / "missing.pth") == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and err.count("\n") == 1
+
+
+def test_video_command(tmp_path, weights, capsys):
+    from bgmatting.io.video import VideoReader, VideoWriter
+
+    rng = np.random.default_rng(0)
+    writer = VideoWriter(tmp_path / "clip.mp4", (32, 48), format="mp4", channels=3, rate=10)
+    for _ in range(5):
+        writer.write(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    writer.close()
+    _img(tmp_path / "plate.png", 32, 48)
+    out = tmp_path / "out"
+    assert run("video", tmp_path / "clip.mp4", "--bgr", tmp_path / "plate.png", "-o", out, "--outputs", "com,pha",
+               "--weights", weights, "--batch", "2", "-q") == 0
+    with VideoReader(out / "pha.mp4") as reader:
+        frames = list(reader)
+    assert len(frames) == 5 and frames[0].image.shape[:2] == (32, 48)
+    assert run("video", tmp_path / "clip.mp4", "--bgr", tmp_path / "plate.png", "-o", out, "--weights", weights) == 2
+    assert "overwrite" in capsys.readouterr().err

@@ -238,7 +238,10 @@ def test_background_video_layout_errors(tmp_path):
 
 
 def test_background_video_files_without_pyav(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "_av", lambda: None)
+    def no_av():
+        raise BgMattingError("reading and writing video needs PyAV: pip install av")
+
+    monkeypatch.setattr(datasets, "require_av", no_av)
     write_image(tmp_path / "c" / "0.jpg", _rgb(0.5))
     (tmp_path / "clip.mp4").write_bytes(b"not really a video")
     with pytest.raises(BgMattingError, match=r"'clip.mp4'.*pip install av.*ffmpeg"):

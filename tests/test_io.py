@@ -83,3 +83,13 @@ def test_list_images(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BgMattingError, match="no image files"):
         list_images(tmp_path / "empty")
+
+
+def test_written_files_have_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    path = write_image(tmp_path / "perm.png", np.zeros((2, 2), np.float32))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask

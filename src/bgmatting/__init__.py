@@ -9,9 +9,10 @@ from .batch import matte_images
 from .errors import BgMattingError
 from .models import MattingBase, MattingRefine
 from .pipeline import Matter, MatteResult
+from .video import VideoReport, convert_video
 from .weights import ModelInfo, list_models, load_model, read_state_dict, save_weights
 
 __version__ = "0.1.0"
 
-__all__ = ["BgMattingError", "MattingBase", "MattingRefine", "MatteResult", "Matter", "ModelInfo", "__version__",
+__all__ = ["BgMattingError", "MattingBase", "MattingRefine", "MatteResult", "Matter", "ModelInfo", "VideoReport", "__version__", "convert_video",
            "list_models", "load_model", "matte_images", "read_state_dict", "save_weights"]

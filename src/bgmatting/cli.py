@@ -57,6 +57,19 @@ def _cmd_matte(args) -> int:
     return 0
 
 
+def _cmd_video(args) -> int:
+    from .video import convert_video
+
+    report = convert_video(args.src, args.bgr, args.output, lambda: _matter(args), outputs=args.outputs,
+                           target_bgr=args.target_bgr, format=args.format, crf=args.crf, batch=args.batch,
+                           start=args.start, end=args.end, fps=args.fps, overwrite=args.overwrite,
+                           audio=not args.no_audio, progress=not args.quiet)
+    if not args.quiet:
+        print(f"matted {report.frames} frames ({report.fps:.1f} fps) into "
+              f"{', '.join(str(p) for p in report.outputs.values())}", file=sys.stderr)
+    return 0
+
+
 def _cmd_eval(args) -> int:
     from .evaluation import build_benchmark, evaluate
 
@@ -147,6 +160,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.set_defaults(func=_cmd_matte)
+
+    from .io.video import FORMATS
+
+    p = sub.add_parser("video", help="matte a video given a shot (or video) of the empty background",
+                       description="Matte a video: streaming decode, model and encode; keeps the frame rate, "
+                                   "timestamps and audio. OUT is a file (.mp4/.mov/.webm) for one output, or a "
+                                   "folder that gets <kind>.<ext> per output (PNG sequences in <kind>/).")
+    p.add_argument("src", metavar="SRC_VIDEO", help="the video (or a folder of frames)")
+    p.add_argument("--bgr", required=True, metavar="IMAGE|VIDEO", help="the empty scene: a still or a video")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder")
+    p.add_argument("--outputs", default="com", metavar="LIST", help="comma-separated: com,pha,fgr,err,ref "
+                                                                     "(default: com)")
+    p.add_argument("--target-bgr", metavar="IMAGE|VIDEO|#RRGGBB", help="composite over this image, video or colour")
+    p.add_argument("--format", default="auto", choices=("auto",) + tuple(FORMATS),
+                   help="mp4 (H.264), mov-prores4444 and webm-alpha keep transparency, png: RGBA frames")
+    p.add_argument("--crf", type=int, help="quality for mp4/webm (lower is better; default 18/24)")
+    p.add_argument("--batch", type=int, default=4, help="frames per forward pass (default 4)")
+    p.add_argument("--start", metavar="T", help="start time (seconds or [h:]m:s)")
+    p.add_argument("--end", metavar="T", help="end time (seconds or [h:]m:s)")
+    p.add_argument("--fps", type=float, help="frame rate of a folder of frames (default 25)")
+    p.add_argument("--no-audio", action="store_true", help="do not copy the source's audio")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_model_args(p)
+    p.set_defaults(func=_cmd_video)
 
     p = sub.add_parser("eval", help="evaluate a model (or written mattes) on a dataset: SAD, MSE, Grad, Conn",
                        description="Score alpha mattes against ground truth. DIR holds src/, bgr/, pha/ [fgr/] "

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from ..errors import BgMattingError
 from ..io import is_image_path, list_images, read_image
+from ..io.video import VIDEO_SUFFIXES, frame_times, read_frame, require_av
 
 __all__ = [
     "VIDEO_SUFFIXES",
@@ -45,7 +46,6 @@ __all__ = [
 PairTransform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 ImageTransform = Callable[[Tensor], Tensor]
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 
 # Formats that carry an alpha channel (PhotoMatte-style RGBA files).
 _ALPHA_SUFFIXES = (".png", ".webp", ".tif", ".tiff")
@@ -349,58 +349,13 @@ class BackgroundImageDataset(Dataset):
         return {"bgr": self.transform(bgr) if self.transform is not None else bgr}
 
 
-def _av():
-    """The PyAV module, or ``None`` when it is not installed."""
-    try:
-        import av  # noqa: PLC0415 (optional dependency)
-    except ImportError:
-        return None
-    return av
-
-
-def _video_frame_times(path: Path) -> list[int]:
-    """Presentation timestamps of every frame of the first video stream, in order (demux only, no decoding)."""
-    av = _av()
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise BgMattingError(f"'{path}' has no video stream")
-            stream = container.streams.video[0]
-            times = [pkt.pts for pkt in container.demux(stream) if pkt.size > 0]
-    except av.FFmpegError as e:
-        raise BgMattingError(f"cannot read video '{path}': {e}") from None
-    if not times:
-        raise BgMattingError(f"video '{path}' has no frames")
-    if any(t is None for t in times):
-        raise BgMattingError(
-            f"video '{path}' has frames without timestamps, so frames cannot be looked up; "
-            "extract its frames into a folder (ffmpeg -i clip.mp4 clip/%05d.jpg)"
-        )
-    return sorted(times)
-
-
-def _read_video_frame(path: Path, pts: int) -> np.ndarray:
-    """The frame of ``path`` shown at timestamp ``pts``, as ``(H, W, 3)`` float32 in ``[0, 1]``."""
-    av = _av()
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            container.seek(pts, stream=stream, backward=True, any_frame=False)
-            for frame in container.decode(stream):
-                if frame.pts is not None and frame.pts >= pts:
-                    return frame.to_ndarray(format="rgb24").astype(np.float32) / 255.0
-    except av.FFmpegError as e:
-        raise BgMattingError(f"cannot read video '{path}': {e}") from None
-    raise BgMattingError(f"cannot find the frame at timestamp {pts} in video '{path}'")
-
-
 class BackgroundVideoDataset(Dataset):
     """Frames of background videos, one sample per frame.
 
     Layout::
 
         root/<clip>/<frame>.jpg     frames extracted into one folder per clip
-        root/<clip>.mp4             video files (.mp4, .mov, .mkv, .avi, .webm, .m4v): need PyAV (pip install av)
+        root/<clip>.mp4             video files (any of bgmatting.io.video.VIDEO_SUFFIXES), read with PyAV
 
     Args:
         root: the folder of clips.
@@ -439,14 +394,17 @@ class BackgroundVideoDataset(Dataset):
             if nested:
                 raise BgMattingError(f"frames in sub-folders of a clip: {_some(nested)}; expected the layout {layout}")
             self.frames += [("image", f) for f in files]
-        if videos and _av() is None:
-            raise BgMattingError(
-                f"{len(videos)} video file(s) in '{self.root}' ({_some([v.name for v in videos])}) need PyAV to be "
-                "read: pip install av — or extract their frames into one folder per clip "
-                "(ffmpeg -i clip.mp4 clip/%05d.jpg)"
-            )
+        if videos:
+            try:
+                require_av()
+            except BgMattingError:
+                raise BgMattingError(
+                    f"{len(videos)} video file(s) in '{self.root}' ({_some([v.name for v in videos])}) need PyAV "
+                    "to be read: pip install av — or extract their frames into one folder per clip "
+                    "(ffmpeg -i clip.mp4 clip/%05d.jpg)"
+                ) from None
         for video in videos:
-            self.frames += [("video", video, t) for t in _video_frame_times(video)]
+            self.frames += [("video", video, t) for t in frame_times(video)]
         if not self.frames:
             raise BgMattingError(f"no clips found in '{self.root}'; expected the layout {layout}")
 
@@ -455,7 +413,10 @@ class BackgroundVideoDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         kind, path, *rest = self.frames[index]
-        array = read_image(path, mode="RGB") if kind == "image" else _read_video_frame(path, rest[0])
+        if kind == "image":
+            array = read_image(path, mode="RGB")
+        else:
+            array = read_frame(path, rest[0]).astype(np.float32) / 255.0
         bgr = _to_tensor(array)
         return {"bgr": self.transform(bgr) if self.transform is not None else bgr}
 

@@ -7,14 +7,10 @@ display matrix (or their old ``rotate`` tag), and seeks for ``start``/``end``.
 
 Writing — :class:`VideoWriter` encodes frames into one of :data:`FORMATS`:
 
-========================  =========================================  =================================
-``format``                file                                       alpha
-========================  =========================================  =================================
-``mp4``                   H.264 (``libx264``), ``yuv420p``, ``crf``     no (gray mattes as luma only)
-``mov-prores4444``        ProRes 4444 (``prores_ks``), 10 bit          yes (``yuva444p10le``)
-``webm-alpha``            VP9 (``libvpx-vp9``), ``yuva420p``, ``crf``   yes
-``png``                   a folder of ``000000.png``, ``000001.png``…  yes (RGBA PNG)
-========================  =========================================  =================================
+- ``mp4``: H.264 (``libx264``, ``yuv420p``, ``crf``); no alpha; gray mattes are written as luma.
+- ``mov-prores4444``: ProRes 4444 (``prores_ks``), 10 bit, alpha in ``yuva444p10le``.
+- ``webm-alpha``: VP9 (``libvpx-vp9``, ``crf``), alpha in ``yuva420p``.
+- ``png``: a folder of RGBA / RGB / gray PNG frames ``000000.png``, ``000001.png``, …
 
 Timestamps are passed through (``pts`` in the caller's ``time_base``), so variable-frame-rate sources keep
 their timing. The audio of a source file can be copied into the output (:func:`plan_audio`): its packets are
@@ -37,11 +33,13 @@ import re
 import shutil
 import tempfile
 import warnings
-from contextlib import ExitStack
+from collections import deque
+from collections.abc import Sequence
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -90,7 +88,7 @@ _AUDIO_LEAD = 0.5  # seconds of audio muxed ahead of the video, so the muxer can
 def require_av():
     """The ``av`` (PyAV) module; raises :class:`BgMattingError` with the install command when it is missing."""
     try:
-        import av  # noqa: PLC0415 (optional dependency)
+        import av
     except ImportError:
         raise BgMattingError("reading and writing video needs PyAV: pip install av") from None
     return av
@@ -148,7 +146,7 @@ def check_crf(format: str, crf: int | None) -> int | None:
     return int(crf)
 
 
-def parse_time(text: str | float | int | None) -> float | None:
+def parse_time(text: str | float | None) -> float | None:
     """``'12.5'``, ``'1:02.5'`` or ``'01:02:03.5'`` → seconds (``None`` stays ``None``)."""
     if text is None:
         return None
@@ -182,7 +180,7 @@ class Orientation(NamedTuple):
     flip_cols: bool = False
 
     @classmethod
-    def from_matrix(cls, matrix: Sequence[int]) -> "Orientation":
+    def from_matrix(cls, matrix: Sequence[int]) -> Orientation:
         """From FFmpeg's display matrix (9 ``int32``, 16.16 fixed point), as FFmpeg's own auto-rotation reads it.
 
         The matrix maps a stored pixel ``(x, y)`` to ``(a·x + c·y, b·x + d·y)`` on screen, with
@@ -194,7 +192,7 @@ class Orientation(NamedTuple):
         return cls(True, b < 0, c < 0)  # x becomes vertical: screen row = b·x, screen column = c·y
 
     @classmethod
-    def from_rotation(cls, degrees_ccw: float) -> "Orientation":
+    def from_rotation(cls, degrees_ccw: float) -> Orientation:
         """From a counter-clockwise rotation in degrees (rounded to a multiple of 90°)."""
         k = round(degrees_ccw / 90.0) % 4
         return cls(*[(False, False, False), (True, True, False), (False, True, True), (True, False, True)][k])
@@ -273,7 +271,7 @@ class VideoInfo:
     frames: int | None
     duration: float | None
     codec: str
-    orientation: Orientation = Orientation()
+    orientation: Orientation = field(default_factory=Orientation)
     audio: str | None = None
     sequence: bool = False
     first_pts: int = 0
@@ -302,7 +300,7 @@ class Frame:
 
     def as_tensor(self):
         """The image as a ``(1, C, H, W)`` float32 tensor in [0, 1] (gray gives ``C = 1``)."""
-        import torch  # noqa: PLC0415
+        import torch
 
         t = torch.from_numpy(np.ascontiguousarray(self.image))
         t = t[..., None] if t.ndim == 2 else t
@@ -346,7 +344,9 @@ class VideoReader:
         if self.start is not None and self.end is not None and self.end <= self.start:
             raise BgMattingError(f"end ({self.end:g} s) must come after start ({self.start:g} s)")
         self._container = None
-        self._frames: Iterator[Frame] | None = None
+        self._peeked: Frame | None = None  # the first frame, decoded when the reader is made
+        self._index = 0  # frames yielded so far
+        self._open = False
         if not self.path.exists():
             raise BgMattingError(f"video '{self.path}' does not exist")
         if self.path.is_dir():
@@ -377,18 +377,19 @@ class VideoReader:
         self._first_index = first
         self.info = VideoInfo(self.path, image_size(self._files[0]), rate, 1 / rate, len(self._files),
                               len(files) / rate, "image sequence", sequence=True, first_pts=first)
-        self._frames = self._sequence_frames()
+        self._open = True
 
-    def _sequence_frames(self) -> Iterator[Frame]:
-        size = self.info.size
-        to_mode = {"rgb": "RGB", "rgba": "RGBA", "gray": "L"}[self.mode]
-        for i, f in enumerate(self._files):
-            image = to_uint(read_image(f, mode=to_mode))
-            if image.shape[:2] != size:
-                raise BgMattingError(f"frame '{f}' is {image.shape[1]}x{image.shape[0]} but the first frame of the "
-                                     f"sequence is {size[1]}x{size[0]}; all frames must have the same size")
-            pts = self._first_index + i
-            yield Frame(image, pts, float(pts * self.info.time_base), i)
+    def _next_sequence_frame(self) -> Frame | None:
+        i = self._index
+        if i >= len(self._files):
+            return None
+        f, size = self._files[i], self.info.size
+        image = to_uint(read_image(f, mode={"rgb": "RGB", "rgba": "RGBA", "gray": "L"}[self.mode]))
+        if image.shape[:2] != size:
+            raise BgMattingError(f"frame '{f}' is {image.shape[1]}x{image.shape[0]} but the first frame of the "
+                                 f"sequence is {size[1]}x{size[0]}; all frames must have the same size")
+        pts = self._first_index + i
+        return Frame(image, pts, float(pts * self.info.time_base), i)
 
     # ------------------------------------------------------------------ files
     def _open_file(self) -> None:
@@ -439,79 +440,98 @@ class VideoReader:
                 c.close()
                 self._container = c = av.open(str(self.path), metadata_errors="ignore")
                 self._stream = stream = c.streams.video[0]
+                stream.thread_type = "AUTO"
                 if not custom:
                     self._decoder = stream.codec_context
-        frames = self._file_frames(tb, rate)
+        # decoding state (an explicit state machine rather than generators, so that closing from any thread,
+        # or the garbage collector, never meets a generator half-way through)
+        self._tb = tb
+        self._step = max(1, round(1 / (rate * tb))) if rate else 1
+        self._packets = c.demux(stream)
+        self._decoded: deque = deque()
+        self._drained = False
+        self._prev_pts: int | None = None
+        self._orientation: Orientation | None = None
+        self._open = True
         try:
-            first = next(frames)
-        except StopIteration:
+            first = self._next_file_frame()
+        except BaseException:
+            self.close()
+            raise
+        if first is None:
             self.close()
             where = "" if self.start is None and self.end is None else \
                 f" between {self.start or 0:g} s and {self.end if self.end is not None else 'the end'}" \
                 + (" s" if self.end is not None else "")
-            raise BgMattingError(f"video '{self.path}' has no frames{where}") from None
-        except BaseException:
-            self.close()
-            raise
+            raise BgMattingError(f"video '{self.path}' has no frames{where}")
+        self._peeked = first
         audio = c.streams.audio[0].codec_context.name if c.streams.audio else None
         self.info = VideoInfo(self.path, first.image.shape[:2], rate, tb, estimate, duration,
                               stream.codec_context.name, self._orientation, audio, first_pts=first.pts,
                               start_time=float(self._origin * tb))
 
-        def chain() -> Iterator[Frame]:
-            yield first
-            yield from frames
-
-        self._frames = chain()
-
-    def _decode(self) -> Iterator[Any]:
+    def _next_av_frame(self):
+        """The next decoded PyAV frame, or ``None`` at the end of the stream."""
         av = require_av()
         stream, decoder = self._stream, self._decoder
         try:
-            for packet in self._container.demux(stream):
-                if decoder is stream.codec_context:
-                    yield from packet.decode()
+            while not self._decoded:
+                if self._drained:
+                    return None
+                packet = next(self._packets, None)
+                if packet is None:
+                    self._drained = True
+                    if decoder is not stream.codec_context:
+                        self._decoded.extend(decoder.decode(None))
+                elif decoder is stream.codec_context:
+                    self._decoded.extend(packet.decode())  # an empty packet at the end flushes the decoder
                 elif packet.size:
-                    yield from decoder.decode(packet)
-            if decoder is not stream.codec_context:
-                yield from decoder.decode(None)
+                    self._decoded.extend(decoder.decode(packet))
         except av.error.FFmpegError as e:
             raise BgMattingError(f"video '{self.path}' cannot be decoded further (damaged file?): {e}") from None
+        return self._decoded.popleft()
 
-    def _file_frames(self, tb: Fraction, rate: Fraction | None) -> Iterator[Frame]:
-        fmt = _READ_MODES[self.mode]
-        step = max(1, round(1 / (rate * tb))) if rate else 1
-        prev = None
-        index = 0
-        self._orientation = None
-        for frame in self._decode():
+    def _next_file_frame(self) -> Frame | None:
+        while True:
+            frame = self._next_av_frame()
+            if frame is None:
+                return None
+            prev = self._prev_pts
             pts = frame.pts if frame.pts is not None else getattr(frame, "dts", None)
             if pts is None:  # no timestamp at all: continue at the nominal rate
-                pts = self._origin if prev is None else prev + step
+                pts = self._origin if prev is None else prev + self._step
             elif prev is not None and pts <= prev:  # broken or duplicate timestamps: keep them increasing
                 pts = prev + 1
             if self._start_pts is not None and pts < self._start_pts:
                 continue
             if self._end_pts is not None and pts >= self._end_pts:
-                break
-            prev = pts
+                self._drained, self._decoded = True, deque()
+                return None
+            self._prev_pts = pts
             if self._orientation is None:
                 self._orientation = _frame_orientation(frame, self._stream)
             kwargs = {}
             if frame.color_range == 2:  # full-range ("JPEG") Y'CbCr, common on phones
                 kwargs["src_color_range"] = 2
-            image = self._orientation.apply(frame.to_ndarray(format=fmt, **kwargs))
-            yield Frame(image, int(pts), float((pts - self._origin) * tb), index)
-            index += 1
+            image = self._orientation.apply(frame.to_ndarray(format=_READ_MODES[self.mode], **kwargs))
+            return Frame(image, int(pts), float((pts - self._origin) * self._tb), self._index)
 
     # ------------------------------------------------------------------ public
-    def __iter__(self) -> Iterator[Frame]:
-        if self._frames is None:
-            raise BgMattingError(f"video '{self.path}' is closed")
-        return self._frames
+    def __iter__(self) -> VideoReader:
+        return self
 
     def __next__(self) -> Frame:
-        return next(iter(self))
+        """The next :class:`Frame`; ``StopIteration`` after the last one (or once closed)."""
+        if not self._open:
+            raise StopIteration
+        if self._peeked is not None:
+            frame, self._peeked = self._peeked, None
+        else:
+            frame = self._next_sequence_frame() if self.info.sequence else self._next_file_frame()
+        if frame is None:
+            raise StopIteration
+        self._index += 1
+        return frame
 
     def count_frames(self) -> int:
         """The number of frames this reader yields in ``[start, end)``, counted from the packets (no decoding).
@@ -535,14 +555,17 @@ class VideoReader:
 
     def close(self) -> None:
         """Release the file; iteration stops."""
+        self._open = False
+        self._peeked = None
+        self._packets = None
+        self._decoded = deque()
         if self._container is not None:
             try:
                 self._container.close()
             finally:
                 self._container = None
-        self._frames = None
 
-    def __enter__(self) -> "VideoReader":
+    def __enter__(self) -> VideoReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -585,7 +608,7 @@ def frame_times(path: str | os.PathLike) -> list[float]:
 def read_frame(path: str | os.PathLike, time: float = 0.0, mode: str = "rgb") -> np.ndarray:
     """The frame shown at ``time`` seconds (the first at or after it; see :func:`frame_times`), upright, uint8."""
     with VideoReader(path, start=time, mode=mode) as reader:
-        return next(iter(reader)).image
+        return next(reader).image
 
 
 # --------------------------------------------------------------------------------------------- audio
@@ -972,17 +995,13 @@ class VideoWriter:
         if self._closed:
             return
         self._closed = True
-        if self._audio is not None:
-            try:
+        # a half-open container may refuse to close cleanly; it is deleted anyway
+        with suppress(Exception):
+            if self._audio is not None:
                 self._audio.close()
-            except Exception:  # noqa: BLE001
-                pass
-        container = getattr(self, "_container", None)
-        if container is not None:
-            try:
-                container.close()
-            except Exception:  # noqa: BLE001 (a half-open container may refuse to close; it is deleted anyway)
-                pass
+        with suppress(Exception):
+            if getattr(self, "_container", None) is not None:
+                self._container.close()
         if self.format == "png":
             tmp = getattr(self, "_tmp", None)
             if tmp is not None:
@@ -992,7 +1011,7 @@ class VideoWriter:
             err = BgMattingError("aborted")
             self._stack.__exit__(type(err), err, None)
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -1,0 +1,80 @@
+"""Accuracy on the held-out split of the offline corpus: a model next to an oracle-tuned difference keyer.
+
+    python benchmarks/accuracy.py --corpus /work/corpus [--weights PATH|NAME] [--region all|trimap] [--seed 0]
+
+The held-out people and backgrounds (``valid/`` of ``bgmatting data prepare``) are composited with the BGMv2
+perturbations (shadow, noise, background colour change, misalignment) from a fixed seed, exactly as
+``bgmatting eval`` does. The baseline keys on the colour difference between source and background shot,
+``alpha = clip((|src - bgr| - lo) / (hi - lo), 0, 1)``, with ``lo`` and ``hi`` chosen on the same images to give
+the lowest mean MSE (an oracle no real keyer has). Prints a table of the mean SAD, MSE, Grad and Conn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bgmatting import Matter
+from bgmatting.evaluation import evaluate
+
+
+class DifferenceKeyer:
+    """alpha from the per-pixel colour distance between source and background shot."""
+
+    def __init__(self, lo: float, hi: float):
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, src: np.ndarray, bgr: np.ndarray):
+        d = np.sqrt(((src - bgr) ** 2).sum(axis=2))
+        pha = np.clip((d - self.lo) / (self.hi - self.lo), 0.0, 1.0).astype(np.float32)
+        return type("R", (), {"pha": pha, "fgr": src})()
+
+
+def _pool(corpus: Path, tmp: Path) -> Path:
+    """The composited-layout folder for ``corpus/valid``: fgr/, pha/ and the background pool as bgr/."""
+    valid = corpus / "valid"
+    for name, target in (("fgr", valid / "fgr"), ("pha", valid / "pha"), ("bgr", valid / "backgrounds")):
+        if not target.is_dir():
+            sys.exit(f"error: '{target}' is missing: run 'bgmatting data prepare --out {corpus}' first")
+        (tmp / name).symlink_to(target.resolve())
+    return tmp
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", required=True, type=Path)
+    ap.add_argument("--weights", default=None, help="weights file or zoo name (default: the shipped model)")
+    ap.add_argument("--region", default="all", choices=("all", "trimap"))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = _pool(args.corpus, Path(tmp))
+        rows = []
+        best = None
+        for lo, hi in itertools.product((0.02, 0.05, 0.08, 0.12, 0.16), (0.1, 0.2, 0.3, 0.4, 0.6)):
+            if hi <= lo:
+                continue
+            report = evaluate(data, matter=DifferenceKeyer(lo, hi), region=args.region, seed=args.seed,
+                              progress=False)
+            if best is None or report.mean()["mse"] < best[1].mean()["mse"]:
+                best = ((lo, hi), report)
+        rows.append((f"difference keying (oracle lo={best[0][0]}, hi={best[0][1]})", best[1].mean()))
+        model = Matter(args.weights, device="cpu")
+        report = evaluate(data, matter=model, region=args.region, seed=args.seed, progress=True)
+        rows.append((f"bgmatting {args.weights or 'default'}", report.mean()))
+        n = len(report.rows)
+    print(f"held-out set: {n} composites, region={args.region}, seed={args.seed}")
+    print(f"{'method':<48} {'SAD':>9} {'MSE':>9} {'Grad':>9} {'Conn':>9}")
+    for name, m in rows:
+        print(f"{name:<48} {m['sad']:9.3f} {m['mse']:9.3f} {m['grad']:9.3f} {m['conn']:9.3f}")
+    ratio = rows[0][1]["mse"] / max(rows[1][1]["mse"], 1e-9)
+    print(f"MSE ratio (baseline / model): {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,418 @@
+"""`convert_video`: outputs and formats, timing and audio, backgrounds, interrupts, bounded queues, errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+av = pytest.importorskip("av")
+
+from conftest import randomize_
+from test_video_io import H, W, background_image, frame_image, leftovers, make_video, marker, streams
+
+from bgmatting import BgMattingError, Matter, MattingRefine
+from bgmatting import video as vmod
+from bgmatting.io import video as vio
+from bgmatting.io.video import VideoReader, VideoWriter
+from bgmatting.video import VideoReport, convert_video, plan_video_outputs
+
+
+class StubMatter:
+    """Alpha = 1 where the source differs from the background, else 0; records the batches it saw."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, fail_at: int | None = None, exc: type[BaseException] = KeyboardInterrupt, delay: float = 0.0):
+        self.batches: list[int] = []
+        self.fail_at, self.exc, self.delay = fail_at, exc, delay
+
+    def forward_tensors(self, src, bgr):
+        assert src.shape == bgr.shape and src.dtype == torch.float32 and 0 <= src.min() and src.max() <= 1
+        if self.fail_at is not None and len(self.batches) == self.fail_at:
+            raise self.exc()
+        time.sleep(self.delay)
+        self.batches.append(src.shape[0])
+        diff = (src - bgr).abs().mean(1, keepdim=True)
+        pha = (diff > 0.15).float()
+        return {"pha": pha, "fgr": src, "err": diff.clamp(0, 1), "ref": torch.zeros_like(pha)}
+
+
+def expected_alpha(i: int) -> np.ndarray:
+    """The stub's alpha for frame ``i`` of :func:`frame_image` over :func:`background_image` (the box)."""
+    a = np.zeros((H, W), np.uint8)
+    a[14:34, 20 + 2 * i:34 + 2 * i] = 255
+    if i > 0:
+        a[:8, :8] = 255 if 20 * i > 40 else a[:8, :8]
+    return a
+
+
+def read_all(path: Path, mode: str = "rgba") -> list:
+    with VideoReader(path, mode=mode) as r:
+        return list(r)
+
+
+@pytest.fixture
+def clip(tmp_path):
+    """12 frames at 25 fps with AAC audio, and the background still."""
+    src = make_video(tmp_path / "clip.mp4", 12, audio="aac")
+    Image.fromarray(background_image()).save(tmp_path / "plate.png")
+    return src, tmp_path / "plate.png"
+
+
+def box_error(image: np.ndarray, i: int) -> float:
+    """Mean absolute error of a decoded alpha against the box of frame ``i`` (marker corner excluded)."""
+    a = image.astype(int)
+    exp = expected_alpha(i).astype(int)
+    return float(np.abs(a[8:] - exp[8:]).mean())
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+def test_every_output_as_mp4_keeps_frames_timing_and_audio(clip, tmp_path):
+    src, plate = clip
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="composited over #00ff00"):
+        report = convert_video(src, plate, out, StubMatter(), outputs="com,pha,fgr,err,ref", batch=5, progress=False)
+    assert isinstance(report, VideoReport) and report.frames == 12 and report.format == "mp4"
+    assert set(report.outputs) == {"com", "pha", "fgr", "err", "ref"}
+    assert sorted(p.name for p in out.iterdir()) == ["com.mp4", "err.mp4", "fgr.mp4", "pha.mp4", "ref.mp4"]
+    times = [f.time for f in read_all(src)]
+    for path in report.outputs.values():
+        frames = read_all(path)
+        assert len(frames) == 12 and frames[0].image.shape == (H, W, 4)
+        assert np.allclose([f.time for f in frames], times, atol=1e-3)
+    assert box_error(read_all(out / "pha.mp4", "gray")[5].image, 5) < 8
+    com = read_all(out / "com.mp4", "rgb")[5].image.astype(int)
+    assert np.abs(com[40, 2] - [0, 255, 0]).max() < 12  # background replaced by green
+    assert np.abs(com[20, 35] - 255).max() < 12  # the box kept
+    assert report.audio == "copied (aac)"
+    assert streams(out / "com.mp4")["audio"][:2] == streams(src)["audio"][:2]
+    assert "audio" in streams(out / "fgr.mp4") and "audio" not in streams(out / "pha.mp4")
+    assert leftovers(out) == []
+
+
+@pytest.mark.parametrize("fmt", ["mov-prores4444", "webm-alpha", "png"])
+def test_alpha_formats_keep_transparency(clip, tmp_path, fmt):
+    src, plate = clip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # audio notices (webm transcodes, png drops)
+        report = convert_video(src, plate, tmp_path / "out", StubMatter(), outputs=["com", "pha"], format=fmt,
+                               progress=False)
+    com = report.outputs["com"]
+    assert com == tmp_path / "out" / ("com" + vio.FORMAT_SUFFIXES[fmt])
+    frames = read_all(com)
+    assert len(frames) == 12
+    assert [marker(f.image) for f in frames][1:] == list(range(1, 12))
+    for i in (0, 7):
+        assert box_error(frames[i].image[..., 3], i) < 8
+    if fmt != "png":
+        assert streams(com)["audio"][0] == ("aac" if fmt == "mov-prores4444" else "opus")
+
+
+def test_one_output_into_a_named_file_with_a_progress_bar(clip, tmp_path, capsys):
+    src, plate = clip
+    report = convert_video(src, plate, tmp_path / "alpha.webm", StubMatter(), outputs="pha")
+    assert report.outputs == {"pha": tmp_path / "alpha.webm"} and report.format == "webm-alpha"
+    assert len(read_all(tmp_path / "alpha.webm")) == 12
+    assert "12/12" in capsys.readouterr().err  # tqdm: frames done / estimated total
+
+
+def test_output_rule():
+    assert plan_video_outputs("o", ["com", "pha"]) == ("mp4", {"com": Path("o/com.mp4"), "pha": Path("o/pha.mp4")})
+    assert plan_video_outputs("o", ["com"], "png") == ("png", {"com": Path("o/com")})
+    assert plan_video_outputs("x.mov", ["com"]) == ("mov-prores4444", {"com": Path("x.mov")})
+    with pytest.raises(BgMattingError, match="give an output folder"):
+        plan_video_outputs("x.mp4", ["com", "pha"])
+    with pytest.raises(BgMattingError, match="does not write '.mp4'"):
+        plan_video_outputs("x.mp4", ["com"], "webm-alpha")
+    with pytest.raises(BgMattingError, match="cannot write '.avi'"):
+        plan_video_outputs("x.avi", ["com"])
+    with pytest.raises(BgMattingError, match="unknown video format"):
+        plan_video_outputs("o", ["com"], "gif")
+
+
+def test_real_model_runs_with_a_partial_last_batch(clip, tmp_path):
+    src, plate = clip
+    model = randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=320))
+    matter = Matter(model, device="cpu")
+    report = convert_video(src, plate, tmp_path / "pha.mp4", matter, outputs="pha", batch=5, end=0.32,
+                           progress=False)
+    assert report.frames == 8
+    assert len(read_all(tmp_path / "pha.mp4")) == 8
+
+
+# --------------------------------------------------------------------------------------------- timing & audio
+
+def test_variable_frame_rate_and_trimming(tmp_path):
+    pts = [0, 40, 80, 200, 240, 400, 410, 420, 700, 800, 840, 1000]  # ms
+    src = make_video(tmp_path / "vfr.mp4", pts=pts, time_base=Fraction(1, 1000), audio="aac", audio_seconds=1.2)
+    plate = tmp_path / "plate.png"
+    Image.fromarray(background_image()).save(plate)
+    report = convert_video(src, plate, tmp_path / "full", StubMatter(), outputs="fgr", progress=False)
+    assert np.allclose([f.time for f in read_all(report.outputs["fgr"])], np.array(pts) / 1000, atol=1e-3)
+    # --start/--end: frames in [0.2, 0.75), shifted to start at 0; the audio follows
+    report = convert_video(src, plate, tmp_path / "cut", StubMatter(), outputs="fgr", start="0.2", end=0.75,
+                           progress=False)
+    frames = read_all(report.outputs["fgr"])
+    assert [marker(f.image) for f in frames] == [3, 4, 5, 6, 7, 8]
+    assert np.allclose([f.time for f in frames], np.array([200, 240, 400, 410, 420, 700]) / 1000 - 0.2, atol=1e-3)
+    codec, _, end = streams(report.outputs["fgr"])["audio"]
+    assert codec == "aac" and end == pytest.approx(0.55, abs=0.07)
+
+
+def test_rotated_phone_video_comes_out_upright(tmp_path):
+    if not hasattr(av.VideoStream, "set_display_rotation"):
+        pytest.skip("this PyAV cannot write a display matrix")
+    src = make_video(tmp_path / "phone.mp4", 4, rotation=-90)
+    plate = tmp_path / "plate.png"
+    Image.fromarray(np.rot90(background_image(), -1).copy()).save(plate)  # the background shot upright too
+    report = convert_video(src, plate, tmp_path / "pha.mp4", StubMatter(), outputs="pha", progress=False)
+    assert report.size == (W, H)
+    frames = read_all(report.outputs["pha"], "gray")
+    assert frames[0].image.shape == (W, H)
+    assert np.abs(frames[2].image.astype(int) - np.rot90(expected_alpha(2), -1))[:, :-8].mean() < 8
+
+
+# --------------------------------------------------------------------------------------------- backgrounds
+
+def test_background_video_is_matched_frame_by_frame(tmp_path):
+    src = make_video(tmp_path / "clip.mp4", 10)
+    # the "empty scene" video holds the source frames themselves, so alpha must be 0 everywhere
+    bgr = make_video(tmp_path / "empty.mp4", 10)
+    report = convert_video(src, bgr, tmp_path / "pha.mp4", StubMatter(), outputs="pha", progress=False)
+    assert report.background == "video, frame by frame"
+    assert max(f.image.max() for f in read_all(tmp_path / "pha.mp4", "gray")) < 30
+
+
+def test_shorter_background_video_becomes_its_median(tmp_path):
+    src = make_video(tmp_path / "clip.mp4", 10)
+    bgr = make_video(tmp_path / "empty.mp4", 3, frames=[background_image()] * 2 + [frame_image(9)])
+    with pytest.warns(UserWarning, match="median"):
+        report = convert_video(src, bgr, tmp_path / "pha.mp4", StubMatter(), outputs="pha", progress=False)
+    assert report.background.startswith("median") and any("median" in n for n in report.notes)
+    frames = read_all(tmp_path / "pha.mp4", "gray")
+    assert len(frames) == 10 and box_error(frames[4].image, 4) < 8
+
+
+def test_background_of_another_size_is_resized_but_another_view_refused(clip, tmp_path):
+    src, _ = clip
+    Image.fromarray(background_image()).resize((W * 2, H * 2)).save(tmp_path / "big.png")
+    with pytest.warns(UserWarning, match="background 128x96 is resized to the source size 64x48"):
+        report = convert_video(src, tmp_path / "big.png", tmp_path / "pha.mp4", StubMatter(), outputs="pha",
+                               progress=False)
+    assert box_error(read_all(report.outputs["pha"], "gray")[3].image, 3) < 10
+    Image.fromarray(background_image()[:, :40]).save(tmp_path / "narrow.png")
+    with pytest.raises(BgMattingError, match="same view"):
+        convert_video(src, tmp_path / "narrow.png", tmp_path / "x", StubMatter(), progress=False)
+
+
+@pytest.mark.parametrize("kind", ["colour", "image", "video"])
+def test_target_background(clip, tmp_path, kind):
+    src, plate = clip
+    red = np.zeros((H, W, 3), np.uint8)
+    red[..., 0] = 255
+    if kind == "colour":
+        target = "#ff0000"
+    elif kind == "image":
+        target = tmp_path / "red.png"
+        Image.fromarray(red).save(target)
+    else:  # 3 frames of red: looped over the 12 frames of the source
+        target = make_video(tmp_path / "red.mp4", 3, frames=[red] * 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "composited over green" notice
+        report = convert_video(src, plate, tmp_path / "com.webm", StubMatter(), target_bgr=target, progress=False,
+                               audio=False)
+    frames = read_all(report.outputs["com"])
+    assert len(frames) == 12
+    for f in (frames[1], frames[11]):
+        assert np.abs(f.image[40, 2].astype(int) - [255, 0, 0, 255]).max() < 20  # opaque red background
+        assert np.abs(f.image[20, 27 + 2 * f.index].astype(int) - 255).max() < 20  # the white box kept
+
+
+def test_bgr_transform_hook_sees_every_frame(clip, tmp_path):
+    src, plate = clip
+    seen = []
+
+    def align(bgr, frame):
+        assert bgr.shape == frame.shape == (H, W, 3) and bgr.dtype == frame.dtype == np.uint8
+        seen.append(marker(frame))
+        return frame  # the "aligned" background equals the frame: nothing is foreground
+
+    convert_video(src, plate, tmp_path / "pha.mp4", StubMatter(), outputs="pha", bgr_transform=align,
+                  progress=False)
+    assert seen == list(range(12))
+    assert max(f.image.max() for f in read_all(tmp_path / "pha.mp4", "gray")) < 30
+
+
+# --------------------------------------------------------------------------------------------- interrupts & safety
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+def test_interrupted_run_leaves_no_file(clip, tmp_path, exc):
+    src, plate = clip
+    out = tmp_path / "out"
+    with pytest.raises(exc):
+        convert_video(src, plate, out, StubMatter(fail_at=1, exc=exc), outputs="com,pha", batch=2, progress=False,
+                      format="webm-alpha", audio=False)
+    assert list(out.iterdir()) == []
+    # with --overwrite, an interrupted run leaves the previous outputs as they were
+    convert_video(src, plate, out, StubMatter(), outputs="com,pha", format="webm-alpha", progress=False, audio=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(exc):
+        convert_video(src, plate, out, StubMatter(fail_at=2, exc=exc), outputs="com,pha", batch=2, overwrite=True,
+                      format="webm-alpha", progress=False, audio=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [t for t in threading.enumerate() if t.name.startswith("bgmatting-")]
+
+
+def test_ctrl_c_in_a_real_process_leaves_no_file(clip, tmp_path):
+    """SIGINT lands wherever the main thread is (model, queues); the outputs of the run are deleted."""
+    src = make_video(tmp_path / "long.mp4", 40)
+    plate = clip[1]
+    out = tmp_path / "out"
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time, torch
+        from bgmatting.video import convert_video
+
+        class Slow:
+            device = torch.device("cpu")
+            calls = 0
+
+            def forward_tensors(self, s, b):
+                Slow.calls += 1
+                if Slow.calls == 3:
+                    print("matting", flush=True)
+                time.sleep(0.05)
+                pha = torch.full_like(s[:, :1], 0.5)
+                return {{"pha": pha, "fgr": s, "err": pha, "ref": pha}}
+
+        try:
+            convert_video({str(src)!r}, {str(plate)!r}, {str(out)!r}, Slow(), outputs="com,pha", batch=1,
+                          format="webm-alpha", progress=False)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            sys.exit(3)
+        print("finished", flush=True)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.stdout.readline().strip() == "matting"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3, stderr
+    assert stdout.strip() == "interrupted"
+    assert list(out.iterdir()) == []
+
+
+def test_writer_failure_stops_the_run(clip, tmp_path, monkeypatch):
+    src, plate = clip
+
+    def broken(self, image, pts=None):
+        raise BgMattingError("disk full")
+
+    monkeypatch.setattr(VideoWriter, "write", broken)
+    with pytest.raises(BgMattingError, match="disk full"):
+        convert_video(src, plate, tmp_path / "out", StubMatter(), outputs="pha", progress=False)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_existing_outputs_and_inputs_are_protected(clip, tmp_path):
+    src, plate = clip
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pha.mp4").write_bytes(b"keep")
+    with pytest.raises(BgMattingError, match="pass --overwrite"):
+        convert_video(src, plate, out, StubMatter(), outputs="com,pha", progress=False)
+    assert (out / "pha.mp4").read_bytes() == b"keep" and not (out / "com.mp4").exists()
+    with pytest.raises(BgMattingError, match="would overwrite an input"):
+        convert_video(src, plate, src, StubMatter(), outputs="com", overwrite=True, progress=False)
+
+
+def test_queues_are_bounded(tmp_path, monkeypatch):
+    """The reader and the writer never run more than their queues ahead of the model, whatever the length."""
+    src = make_video(tmp_path / "long.mp4", 40)
+    plate = tmp_path / "plate.png"
+    Image.fromarray(background_image()).save(plate)
+    batch = 2
+    state = {"read": 0, "matted": 0, "written": 0, "ahead": 0, "behind": 0}
+    matter = StubMatter(delay=0.01)
+    forward = matter.forward_tensors
+
+    def counting_forward(s, b):
+        state["ahead"] = max(state["ahead"], state["read"] - state["matted"])
+        out = forward(s, b)
+        state["matted"] += s.shape[0]
+        return out
+
+    def count_read(bgr, frame):
+        state["read"] += 1
+        return bgr
+
+    real_write = VideoWriter.write
+
+    def slow_write(self, image, pts=None):
+        state["behind"] = max(state["behind"], state["matted"] - state["written"])
+        time.sleep(0.005)
+        real_write(self, image, pts)
+        state["written"] += 1
+
+    monkeypatch.setattr(VideoWriter, "write", slow_write)
+    matter.forward_tensors = counting_forward
+    convert_video(src, plate, tmp_path / "pha.mp4", matter, outputs="pha", batch=batch, bgr_transform=count_read,
+                  progress=False)
+    assert state["written"] == state["matted"] == 40
+    # queue + the frame in the reader's hand + the batch being gathered
+    assert state["ahead"] <= vmod.QUEUE_BATCHES * batch + 1 + batch
+    # queue + the batch in the writer's hand + the batch just matted
+    assert state["behind"] <= (vmod.QUEUE_BATCHES + 2) * batch
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+def test_every_check_happens_before_the_model_is_made(clip, tmp_path):
+    src, plate = clip
+
+    def no_model():
+        raise AssertionError("the model must not be made when the arguments are wrong")
+
+    (tmp_path / "text.mp4").write_text("hello")
+    cases = [
+        ({"src": tmp_path / "missing.mp4"}, "does not exist"),
+        ({"src": tmp_path / "text.mp4"}, "not a video file"),
+        ({"src": plate}, "is an image"),
+        ({"bgr": tmp_path / "nope.png"}, "background .* does not exist"),
+        ({"outputs": "com,alpha"}, "unknown video output"),
+        ({"format": "avi"}, "unknown video format"),
+        ({"crf": 80}, "--crf"),
+        ({"batch": 0}, "batch"),
+        ({"start": 1.0, "end": 0.5}, "must come after"),
+        ({"start": 9.0}, "no frames between"),
+        ({"target_bgr": tmp_path / "missing.jpg"}, "does not exist"),
+        ({"target_bgr": "#12"}, "not a colour"),
+    ]
+    for kwargs, message in cases:
+        args = {"src": src, "bgr": plate, "out": tmp_path / "out"}
+        args.update(kwargs)
+        with pytest.raises(BgMattingError, match=message):
+            convert_video(args.pop("src"), args.pop("bgr"), args.pop("out"), no_model, progress=False, **args)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_missing_encoder_is_reported_before_matting(clip, tmp_path, monkeypatch):
+    src, plate = clip
+    monkeypatch.setattr(vio, "has_encoder", lambda name: name != "libvpx-vp9")
+    with pytest.raises(BgMattingError, match="no 'libvpx-vp9' encoder"):
+        convert_video(src, plate, tmp_path / "a.webm", lambda: pytest.fail("model made"), progress=False)
