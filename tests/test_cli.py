@@ -13,9 +13,29 @@ from bgmatting.cli import main
 from conftest import randomize_
 
 
+def _scene(h, w, kind=0):
+    """A smooth, structured test scene; ``kind`` picks an unrelated one."""
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    f = (3.0, 5.0, 7.0) if kind == 0 else (11.0, 2.0, 13.0)
+    rgb = [0.5 + 0.4 * np.sin(fi * np.pi * (x + (0.3 + i) * y * (1 if kind == 0 else -1))) for i, fi in enumerate(f)]
+    return np.stack(rgb, axis=2)
+
+
 def _img(path, h=20, w=28, seed=0):
+    """seed 0: the scene with a subject (a rectangle) in front; other seeds: the empty scene, with sensor noise."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    rng = np.random.default_rng(seed)
+    img = _scene(h, w)
+    if seed == 0:
+        img[h // 4: 3 * h // 4, w // 3: 2 * w // 3] = (0.9, 0.2, 0.3)
+    img = np.clip(img + rng.normal(0, 0.01, img.shape), 0, 1)
+    Image.fromarray((img * 255).round().astype(np.uint8)).save(path)
+    return path
+
+
+def _unrelated(path, h=20, w=28):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((_scene(h, w, kind=1) * 255).round().astype(np.uint8)).save(path)
     return path
 
 
@@ -187,12 +207,8 @@ def test_serve_reports_bad_weights_before_binding(tmp_path, capsys):
 def test_video_command(tmp_path, weights, capsys):
     from bgmatting.io.video import VideoReader, VideoWriter
 
-    rng = np.random.default_rng(0)
-    writer = VideoWriter(tmp_path / "clip.mp4", (32, 48), format="mp4", channels=3, rate=10)
-    for _ in range(5):
-        writer.write(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))
-    writer.close()
-    _img(tmp_path / "plate.png", 32, 48)
+    _moving_square_video(tmp_path / "clip.mp4", n=5)
+    _img(tmp_path / "plate.png", 32, 48, seed=1)
     out = tmp_path / "out"
     assert run("video", tmp_path / "clip.mp4", "--bgr", tmp_path / "plate.png", "-o", out, "--outputs", "com,pha",
                "--weights", weights, "--batch", "2", "-q") == 0
@@ -201,3 +217,47 @@ def test_video_command(tmp_path, weights, capsys):
     assert len(frames) == 5 and frames[0].image.shape[:2] == (32, 48)
     assert run("video", tmp_path / "clip.mp4", "--bgr", tmp_path / "plate.png", "-o", out, "--weights", weights) == 2
     assert "overwrite" in capsys.readouterr().err
+
+
+def _moving_square_video(path, n=12, h=32, w=48):
+    from bgmatting.io.video import VideoWriter
+
+    background = (_scene(h, w) * 255).round().astype(np.uint8)
+    writer = VideoWriter(path, (h, w), format="mp4", channels=3, rate=10, crf=0)
+    for i in range(n):
+        frame = background.copy()
+        x = 2 + i * 3
+        frame[8:20, x:x + 10] = (250, 20, 20)
+        writer.write(frame)
+    writer.close()
+    return background
+
+
+def test_plate_and_webcam_commands(tmp_path, weights, capsys):
+    background = _moving_square_video(tmp_path / "walk.mp4")
+    assert run("plate", tmp_path / "walk.mp4", "-o", tmp_path / "plate.png", "--coverage-map", tmp_path / "cov.png",
+               "--no-align", "--no-refine", "-q") == 0
+    plate = np.asarray(Image.open(tmp_path / "plate.png"), dtype=np.float32)
+    assert plate.shape == background.shape
+    from bgmatting.io.video import VideoReader
+
+    with VideoReader(tmp_path / "walk.mp4") as reader:
+        first = next(iter(reader)).image.astype(np.float32)
+    square = (slice(8, 20), slice(2, 12))  # where the subject is in the first frame
+    assert np.abs(plate[square] - background[square]).mean() < 0.3 * np.abs(first[square] - background[square]).mean()
+    assert "never seen" in capsys.readouterr().out
+    assert Image.open(tmp_path / "cov.png").size == (48, 32)
+    assert run("webcam", "--camera", tmp_path / "walk.mp4", "--weights", weights, "--no-display",
+               "--max-frames", "3") == 0
+    assert run("webcam", "--camera", tmp_path / "none.mp4", "--weights", weights, "--no-display") == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_matte_align_flag_and_background_check(tmp_path, weights, capsys):
+    src, plate, bgr = _img(tmp_path / "s.png", 96, 128), _img(tmp_path / "p.png", 96, 128, 1), \
+        _unrelated(tmp_path / "b.png", 96, 128)
+    assert run("matte", src, "--bgr", plate, "-o", tmp_path / "ok", "--weights", weights, "--align", "-q") == 0
+    assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "bad", "--weights", weights, "-q") == 2
+    err = capsys.readouterr().err
+    assert "--target-bgr" in err and err.count("\n") == 1
+    assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "bad", "--weights", weights, "--no-bgr-check", "-q") == 0

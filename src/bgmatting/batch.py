@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import BgMattingError
 from .io import image_size, is_image_path, list_images, read_image, write_image
-from .pipeline import MatteResult, Matter, check_background_size, parse_colour
+from .pipeline import MatteResult, Matter, check_background_size, match_background, parse_colour, to_tensor
 
 OUTPUT_KINDS = ("com", "pha", "fgr", "err", "ref", "mask")
 
@@ -194,7 +194,7 @@ def write_outputs(result: MatteResult, outputs: dict[str, Path], target: Any = N
 def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                  matter: Matter | Callable[[], Matter], outputs: str | Sequence[str] = ("com", "pha"), target_bgr: str | None = None,
                  overwrite: bool = False, pha_16bit: bool = False, mask_threshold: float = 0.5,
-                 progress: bool = True) -> list[Job]:
+                 align: bool = False, check_bgr: bool = True, progress: bool = True) -> list[Job]:
     """Matte image files and write the outputs under ``out_dir/<kind>/<relative path>.png``.
 
     Args:
@@ -207,6 +207,9 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
             ``fgr`` (RGB), ``err``/``ref`` (gray), ``mask`` (binary: subject white where alpha ≥ ``mask_threshold``).
         target_bgr: an image path or ``#RRGGBB``: ``com`` becomes the composite over it.
         overwrite: replace existing outputs (inputs are never overwritten).
+        align: align each background to its source first (hand-held shots; see :mod:`bgmatting.align`).
+        check_bgr: stop with an explanation when a background does not show the source's scene (e.g. the new
+            background passed as ``bgr`` instead of ``target_bgr``).
 
     Returns:
         the jobs done, with their output paths.
@@ -222,12 +225,24 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
     target = load_target(target_bgr)
     if not isinstance(matter, Matter):
         matter = matter()
+    if align or check_bgr:
+        from .align import align_background, check_background_matches
     bgr_cache: dict[Path, np.ndarray] = {}
     for job in tqdm(jobs, desc="matting", unit="img", disable=not progress):
         src = read_image(job.src)
         if job.bgr not in bgr_cache:
             bgr_cache.clear()  # keep at most one background in memory
             bgr_cache[job.bgr] = read_image(job.bgr)
-        result = matter(src, bgr_cache[job.bgr])
+        bgr = bgr_cache[job.bgr]
+        if align or check_bgr:
+            bgr = match_background(to_tensor(bgr), src.shape[:2])[0].permute(1, 2, 0).numpy()
+        if align:
+            bgr = align_background(bgr, src)[0]
+        if check_bgr:
+            try:
+                check_background_matches(src, bgr)
+            except BgMattingError as e:
+                raise BgMattingError(f"{job.src}: {e}") from None
+        result = matter(src, bgr)
         write_outputs(result, job.outputs, target, pha_16bit, mask_threshold)
     return jobs

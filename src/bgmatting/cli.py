@@ -38,6 +38,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
 
 
+def _add_bgr_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--align", action="store_true",
+                   help="align the background shot to each image/frame first (hand-held camera)")
+    p.add_argument("--no-bgr-check", action="store_true",
+                   help="skip the check that the background shot shows the same scene as the source")
+
+
 def _matter(args):
     from .pipeline import Matter
 
@@ -49,8 +56,9 @@ def _matter(args):
 def _cmd_matte(args) -> int:
     from .batch import matte_images
 
-    jobs = matte_images(args.src, args.bgr, args.output, lambda: _matter(args), outputs=args.outputs, target_bgr=args.target_bgr,
-                        overwrite=args.overwrite, pha_16bit=args.pha_16bit, mask_threshold=args.mask_threshold,
+    jobs = matte_images(args.src, args.bgr, args.output, lambda: _matter(args), outputs=args.outputs,
+                        target_bgr=args.target_bgr, overwrite=args.overwrite, pha_16bit=args.pha_16bit,
+                        mask_threshold=args.mask_threshold, align=args.align, check_bgr=not args.no_bgr_check,
                         progress=not args.quiet)
     if not args.quiet:
         print(f"matted {len(jobs)} image(s) into {args.output}", file=sys.stderr)
@@ -60,13 +68,52 @@ def _cmd_matte(args) -> int:
 def _cmd_video(args) -> int:
     from .video import convert_video
 
-    report = convert_video(args.src, args.bgr, args.output, lambda: _matter(args), outputs=args.outputs,
+    bgr = args.bgr
+    matter = None
+    if bgr == "auto":  # no background shot: estimate a clean plate from the video itself
+        from .io.video import parse_time
+        from .plate import estimate_plate
+
+        matter = _matter(args)
+        plate = estimate_plate(args.src, matter, align=args.align, max_frames=args.plate_frames,
+                               start=parse_time(args.start), end=parse_time(args.end), progress=not args.quiet)
+        if plate.never_seen_fraction > 0.01:
+            warnings.warn(f"{100 * plate.never_seen_fraction:.1f}% of the background was never seen uncovered; "
+                          "the subject may not be matted well there")
+        bgr = (plate.plate * 255).round().astype("uint8")
+    report = convert_video(args.src, bgr, args.output, matter or (lambda: _matter(args)), outputs=args.outputs,
                            target_bgr=args.target_bgr, format=args.format, crf=args.crf, batch=args.batch,
                            start=args.start, end=args.end, fps=args.fps, overwrite=args.overwrite,
-                           audio=not args.no_audio, progress=not args.quiet)
+                           audio=not args.no_audio, progress=not args.quiet, align=args.align,
+                           check_bgr=not args.no_bgr_check and args.bgr != "auto")
     if not args.quiet:
         print(f"matted {report.frames} frames ({report.fps:.1f} fps) into "
               f"{', '.join(str(p) for p in report.outputs.values())}", file=sys.stderr)
+    return 0
+
+
+def _cmd_plate(args) -> int:
+    from .io.video import parse_time
+    from .plate import estimate_plate, save_plate
+
+    matter = None if args.no_refine else _matter(args)
+    result = estimate_plate(args.src, matter, align=not args.no_align, max_frames=args.frames,
+                            start=parse_time(args.start), end=parse_time(args.end), progress=not args.quiet)
+    save_plate(result, args.output, args.coverage_map)
+    print(f"wrote {args.output} from {result.frames_used} frames; {100 * result.never_seen_fraction:.2f}% of the "
+          "pixels were never seen uncovered" + (f" (see {args.coverage_map})" if args.coverage_map else ""))
+    return 0
+
+
+def _cmd_webcam(args) -> int:
+    from .batch import load_target
+    from .webcam import parse_camera, parse_size, run
+
+    camera = parse_camera(args.camera)
+    size = parse_size(args.size)
+    target = load_target(args.target_bgr) if args.target_bgr else "#00ff00"
+    run(camera, lambda: _matter(args), target=target, size=size, display=not args.no_display,
+        max_frames=args.max_frames)
     return 0
 
 
@@ -157,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pha-16bit", action="store_true", help="write alpha as 16-bit PNG")
     p.add_argument("--mask-threshold", type=float, default=0.5, metavar="T", help="alpha threshold of 'mask'")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _add_bgr_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.set_defaults(func=_cmd_matte)
@@ -168,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "timestamps and audio. OUT is a file (.mp4/.mov/.webm) for one output, or a "
                                    "folder that gets <kind>.<ext> per output (PNG sequences in <kind>/).")
     p.add_argument("src", metavar="SRC_VIDEO", help="the video (or a folder of frames)")
-    p.add_argument("--bgr", required=True, metavar="IMAGE|VIDEO", help="the empty scene: a still or a video")
+    p.add_argument("--bgr", required=True, metavar="IMAGE|VIDEO|auto",
+                   help="the empty scene: a still or a video; 'auto' estimates it from the video (subject moving)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder")
     p.add_argument("--outputs", default="com", metavar="LIST", help="comma-separated: com,pha,fgr,err,ref "
                                                                      "(default: com)")
@@ -181,10 +230,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", metavar="T", help="end time (seconds or [h:]m:s)")
     p.add_argument("--fps", type=float, help="frame rate of a folder of frames (default 25)")
     p.add_argument("--no-audio", action="store_true", help="do not copy the source's audio")
+    p.add_argument("--plate-frames", type=int, default=60, help="frames used by --bgr auto (default 60)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_bgr_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.set_defaults(func=_cmd_video)
+
+    p = sub.add_parser("plate", help="estimate the clean background of a video in which the subject moves",
+                       description="Temporal median of (aligned) frames, refined by masking out the subject "
+                                   "with the matting model; reports the pixels never seen uncovered.")
+    p.add_argument("src", metavar="VIDEO", help="the video (or a folder of frames)")
+    p.add_argument("-o", "--output", required=True, metavar="PLATE.png", help="the plate image to write")
+    p.add_argument("--coverage-map", metavar="COV.png", help="also write where the background was seen (white)")
+    p.add_argument("--frames", type=int, default=60, help="frames used, spread over the video (default 60)")
+    p.add_argument("--start", metavar="T")
+    p.add_argument("--end", metavar="T")
+    p.add_argument("--no-align", action="store_true", help="the camera is static: skip the alignment")
+    p.add_argument("--no-refine", action="store_true", help="plain median, without the matting model")
+    p.add_argument("-q", "--quiet", action="store_true")
+    _add_model_args(p)
+    p.set_defaults(func=_cmd_plate)
+
+    p = sub.add_parser("webcam", help="live matting from a camera (b: capture background, q: quit)")
+    p.add_argument("--camera", default="0", help="camera index, or a video file used as a camera (default 0)")
+    p.add_argument("--target-bgr", metavar="IMAGE|#RRGGBB", help="what to show behind you (default green)")
+    p.add_argument("--size", metavar="WxH", help="capture size, e.g. 1280x720")
+    p.add_argument("--no-display", action="store_true", help="run without a window (testing)")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    _add_model_args(p)
+    p.set_defaults(func=_cmd_webcam)
 
     p = sub.add_parser("eval", help="evaluate a model (or written mattes) on a dataset: SAD, MSE, Grad, Conn",
                        description="Score alpha mattes against ground truth. DIR holds src/, bgr/, pha/ [fgr/] "

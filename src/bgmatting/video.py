@@ -348,7 +348,8 @@ def convert_video(src: str | os.PathLike, bgr: Any, out: str | os.PathLike, matt
                   *, outputs: str | Sequence[str] = ("com",), target_bgr: Any = None, format: str = "auto",
                   crf: int | None = None, batch: int = 4, start: float | str | None = None,
                   end: float | str | None = None, fps: float | None = None, overwrite: bool = False,
-                  audio: bool = True, progress: bool = True, bgr_transform: BgrTransform | None = None) -> VideoReport:
+                  audio: bool = True, progress: bool = True, bgr_transform: BgrTransform | None = None,
+                  check_bgr: bool = True, align: bool = False) -> VideoReport:
     """Matte a video and write the requested outputs as videos (or PNG sequences).
 
     Args:
@@ -384,6 +385,11 @@ def convert_video(src: str | os.PathLike, bgr: Any, out: str | os.PathLike, matt
         bgr_transform: ``f(bgr, src) -> bgr`` called for every frame, in order, in the reader thread, with
             ``(H, W, 3)`` uint8 RGB arrays at the source size; returns the background to use for that frame
             (uint8, or float in [0, 1]) — the hook for aligning a background to hand-held footage.
+        check_bgr: before any work, compare a still background with the first frames and stop with an
+            explanation when it does not show the same scene (the most common mistake: passing the new background
+            as ``bgr`` instead of ``target_bgr``); see :func:`bgmatting.align.check_video_background`.
+        align: align the background to each frame (hand-held footage): uses a
+            :class:`~bgmatting.align.BackgroundAligner` as ``bgr_transform`` unless one is given.
 
     Returns:
         a :class:`VideoReport`.
@@ -427,6 +433,15 @@ def convert_video(src: str | os.PathLike, bgr: Any, out: str | os.PathLike, matt
         size = info.size
         bgr_frames, bgr_desc = _open_background(bgr, reader, start, end, fps, notes)
         closers.append(bgr_frames.close)
+        if check_bgr and bgr_frames.still is not None:
+            from .align import check_video_background
+
+            with VideoReader(src_path, start=start, end=end, fps=fps) as first:
+                check_video_background(first, bgr_frames.still, align=align)
+        if align and bgr_transform is None:
+            from .align import BackgroundAligner
+
+            bgr_transform = BackgroundAligner()
         composite = "com" in kinds and (target_bgr is not None or fmt not in ALPHA_FORMATS)
         if target_bgr is not None and "com" not in kinds:
             _notice(notes, "--target-bgr only changes the 'com' output, which was not requested")

@@ -1,0 +1,324 @@
+"""Clean-plate estimation: the background of a video without the subject, when no background shot exists.
+
+:func:`estimate_plate` works in two steps:
+
+1. **Median.** Up to ``max_frames`` frames spread evenly over the video are kept (as uint8, so memory is
+   bounded by ``max_frames × H × W × 3`` bytes, about 370 MB for 60 frames of 1080p); with ``align=True``
+   each is warped onto the middle one (:class:`~bgmatting.align.BackgroundAligner`), for hand-held footage;
+   the per-pixel median of the frames is the first plate. It is right wherever the background shows in more
+   than half of the frames.
+2. **Refinement** (with a ``matter``). Every kept frame is matted against the current plate (at a reduced
+   size: only a coarse mask is needed); where alpha exceeds ``alpha_threshold``, dilated by
+   ``dilate`` (a fraction of the image size), the frame shows the subject and is left out; the plate
+   becomes the per-pixel median of the remaining samples. Repeated ``iterations`` times, this recovers the
+   background wherever it was seen uncovered at least once, even if the subject covered it most of the time.
+
+Pixels never seen uncovered keep the plain median of step 1 (the subject's colours, typically);
+:attr:`PlateResult.never_seen_fraction` says how much of the frame that is, and :attr:`PlateResult.coverage`
+maps, per pixel, the fraction of the kept frames that showed the background there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BgMattingError
+
+__all__ = ["PlateResult", "estimate_plate", "sample_frames", "save_plate"]
+
+DEFAULT_MAX_FRAMES = 60
+_MEDIAN_CHUNK = 1 << 24  # elements of the (frames, rows, W, 3) block sorted at once (bounds temporary memory)
+_AGREE_TOLERANCE = 0.08  # without a matter: a frame "shows the background" where it is this close to the plate
+
+
+@dataclass
+class PlateResult:
+    """A clean plate and how well it is supported.
+
+    Attributes:
+        plate: the background, ``(H, W, 3)`` float32 in [0, 1].
+        coverage: ``(H, W)`` float32 in [0, 1]: the fraction of the kept frames in which the pixel was seen as
+            background (with a matter: alpha below the threshold after dilation; without one: the frame agrees
+            with the plate within 0.08, a heuristic that also counts a subject that never moves).
+        never_seen_fraction: the fraction of pixels whose coverage is 0; they hold the plain median of the
+            frames instead (often the subject itself).
+        frames_used: how many frames were kept.
+        frame_indices: their positions in the input (0-based).
+    """
+
+    plate: np.ndarray
+    coverage: np.ndarray
+    never_seen_fraction: float
+    frames_used: int
+    frame_indices: list[int]
+
+
+# --------------------------------------------------------------------------------------------- frames
+
+def _frame_array(frame: Any) -> np.ndarray:
+    """A frame as uint8 ``(H, W, 3)``: numpy (uint8, or float in [0, 1]), a reader ``Frame`` (``.image``)."""
+    image = getattr(frame, "image", frame)
+    if hasattr(image, "detach"):  # torch tensor (C, H, W) / (1, C, H, W)
+        image = image.detach().cpu()
+        image = image[0] if image.ndim == 4 else image
+        image = image.permute(1, 2, 0).numpy()
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise BgMattingError(f"video frames must be (H, W, 3) images, got shape {arr.shape}")
+    arr = arr[..., :3]
+    if arr.dtype == np.uint8:
+        return arr
+    if np.issubdtype(arr.dtype, np.floating):
+        return np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if arr.dtype == np.uint16:
+        return (arr >> 8).astype(np.uint8)
+    raise BgMattingError(f"video frames have unsupported dtype {arr.dtype}; use uint8 or float in [0, 1]")
+
+
+def sample_frames(frames: Iterable[Any], max_frames: int = DEFAULT_MAX_FRAMES,
+                  total: int | None = None) -> tuple[np.ndarray, list[int]]:
+    """Keep at most ``max_frames`` frames spread evenly over ``frames``, reading it once.
+
+    Args:
+        frames: an iterable of ``(H, W, 3)`` frames (uint8 or float in [0, 1]) or of objects with an ``image``
+            attribute (a :class:`~bgmatting.io.video.VideoReader`'s frames).
+        max_frames: the most frames kept; at most this many are held in memory at any time.
+        total: the number of frames, when known: every ``ceil(total / max_frames)``-th is kept. Otherwise
+            (or if ``total`` was too small) the stride doubles whenever the buffer fills, so between
+            ``max_frames / 2`` and ``max_frames`` frames, evenly spread, are kept.
+
+    Returns:
+        ``(stack, indices)``: uint8 ``(N, H, W, 3)`` and the input positions of the kept frames.
+    """
+    if max_frames < 1:
+        raise BgMattingError(f"the number of frames for the plate must be at least 1, got {max_frames}")
+    stride = max(1, math.ceil(total / max_frames)) if total else 1
+    stack: np.ndarray | None = None
+    indices: list[int] = []
+    count = 0
+    for i, frame in enumerate(frames):
+        if i % stride:
+            continue
+        arr = _frame_array(frame)
+        if stack is None:
+            stack = np.empty((max_frames, *arr.shape), np.uint8)
+        elif arr.shape != stack.shape[1:]:
+            raise BgMattingError(f"frame {i} is {arr.shape[1]}x{arr.shape[0]} but the first frame was "
+                                 f"{stack.shape[2]}x{stack.shape[1]}; all frames must have one size")
+        if count == max_frames:  # full: keep every other frame, double the stride
+            keep = list(range(0, count, 2))
+            stack[: len(keep)] = stack[keep]
+            indices = [indices[k] for k in keep]
+            count = len(keep)
+            stride *= 2
+            if i % stride:
+                continue
+        stack[count] = arr
+        indices.append(i)
+        count += 1
+    if stack is None or count == 0:
+        raise BgMattingError("the video has no frames to estimate a background from")
+    return stack[:count], indices
+
+
+# --------------------------------------------------------------------------------------------- medians
+
+def _masked_median(stack: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel median over the frames of ``stack`` ``(N, H, W, 3)`` uint8 where ``valid`` ``(N, H, W)``.
+
+    Returns ``(median float32 (H, W, 3) in [0, 1], count int (H, W))``; where ``count == 0`` the median is 0.
+    Works in row bands so that the temporary memory stays near ``_MEDIAN_CHUNK`` elements.
+    """
+    n, h, w, _ = stack.shape
+    out = np.zeros((h, w, 3), np.float32)
+    count = np.full((h, w), n, np.int64) if valid is None else valid.sum(0)
+    rows = max(1, _MEDIAN_CHUNK // max(1, n * w * 3))
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        block = stack[:, r0:r1]
+        if valid is None:
+            med = np.median(block, axis=0)
+        else:
+            data = block.astype(np.uint16)
+            data[~valid[:, r0:r1]] = 256  # invalid samples sort after every valid one
+            data.sort(axis=0)
+            k = count[r0:r1][None, ..., None]  # (1, rows, W, 1)
+            lo = np.take_along_axis(data, np.maximum(k - 1, 0) // 2 * np.ones_like(data[:1]), axis=0)[0]
+            hi = np.take_along_axis(data, np.minimum(k // 2, n - 1) * np.ones_like(data[:1]), axis=0)[0]
+            med = (lo.astype(np.float32) + hi.astype(np.float32)) / 2
+            med[count[r0:r1] == 0] = 0
+        out[r0:r1] = np.asarray(med, np.float32) / 255.0
+    return out, count
+
+
+# --------------------------------------------------------------------------------------------- alignment
+
+def _align_to_reference(stack: np.ndarray, reference: int) -> np.ndarray:
+    """Warp every frame of ``stack`` (in place) onto frame ``reference``; returns the coverage masks ``(N, H, W)``.
+
+    Frames that cannot be aligned stay as they are (one warning says how many).
+    """
+    from .align import AlignmentWarning, BackgroundAligner, import_cv2
+
+    cv2 = import_cv2()
+    aligner = BackgroundAligner(fill="edge", warn=False)
+    ref = stack[reference].astype(np.float32) / 255.0
+    n, h, w, _ = stack.shape
+    valid = np.ones((n, h, w), bool)
+    failed = 0
+    for i in range(n):
+        if i == reference:
+            continue
+        frame = stack[i].astype(np.float32) / 255.0
+        info = aligner.estimate(ref, frame)  # reference → frame: the reference's features are computed once
+        if info.method in ("none", "previous"):
+            failed += 1
+        if info.method == "none":
+            continue
+        matrix = np.linalg.inv(info.matrix)  # frame → reference
+        warped, _ = aligner.warp(frame, ref, matrix)
+        stack[i] = np.clip(warped * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        cover = cv2.warpPerspective(np.ones((h, w), np.float32), matrix, (w, h), flags=cv2.INTER_LINEAR)
+        valid[i] = cover > 0.999
+    if failed:
+        warnings.warn(f"{failed} of {n - 1} frames could not be aligned to the middle frame and were used as they "
+                      "are (or with the previous frame's alignment); if the camera does not move, pass "
+                      "align=False (--no-align)", AlignmentWarning, stacklevel=3)
+    return valid
+
+
+# --------------------------------------------------------------------------------------------- masks
+
+def _subject_mask(matter: Any, frame: np.ndarray, plate: np.ndarray, mask_size: int, alpha_threshold: float,
+                  dilate: float) -> np.ndarray:
+    """Where ``frame`` (uint8) shows the subject against ``plate`` (float): ``(H, W)`` bool, dilated."""
+    from .align import _resize_max, import_cv2
+
+    cv2 = import_cv2()
+    h, w = frame.shape[:2]
+    small_src = _resize_max(frame.astype(np.float32) / 255.0, mask_size)
+    small_bgr = _resize_max(plate, mask_size)
+    pha = np.asarray(matter(small_src, small_bgr).pha, np.float32)
+    if pha.shape != small_src.shape[:2]:
+        raise BgMattingError(f"the matter returned alpha of shape {pha.shape}, expected {small_src.shape[:2]}")
+    mask = (pha > alpha_threshold).astype(np.uint8)
+    radius = round(dilate * max(mask.shape))
+    if radius > 0 and mask.any():
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        mask = cv2.dilate(mask, kernel)
+    if mask.shape != (h, w):
+        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+    return mask.astype(bool)
+
+
+def _agrees_with(frame: np.ndarray, plate: np.ndarray) -> np.ndarray:
+    """Where ``frame`` (uint8) is within ``_AGREE_TOLERANCE`` of ``plate`` (after a 5×5 box blur of the difference)."""
+    from .align import import_cv2
+
+    cv2 = import_cv2()
+    diff = np.abs(frame.astype(np.float32) / 255.0 - plate).max(axis=2)
+    return cv2.blur(diff, (5, 5)) < _AGREE_TOLERANCE
+
+
+# --------------------------------------------------------------------------------------------- public
+
+def estimate_plate(frames: Any, matter: Any = None, *, iterations: int = 2, align: bool = True,
+                   max_frames: int = DEFAULT_MAX_FRAMES, start: float | None = None, end: float | None = None,
+                   mask_size: int = 512, alpha_threshold: float = 0.05, dilate: float = 0.02,
+                   progress: bool = False) -> PlateResult:
+    """Estimate the background of a video in which the subject moves (a "clean plate").
+
+    Args:
+        frames: a video file or frame folder (path; read with :class:`~bgmatting.io.video.VideoReader` from
+            ``start`` to ``end`` seconds), a ``VideoReader``, or any iterable of frames ``(H, W, 3)`` (uint8
+            or float in [0, 1], RGB) — read once.
+        matter: optional; a :class:`~bgmatting.pipeline.Matter` (or any ``matter(src, bgr)`` returning an
+            object with ``pha`` ``(h, w)`` in [0, 1]) used to mask the subject out in the refinement.
+        iterations: refinement passes with ``matter`` (0: the plain median).
+        align: warp every frame onto the middle kept frame before the median (hand-held camera). The plate is
+            then in the view of that frame; align it to each frame when matting (``--align``).
+        max_frames: the most frames kept, spread evenly over the video (memory: ``max_frames × H × W × 3`` bytes).
+        mask_size: longest side at which frames are matted for the subject masks.
+        alpha_threshold: alpha above which a pixel belongs to the subject.
+        dilate: the subject mask grows by this fraction of the image's longest side (motion blur, hair).
+        progress: show progress bars (reading, refinement passes).
+
+    Returns:
+        a :class:`PlateResult`.
+
+    Raises:
+        BgMattingError: no frames, frames of different sizes, a missing or unreadable video.
+    """
+    if iterations < 0:
+        raise BgMattingError(f"iterations must be 0 or more, got {iterations}")
+    if not 0.0 <= alpha_threshold < 1.0:
+        raise BgMattingError(f"alpha_threshold must be in [0, 1), got {alpha_threshold}")
+    total = None
+    reader = None
+    if isinstance(frames, (str, os.PathLike)):
+        from .io.video import VideoReader
+
+        reader = frames = VideoReader(frames, start=start, end=end)
+    if hasattr(frames, "count_frames"):
+        try:
+            total = frames.count_frames()
+        except Exception:  # noqa: BLE001 (only a hint for the stride)
+            total = None
+    elif hasattr(frames, "__len__"):
+        total = len(frames)
+    from tqdm import tqdm
+
+    try:
+        stack, indices = sample_frames(tqdm(frames, total=total, desc="reading", unit="frame", disable=not progress),
+                                       max_frames, total)
+    finally:
+        if reader is not None:
+            reader.close()
+    n = len(stack)
+    valid = _align_to_reference(stack, n // 2) if align and n > 1 else None
+    plate, count = _masked_median(stack, valid)
+    median = plate
+    if matter is None or iterations == 0:
+        seen = np.zeros(stack.shape[1:3], np.int64)
+        for i in range(n):
+            agree = _agrees_with(stack[i], plate)
+            seen += agree if valid is None else agree & valid[i]
+        coverage = seen.astype(np.float32) / n
+        return PlateResult(plate, coverage, float((seen == 0).mean()), n, indices)
+
+    for it in range(iterations):
+        background = np.empty((n, *stack.shape[1:3]), bool)
+        for i in tqdm(range(n), desc=f"plate pass {it + 1}/{iterations}", unit="frame", disable=not progress):
+            background[i] = ~_subject_mask(matter, stack[i], plate, mask_size, alpha_threshold, dilate)
+        if valid is not None:
+            background &= valid
+        refined, count = _masked_median(stack, background)
+        never = count == 0
+        refined[never] = median[never]
+        plate = refined
+    coverage = count.astype(np.float32) / n
+    return PlateResult(plate, coverage, float(never.mean()), n, indices)
+
+
+def save_plate(result: PlateResult, path: str | os.PathLike, coverage_path: str | os.PathLike | None = None) -> Path:
+    """Write the plate (RGB) to ``path`` and, if given, the coverage map to ``coverage_path``.
+
+    The coverage map is gray: white where every kept frame showed the background, black where none did.
+    Both are written atomically; returns ``path``.
+    """
+    from .io import write_image
+
+    out = write_image(path, result.plate)
+    if coverage_path is not None:
+        write_image(coverage_path, result.coverage)
+    return out

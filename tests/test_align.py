@@ -1,0 +1,245 @@
+"""Background alignment (homography, fallbacks, one warning, uncovered fill) and the background-shot check."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+cv2 = pytest.importorskip("cv2")
+
+from bgmatting import BgMattingError
+from bgmatting.align import (
+    AlignmentWarning,
+    BackgroundAligner,
+    align_background,
+    background_agreement,
+    check_background_matches,
+    check_video_background,
+)
+
+H, W = 192, 256
+
+
+def textured(seed: int, h: int = H, w: int = W, shapes: int = 70) -> np.ndarray:
+    """Rectangles and discs of random colours on a random base: plenty of corners for the features."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.float32) + rng.uniform(0.2, 0.8, 3).astype(np.float32)
+    for _ in range(shapes):
+        c = tuple(float(v) for v in rng.uniform(0, 1, 3))
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+        if rng.random() < 0.5:
+            cv2.rectangle(img, (x, y), (x + int(rng.integers(5, w // 4)), y + int(rng.integers(5, h // 4))), c, -1)
+        else:
+            cv2.circle(img, (x, y), int(rng.integers(3, h // 8)), c, -1)
+    return np.clip(img + rng.normal(0, 0.01, img.shape).astype(np.float32), 0, 1)
+
+
+def blob(h: int = H, w: int = W, cy: float = 0.55, cx: float = 0.45, ry: float = 0.3, rx: float = 0.15) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return ((yy - cy * h) / (ry * h)) ** 2 + ((xx - cx * w) / (rx * w)) ** 2 < 1
+
+
+# A hand-held move: slight zoom, rotation, shift and perspective (background pixels → source pixels).
+MOVE = np.array([[1.02, 0.012, 7.0], [-0.015, 0.99, -5.0], [3e-5, -2e-5, 1.0]])
+
+
+def hand_held_pair(seed: int = 0):
+    bgr = textured(seed)
+    src = cv2.warpPerspective(bgr, MOVE, (W, H), borderMode=cv2.BORDER_REFLECT)
+    subject = blob()
+    src[subject] = (0.9, 0.2, 0.1)
+    inside = cv2.warpPerspective(np.ones((H, W), np.float32), MOVE, (W, H)) > 0.999
+    return bgr, src, subject, inside
+
+
+@pytest.mark.parametrize("features", ["orb", "sift"])
+def test_homography_recovers_a_hand_held_move(features):
+    bgr, src, subject, inside = hand_held_pair()
+    aligned, info = align_background(bgr, src, features=features)
+    assert info.method == "homography" and info.inliers >= 15 and info.reason == ""
+    assert aligned.shape == src.shape and aligned.dtype == np.float32
+    background = inside & ~subject
+    unaligned_err = np.abs(bgr - src)[background].mean()
+    aligned_err = np.abs(aligned - src)[background].mean()
+    assert aligned_err < 0.02 and aligned_err < unaligned_err / 8
+    # the matrix maps background pixels to source pixels like the true move does
+    corners = np.array([[0, 0, 1], [W, 0, 1], [W, H, 1], [0, H, 1]], float).T
+    est, true = info.matrix @ corners, MOVE @ corners
+    assert np.abs(est[:2] / est[2] - true[:2] / true[2]).max() < 1.5
+
+
+def test_uncovered_pixels_are_filled_from_the_source():
+    bgr = textured(1)
+    shift = np.array([[1.0, 0, 12.0], [0, 1.0, 0], [0, 0, 1.0]])  # the camera turned: 12 px on the left are new
+    src = cv2.warpPerspective(bgr, shift, (W, H), borderMode=cv2.BORDER_CONSTANT, borderValue=(0.3, 0.9, 0.3))
+    src[blob()] = (0.9, 0.2, 0.1)
+    aligned, info = align_background(bgr, src)
+    assert info.method == "homography"
+    assert info.coverage == pytest.approx(1 - 12 / W, abs=0.01)
+    np.testing.assert_allclose(aligned[:, :10], src[:, :10], atol=1e-4)  # src == bgr there → alpha 0
+    assert np.abs(aligned[:, 16:] - src[:, 16:])[~blob()[:, 16:]].mean() < 0.02
+    edge, _ = BackgroundAligner(fill="edge").align(bgr, src)
+    assert np.abs(edge[:, :10] - src[:, :10]).mean() > 0.1  # the other option repeats the background's border
+
+
+def test_flat_images_fall_back_with_exactly_one_warning():
+    flat = np.full((H, W, 3), 0.5, np.float32)
+    src = flat.copy()
+    src[blob()] = (0.9, 0.2, 0.1)
+    aligner = BackgroundAligner()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            out = aligner(flat, src)
+            np.testing.assert_array_equal(out, flat)  # the unaligned plate
+    msgs = [w for w in caught if issubclass(w.category, AlignmentWarning)]
+    assert len(msgs) == 1 and "no texture" in str(msgs[0].message)
+    assert aligner.counts == {"none": 3} and aligner.last_info.method == "none"
+
+
+def test_failed_frames_keep_the_last_good_alignment():
+    bgr, src, _, _ = hand_held_pair(2)
+    aligner = BackgroundAligner()
+    _, info = aligner.align(bgr, src)
+    assert info.method == "homography"
+    flat = np.full_like(src, 0.5)
+    with pytest.warns(AlignmentWarning, match="last good alignment"):
+        _, again = aligner.align(bgr, flat)
+    assert again.method == "previous"
+    np.testing.assert_allclose(again.matrix, info.matrix)
+    assert aligner.counts == {"homography": 1, "previous": 1}
+    aligner.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert aligner.align(bgr, flat)[1].method == "none"
+
+
+def test_degenerate_homographies_are_rejected():
+    aligner = BackgroundAligner()
+    shape = (100, 100)
+    assert aligner._implausible(np.eye(3), shape, shape) is None
+    assert "mirrored" in aligner._implausible(np.diag([-1.0, 1, 1]) + [[0, 0, 100], [0, 0, 0], [0, 0, 0]], shape, shape)
+    assert "scale" in aligner._implausible(np.diag([3.0, 3, 1]), shape, shape)
+    assert "scale" in aligner._implausible(np.diag([1e-4, 1e-4, 1]), shape, shape)  # det near 0
+    assert "perspective" in aligner._implausible(np.array([[1, 0, 0], [0, 1, 0], [0.006, 0, 1.0]]), shape, shape)
+    assert "shift" in aligner._implausible(np.array([[1, 0, 40], [0, 1, 0], [0, 0, 1.0]]), shape, shape)
+    assert aligner._implausible(np.full((3, 3), np.nan), shape, shape) == "not finite"
+
+
+def test_translation_fallback_on_smooth_images():
+    rng = np.random.default_rng(0)
+    smooth = cv2.GaussianBlur(cv2.resize(rng.uniform(0, 1, (6, 8, 3)).astype(np.float32), (W + 40, H + 40),
+                                         interpolation=cv2.INTER_CUBIC), (0, 0), 8)
+    bgr, src = smooth[20:20 + H, 20:20 + W].copy(), smooth[27:27 + H, 15:15 + W].copy()  # moved by (5, -7)
+    aligned, info = align_background(bgr, src)
+    assert info.method == "translation"
+    assert np.abs(info.matrix[:2, 2] - [5, -7]).max() < 1.5
+    inner = (slice(10, -10), slice(10, -10))
+    assert np.abs(aligned - src)[inner].mean() < np.abs(bgr - src)[inner].mean() / 4
+
+
+def test_hook_keeps_type_and_caches_background_features():
+    bgr, src, _, _ = hand_held_pair(3)
+    aligner = BackgroundAligner()
+    b8, s8 = np.round(bgr * 255).astype(np.uint8), np.round(src * 255).astype(np.uint8)
+    out = aligner(b8, s8)
+    assert out.shape == (H, W, 3) and out.dtype == np.uint8
+    features = aligner._bgr_features
+    aligner(b8, s8)
+    assert aligner._bgr_features is features  # same background: features reused
+    t = torch.from_numpy(bgr).permute(2, 0, 1)[None]
+    out_t = aligner(t, torch.from_numpy(src).permute(2, 0, 1))
+    assert isinstance(out_t, torch.Tensor) and out_t.shape == t.shape and out_t.dtype == t.dtype
+    np.testing.assert_allclose(out_t[0].permute(1, 2, 0).numpy(), out.astype(np.float32) / 255, atol=0.01)
+    # a background of another size (same aspect ratio) comes back at the source's size
+    half = cv2.resize(bgr, (W // 2, H // 2), interpolation=cv2.INTER_AREA)
+    aligned, info = aligner.align(half, src)
+    assert aligned.shape == src.shape and info.method == "homography"
+
+
+def test_aligner_options_are_checked():
+    with pytest.raises(BgMattingError, match="features"):
+        BackgroundAligner(features="akaze")
+    with pytest.raises(BgMattingError, match="fill"):
+        BackgroundAligner(fill="black")
+
+
+# --------------------------------------------------------------------------------------------- background check
+
+def genuine_pair(seed: int, coverage: float = 0.6):
+    """A textured background, a subject covering ``coverage`` of the frame, and all BGMv2 perturbations."""
+    from bgmatting.data.perturb import make_pair
+
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    bgr = textured(seed + 100, shapes=40)
+    pha = np.zeros((H, W), np.float32)
+    # half an ellipse standing on the bottom edge, sized to cover ``coverage`` of the frame
+    ry = 0.95
+    pha[blob(cy=1.0, cx=0.5, ry=ry, rx=2 * coverage / (np.pi * ry))] = 1
+    pha = cv2.GaussianBlur(pha, (0, 0), 1.5)
+    fgr = np.clip(rng.uniform(0, 1, (H // 8, W // 8, 3)).repeat(8, 0).repeat(8, 1), 0, 1).astype(np.float32)
+    t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].float()
+    src, shot = make_pair(t(fgr), t(pha[..., None]), t(bgr), generator=g, shadow_p=1, noise_p=1, colour_p=1,
+                          misalign_p=1)
+    return src[0].permute(1, 2, 0).numpy(), shot[0].permute(1, 2, 0).numpy(), float((pha > 0.5).mean())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_genuine_pairs_pass_the_check(seed):
+    src, bgr, covered = genuine_pair(seed)
+    assert covered > 0.5
+    assert check_background_matches(src, bgr) > 0.15
+    assert check_background_matches(src, bgr, align=True) > 0.15
+
+
+def test_identical_and_unoccluded_pairs_agree_fully():
+    img = textured(5)
+    assert background_agreement(img, img) == pytest.approx(1.0)
+    assert background_agreement((img * 255).astype(np.uint8), img) > 0.99
+
+
+@pytest.mark.parametrize("seed", [0, 1, 3, 5])
+def test_unrelated_images_fail_the_check(seed):
+    src, _, _ = genuine_pair(seed, coverage=0.3)
+    other = textured(seed + 500, shapes=40)  # the "new background" the user wants
+    assert background_agreement(src, other) < 0.05
+    with pytest.raises(BgMattingError, match="--bgr must be a shot of the same scene without the subject") as e:
+        check_background_matches(src, other)
+    assert "--target-bgr" in str(e.value)
+    with pytest.raises(BgMattingError, match="same camera position"):
+        check_background_matches(src, other, align=True)
+
+
+def test_flat_colour_instead_of_a_background_fails():
+    src, _, _ = genuine_pair(7, coverage=0.3)
+    green = np.zeros_like(src) + np.array([0.0, 1.0, 0.0], np.float32)
+    with pytest.raises(BgMattingError, match="--target-bgr"):
+        check_background_matches(src, green)
+
+
+def test_check_needs_the_same_view():
+    with pytest.raises(BgMattingError, match="aspect ratio"):
+        check_background_matches(np.zeros((100, 200, 3), np.float32), np.zeros((100, 100, 3), np.float32))
+
+
+def test_video_check_uses_the_first_frames():
+    src, bgr, _ = genuine_pair(1)
+    other = textured(900, shapes=40)
+    assert check_video_background(iter([src, src]), bgr) > 0.15
+    read = []
+
+    def frames():
+        for i in range(10):
+            read.append(i)
+            yield src
+    with pytest.raises(BgMattingError, match="scene of the video"):
+        check_video_background(frames(), other, max_frames=2)
+    assert read == [0, 1]  # only the first frames are read
+    # a subject covering the first frame entirely: a later frame passes
+    assert check_video_background([np.full_like(src, 0.5), src], bgr) > 0.15
+    with pytest.raises(BgMattingError, match="no frames"):
+        check_video_background([], bgr)
