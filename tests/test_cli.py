@@ -205,7 +205,7 @@ def test_serve_reports_bad_weights_before_binding(tmp_path, capsys):
 
 
 def test_video_command(tmp_path, weights, capsys):
-    from bgmatting.io.video import VideoReader, VideoWriter
+    from bgmatting.io.video import VideoReader
 
     _moving_square_video(tmp_path / "clip.mp4", n=5)
     _img(tmp_path / "plate.png", 32, 48, seed=1)
