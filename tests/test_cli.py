@@ -247,6 +247,10 @@ def test_plate_and_webcam_commands(tmp_path, weights, capsys):
     assert np.abs(plate[square] - background[square]).mean() < 0.3 * np.abs(first[square] - background[square]).mean()
     assert "never seen" in capsys.readouterr().out
     assert Image.open(tmp_path / "cov.png").size == (48, 32)
+    assert run("video", tmp_path / "walk.mp4", "--bgr", "auto", "-o", tmp_path / "auto.mp4", "--outputs", "pha",
+               "--weights", weights, "-q") == 0
+    assert (tmp_path / "auto.mp4").stat().st_size > 0
+    capsys.readouterr()  # a random-weight model sees the subject everywhere: the plate warning is expected
     assert run("webcam", "--camera", tmp_path / "walk.mp4", "--weights", weights, "--no-display",
                "--max-frames", "3") == 0
     assert run("webcam", "--camera", tmp_path / "none.mp4", "--weights", weights, "--no-display") == 2

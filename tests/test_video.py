@@ -85,7 +85,7 @@ def test_every_output_as_mp4_keeps_frames_timing_and_audio(clip, tmp_path):
     src, plate = clip
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match="composited over #00ff00"):
-        report = convert_video(src, plate, out, StubMatter(), outputs="com,pha,fgr,err,ref", batch=5, progress=False)
+        report = convert_video(StubMatter(), src, plate, out, outputs="com,pha,fgr,err,ref", batch=5, progress=False)
     assert isinstance(report, VideoReport) and report.frames == 12 and report.format == "mp4"
     assert set(report.outputs) == {"com", "pha", "fgr", "err", "ref"}
     assert sorted(p.name for p in out.iterdir()) == ["com.mp4", "err.mp4", "fgr.mp4", "pha.mp4", "ref.mp4"]
@@ -109,7 +109,7 @@ def test_alpha_formats_keep_transparency(clip, tmp_path, fmt):
     src, plate = clip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # audio notices (webm transcodes, png drops)
-        report = convert_video(src, plate, tmp_path / "out", StubMatter(), outputs=["com", "pha"], format=fmt,
+        report = convert_video(StubMatter(), src, plate, tmp_path / "out", outputs=["com", "pha"], format=fmt,
                                progress=False)
     com = report.outputs["com"]
     assert com == tmp_path / "out" / ("com" + vio.FORMAT_SUFFIXES[fmt])
@@ -124,7 +124,7 @@ def test_alpha_formats_keep_transparency(clip, tmp_path, fmt):
 
 def test_one_output_into_a_named_file_with_a_progress_bar(clip, tmp_path, capsys):
     src, plate = clip
-    report = convert_video(src, plate, tmp_path / "alpha.webm", StubMatter(), outputs="pha")
+    report = convert_video(StubMatter(), src, plate, tmp_path / "alpha.webm", outputs="pha")
     assert report.outputs == {"pha": tmp_path / "alpha.webm"} and report.format == "webm-alpha"
     assert len(read_all(tmp_path / "alpha.webm")) == 12
     assert "12/12" in capsys.readouterr().err  # tqdm: frames done / estimated total
@@ -148,7 +148,7 @@ def test_real_model_runs_with_a_partial_last_batch(clip, tmp_path):
     src, plate = clip
     model = randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=320))
     matter = Matter(model, device="cpu")
-    report = convert_video(src, plate, tmp_path / "pha.mp4", matter, outputs="pha", batch=5, end=0.32,
+    report = convert_video(matter, src, plate, tmp_path / "pha.mp4", outputs="pha", batch=5, end=0.32,
                            progress=False)
     assert report.frames == 8
     assert len(read_all(tmp_path / "pha.mp4")) == 8
@@ -161,10 +161,10 @@ def test_variable_frame_rate_and_trimming(tmp_path):
     src = make_video(tmp_path / "vfr.mp4", pts=pts, time_base=Fraction(1, 1000), audio="aac", audio_seconds=1.2)
     plate = tmp_path / "plate.png"
     Image.fromarray(background_image()).save(plate)
-    report = convert_video(src, plate, tmp_path / "full", StubMatter(), outputs="fgr", progress=False)
+    report = convert_video(StubMatter(), src, plate, tmp_path / "full", outputs="fgr", progress=False)
     assert np.allclose([f.time for f in read_all(report.outputs["fgr"])], np.array(pts) / 1000, atol=1e-3)
     # --start/--end: frames in [0.2, 0.75), shifted to start at 0; the audio follows
-    report = convert_video(src, plate, tmp_path / "cut", StubMatter(), outputs="fgr", start="0.2", end=0.75,
+    report = convert_video(StubMatter(), src, plate, tmp_path / "cut", outputs="fgr", start="0.2", end=0.75,
                            progress=False)
     frames = read_all(report.outputs["fgr"])
     assert [marker(f.image) for f in frames] == [3, 4, 5, 6, 7, 8]
@@ -179,7 +179,7 @@ def test_rotated_phone_video_comes_out_upright(tmp_path):
     src = make_video(tmp_path / "phone.mp4", 4, rotation=-90)
     plate = tmp_path / "plate.png"
     Image.fromarray(np.rot90(background_image(), -1).copy()).save(plate)  # the background shot upright too
-    report = convert_video(src, plate, tmp_path / "pha.mp4", StubMatter(), outputs="pha", progress=False)
+    report = convert_video(StubMatter(), src, plate, tmp_path / "pha.mp4", outputs="pha", progress=False)
     assert report.size == (W, H)
     frames = read_all(report.outputs["pha"], "gray")
     assert frames[0].image.shape == (W, H)
@@ -192,7 +192,7 @@ def test_background_video_is_matched_frame_by_frame(tmp_path):
     src = make_video(tmp_path / "clip.mp4", 10)
     # the "empty scene" video holds the source frames themselves, so alpha must be 0 everywhere
     bgr = make_video(tmp_path / "empty.mp4", 10)
-    report = convert_video(src, bgr, tmp_path / "pha.mp4", StubMatter(), outputs="pha", progress=False)
+    report = convert_video(StubMatter(), src, bgr, tmp_path / "pha.mp4", outputs="pha", progress=False)
     assert report.background == "video, frame by frame"
     assert max(f.image.max() for f in read_all(tmp_path / "pha.mp4", "gray")) < 30
 
@@ -201,7 +201,7 @@ def test_shorter_background_video_becomes_its_median(tmp_path):
     src = make_video(tmp_path / "clip.mp4", 10)
     bgr = make_video(tmp_path / "empty.mp4", 3, frames=[background_image()] * 2 + [frame_image(9)])
     with pytest.warns(UserWarning, match="median"):
-        report = convert_video(src, bgr, tmp_path / "pha.mp4", StubMatter(), outputs="pha", progress=False)
+        report = convert_video(StubMatter(), src, bgr, tmp_path / "pha.mp4", outputs="pha", progress=False)
     assert report.background.startswith("median") and any("median" in n for n in report.notes)
     frames = read_all(tmp_path / "pha.mp4", "gray")
     assert len(frames) == 10 and box_error(frames[4].image, 4) < 8
@@ -211,12 +211,12 @@ def test_background_of_another_size_is_resized_but_another_view_refused(clip, tm
     src, _ = clip
     Image.fromarray(background_image()).resize((W * 2, H * 2)).save(tmp_path / "big.png")
     with pytest.warns(UserWarning, match="background 128x96 is resized to the source size 64x48"):
-        report = convert_video(src, tmp_path / "big.png", tmp_path / "pha.mp4", StubMatter(), outputs="pha",
+        report = convert_video(StubMatter(), src, tmp_path / "big.png", tmp_path / "pha.mp4", outputs="pha",
                                progress=False)
     assert box_error(read_all(report.outputs["pha"], "gray")[3].image, 3) < 10
     Image.fromarray(background_image()[:, :40]).save(tmp_path / "narrow.png")
     with pytest.raises(BgMattingError, match="same view"):
-        convert_video(src, tmp_path / "narrow.png", tmp_path / "x", StubMatter(), progress=False)
+        convert_video(StubMatter(), src, tmp_path / "narrow.png", tmp_path / "x", progress=False)
 
 
 @pytest.mark.parametrize("kind", ["colour", "image", "video"])
@@ -233,7 +233,7 @@ def test_target_background(clip, tmp_path, kind):
         target = make_video(tmp_path / "red.mp4", 3, frames=[red] * 3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "composited over green" notice
-        report = convert_video(src, plate, tmp_path / "com.webm", StubMatter(), target_bgr=target, progress=False,
+        report = convert_video(StubMatter(), src, plate, tmp_path / "com.webm", target_bgr=target, progress=False,
                                audio=False)
     frames = read_all(report.outputs["com"])
     assert len(frames) == 12
@@ -251,7 +251,7 @@ def test_bgr_transform_hook_sees_every_frame(clip, tmp_path):
         seen.append(marker(frame))
         return frame  # the "aligned" background equals the frame: nothing is foreground
 
-    convert_video(src, plate, tmp_path / "pha.mp4", StubMatter(), outputs="pha", bgr_transform=align,
+    convert_video(StubMatter(), src, plate, tmp_path / "pha.mp4", outputs="pha", bgr_transform=align,
                   progress=False)
     assert seen == list(range(12))
     assert max(f.image.max() for f in read_all(tmp_path / "pha.mp4", "gray")) < 30
@@ -264,14 +264,14 @@ def test_interrupted_run_leaves_no_file(clip, tmp_path, exc):
     src, plate = clip
     out = tmp_path / "out"
     with pytest.raises(exc):
-        convert_video(src, plate, out, StubMatter(fail_at=1, exc=exc), outputs="com,pha", batch=2, progress=False,
+        convert_video(StubMatter(fail_at=1, exc=exc), src, plate, out, outputs="com,pha", batch=2, progress=False,
                       format="webm-alpha", audio=False)
     assert list(out.iterdir()) == []
     # with --overwrite, an interrupted run leaves the previous outputs as they were
-    convert_video(src, plate, out, StubMatter(), outputs="com,pha", format="webm-alpha", progress=False, audio=False)
+    convert_video(StubMatter(), src, plate, out, outputs="com,pha", format="webm-alpha", progress=False, audio=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(exc):
-        convert_video(src, plate, out, StubMatter(fail_at=2, exc=exc), outputs="com,pha", batch=2, overwrite=True,
+        convert_video(StubMatter(fail_at=2, exc=exc), src, plate, out, outputs="com,pha", batch=2, overwrite=True,
                       format="webm-alpha", progress=False, audio=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not [t for t in threading.enumerate() if t.name.startswith("bgmatting-")]
@@ -300,7 +300,7 @@ def test_ctrl_c_in_a_real_process_leaves_no_file(clip, tmp_path):
                 return {{"pha": pha, "fgr": s, "err": pha, "ref": pha}}
 
         try:
-            convert_video({str(src)!r}, {str(plate)!r}, {str(out)!r}, Slow(), outputs="com,pha", batch=1,
+            convert_video(Slow(), {str(src)!r}, {str(plate)!r}, {str(out)!r}, outputs="com,pha", batch=1,
                           format="webm-alpha", progress=False)
         except KeyboardInterrupt:
             print("interrupted", flush=True)
@@ -325,7 +325,7 @@ def test_writer_failure_stops_the_run(clip, tmp_path, monkeypatch):
 
     monkeypatch.setattr(VideoWriter, "write", broken)
     with pytest.raises(BgMattingError, match="disk full"):
-        convert_video(src, plate, tmp_path / "out", StubMatter(), outputs="pha", progress=False)
+        convert_video(StubMatter(), src, plate, tmp_path / "out", outputs="pha", progress=False)
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -335,10 +335,10 @@ def test_existing_outputs_and_inputs_are_protected(clip, tmp_path):
     out.mkdir()
     (out / "pha.mp4").write_bytes(b"keep")
     with pytest.raises(BgMattingError, match="pass --overwrite"):
-        convert_video(src, plate, out, StubMatter(), outputs="com,pha", progress=False)
+        convert_video(StubMatter(), src, plate, out, outputs="com,pha", progress=False)
     assert (out / "pha.mp4").read_bytes() == b"keep" and not (out / "com.mp4").exists()
     with pytest.raises(BgMattingError, match="would overwrite an input"):
-        convert_video(src, plate, src, StubMatter(), outputs="com", overwrite=True, progress=False)
+        convert_video(StubMatter(), src, plate, src, outputs="com", overwrite=True, progress=False)
 
 
 def test_queues_are_bounded(tmp_path, monkeypatch):
@@ -371,7 +371,7 @@ def test_queues_are_bounded(tmp_path, monkeypatch):
 
     monkeypatch.setattr(VideoWriter, "write", slow_write)
     matter.forward_tensors = counting_forward
-    convert_video(src, plate, tmp_path / "pha.mp4", matter, outputs="pha", batch=batch, bgr_transform=count_read,
+    convert_video(matter, src, plate, tmp_path / "pha.mp4", outputs="pha", batch=batch, bgr_transform=count_read,
                   progress=False)
     assert state["written"] == state["matted"] == 40
     # queue + the frame in the reader's hand + the batch being gathered
@@ -407,7 +407,7 @@ def test_every_check_happens_before_the_model_is_made(clip, tmp_path):
         args = {"src": src, "bgr": plate, "out": tmp_path / "out"}
         args.update(kwargs)
         with pytest.raises(BgMattingError, match=message):
-            convert_video(args.pop("src"), args.pop("bgr"), args.pop("out"), no_model, progress=False, **args)
+            convert_video(no_model, args.pop("src"), args.pop("bgr"), args.pop("out"), progress=False, **args)
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
@@ -415,4 +415,4 @@ def test_missing_encoder_is_reported_before_matting(clip, tmp_path, monkeypatch)
     src, plate = clip
     monkeypatch.setattr(vio, "has_encoder", lambda name: name != "libvpx-vp9")
     with pytest.raises(BgMattingError, match="no 'libvpx-vp9' encoder"):
-        convert_video(src, plate, tmp_path / "a.webm", lambda: pytest.fail("model made"), progress=False)
+        convert_video(lambda: pytest.fail("model made"), src, plate, tmp_path / "a.webm", progress=False)

@@ -68,24 +68,11 @@ def _cmd_matte(args) -> int:
 def _cmd_video(args) -> int:
     from .video import convert_video
 
-    bgr = args.bgr
-    matter = None
-    if bgr == "auto":  # no background shot: estimate a clean plate from the video itself
-        from .io.video import parse_time
-        from .plate import estimate_plate
-
-        matter = _matter(args)
-        plate = estimate_plate(args.src, matter, align=args.align, max_frames=args.plate_frames,
-                               start=parse_time(args.start), end=parse_time(args.end), progress=not args.quiet)
-        if plate.never_seen_fraction > 0.01:
-            warnings.warn(f"{100 * plate.never_seen_fraction:.1f}% of the background was never seen uncovered; "
-                          "the subject may not be matted well there")
-        bgr = (plate.plate * 255).round().astype("uint8")
-    report = convert_video(args.src, bgr, args.output, matter or (lambda: _matter(args)), outputs=args.outputs,
+    report = convert_video(lambda: _matter(args), args.src, args.bgr, args.output, outputs=args.outputs,
                            target_bgr=args.target_bgr, format=args.format, crf=args.crf, batch=args.batch,
                            start=args.start, end=args.end, fps=args.fps, overwrite=args.overwrite,
                            audio=not args.no_audio, progress=not args.quiet, align=args.align,
-                           check_bgr=not args.no_bgr_check and args.bgr != "auto")
+                           check_bgr=not args.no_bgr_check, plate_frames=args.plate_frames)
     if not args.quiet:
         print(f"matted {report.frames} frames ({report.fps:.1f} fps) into "
               f"{', '.join(str(p) for p in report.outputs.values())}", file=sys.stderr)

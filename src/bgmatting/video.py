@@ -344,26 +344,41 @@ def _write_loop(inp: queue.Queue, writers: dict[str, VideoWriter], stop: threadi
 
 # --------------------------------------------------------------------------------------------- convert
 
-def convert_video(src: str | os.PathLike, bgr: Any, out: str | os.PathLike, matter: Matter | Callable[[], Matter],
-                  *, outputs: str | Sequence[str] = ("com",), target_bgr: Any = None, format: str = "auto",
+def _auto_plate(src: Path, matter: Any, align: bool, frames: int, start, end, progress: bool,
+                notes: list[str]) -> np.ndarray:
+    """``bgr='auto'``: the clean plate of ``src`` as uint8 RGB."""
+    from .plate import estimate_plate
+
+    plate = estimate_plate(src, matter, align=align, max_frames=frames, start=start, end=end, progress=progress)
+    if plate.never_seen_fraction > 0.01:
+        _notice(notes, f"{100 * plate.never_seen_fraction:.1f}% of the background was never seen uncovered in "
+                       f"'{src.name}'; the subject may not be matted well there")
+    return (plate.plate * 255).round().astype(np.uint8)
+
+
+def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.PathLike, *, outputs: str | Sequence[str] = ("com",), target_bgr: Any = None, format: str = "auto",
                   crf: int | None = None, batch: int = 4, start: float | str | None = None,
                   end: float | str | None = None, fps: float | None = None, overwrite: bool = False,
                   audio: bool = True, progress: bool = True, bgr_transform: BgrTransform | None = None,
-                  check_bgr: bool = True, align: bool = False) -> VideoReport:
-    """Matte a video and write the requested outputs as videos (or PNG sequences).
+                  check_bgr: bool = True, align: bool = False, plate_frames: int = 60) -> VideoReport:
+    """Matte a video and write the requested outputs as videos (or PNG sequences): what ``bgmatting video`` does.
 
     Args:
+        matter: the :class:`~bgmatting.Matter` (or any object with ``forward_tensors(src, bgr)`` and ``device``);
+            a model (``nn.Module``), weights path or zoo name, or ``None`` for the default model (a CPU/GPU
+            :class:`~bgmatting.Matter` is made for it); or a function that makes one — called only after every
+            check has passed.
         src: the video with the subject (any file FFmpeg reads), or a folder of frames (an image sequence).
             Phone videos are turned upright from their rotation metadata.
         bgr: the background without the subject: an image (path, or array/PIL/tensor as
             :func:`~bgmatting.pipeline.to_tensor` takes), or a video / frame folder of the empty scene read from
             the same ``start`` and paired frame by frame. A background video with fewer frames than the source is
             replaced by the per-pixel median of its frames (a still), with a notice. Same aspect ratio as the
-            source; another size is resized.
+            source; another size is resized. ``'auto'``: no background shot: a clean plate is estimated from the
+            video itself (:func:`bgmatting.plate.estimate_plate` over ``plate_frames`` frames, refined with the
+            model), with a warning when part of the background was never seen uncovered.
         out: a ``.mp4``/``.mov``/``.webm`` file for one output, else a folder receiving ``<kind>.<ext>`` per
             output (``<kind>/000000.png``… for ``png``); see :func:`plan_video_outputs`.
-        matter: the :class:`~bgmatting.Matter` (or any object with ``forward_tensors(src, bgr)`` and
-            ``device``), or a function that makes one — called only after every check has passed.
         outputs: any of ``com`` (composite), ``pha`` (alpha, gray), ``fgr`` (foreground, RGB), ``err`` (error
             map, gray), ``ref`` (refined patches, gray); a list or ``'com,pha'``.
         target_bgr: what ``com`` is composited over: an image (path or array), a video (path; looped or cut to
@@ -405,6 +420,9 @@ def convert_video(src: str | os.PathLike, bgr: Any, out: str | os.PathLike, matt
     from tqdm import tqdm
 
     notes: list[str] = []
+    if matter is None or isinstance(matter, (str, os.PathLike, torch.nn.Module)):
+        model = matter
+        matter = lambda: Matter(model)  # noqa: E731  (made after the checks)
     kinds = parse_video_outputs(outputs)
     if not isinstance(batch, (int, np.integer)) or batch < 1:
         raise BgMattingError(f"batch must be a positive integer, got {batch}")
@@ -431,6 +449,11 @@ def convert_video(src: str | os.PathLike, bgr: Any, out: str | os.PathLike, matt
         closers.append(reader.close)
         info = reader.info
         size = info.size
+        if isinstance(bgr, str) and bgr == "auto":
+            if not isinstance(matter, Matter) and not hasattr(matter, "forward_tensors"):
+                matter = matter()
+            bgr = _auto_plate(src_path, matter, align, plate_frames, start, end, progress, notes)
+            check_bgr = False
         bgr_frames, bgr_desc = _open_background(bgr, reader, start, end, fps, notes)
         closers.append(bgr_frames.close)
         if check_bgr and bgr_frames.still is not None:
