@@ -125,13 +125,12 @@ def check_inputs(jobs: list[Job]) -> None:
             raise BgMattingError(f"{j.src}: {e}") from None
 
 
-def parse_outputs(text: str | Iterable[str]) -> list[str]:
-    """``'com,pha'`` → ``['com', 'pha']``, checked against :data:`OUTPUT_KINDS`."""
+def parse_outputs(text: str | Iterable[str], known: Sequence[str] = OUTPUT_KINDS, what: str = "output") -> list[str]:
+    """``'com,pha'`` → ``['com', 'pha']`` (duplicates dropped), checked against ``known``."""
     kinds = [k.strip() for k in (text.split(",") if isinstance(text, str) else text) if k.strip()]
-    bad = [k for k in kinds if k not in OUTPUT_KINDS]
+    bad = [k for k in kinds if k not in known]
     if bad or not kinds:
-        raise BgMattingError(f"unknown output(s) {', '.join(bad) or '(none given)'}; choose from "
-                             f"{','.join(OUTPUT_KINDS)}")
+        raise BgMattingError(f"unknown {what}(s) {', '.join(bad) or '(none given)'}; choose from {','.join(known)}")
     return list(dict.fromkeys(kinds))
 
 

@@ -96,12 +96,9 @@ class VideoReport:
 
 def parse_video_outputs(outputs: str | Iterable[str]) -> list[str]:
     """``'com,pha'`` → ``['com', 'pha']``, checked against :data:`OUTPUT_KINDS`."""
-    kinds = [k.strip() for k in (outputs.split(",") if isinstance(outputs, str) else outputs) if k.strip()]
-    bad = [k for k in kinds if k not in OUTPUT_KINDS]
-    if bad or not kinds:
-        raise BgMattingError(f"unknown video output(s) {', '.join(bad) or '(none given)'}; choose from "
-                             f"{','.join(OUTPUT_KINDS)}")
-    return list(dict.fromkeys(kinds))
+    from .batch import parse_outputs
+
+    return parse_outputs(outputs, OUTPUT_KINDS, "video output")
 
 
 def plan_video_outputs(out: str | os.PathLike, kinds: Sequence[str], format: str = "auto") -> tuple[str, dict[str, Path]]:
