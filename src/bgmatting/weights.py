@@ -81,8 +81,8 @@ def list_models(available_only: bool = False) -> list[ModelInfo]:
 register_model(ModelInfo(
     name="mobilenetv2", file="bgmatting_mobilenetv2.safetensors", architecture="MattingRefine",
     backbone="mobilenetv2",
-    description="MattingRefine, MobileNetV2, trained by bgmatting on its offline corpus (see DATA.md)",
-    defaults={"backbone_scale": 0.25, "refine_mode": "sampling", "refine_sample_pixels": 80_000},
+    description="MattingRefine, MobileNetV2, provisional: trained on 2 CPU cores on the offline corpus (see README)",
+    defaults={"backbone_scale": 0.5, "refine_mode": "sampling", "refine_sample_pixels": 80_000},
 ))
 register_model(ModelInfo(
     name="resnet50", file="bgmatting_resnet50.safetensors", architecture="MattingRefine", backbone="resnet50",
