@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import BgMattingError
-from .io import image_size, is_image_path, list_images, read_image, write_image
+from .io import check_writable_folder, image_size, is_image_path, list_images, read_image, write_image
 from .pipeline import MatteResult, Matter, check_background_size, match_background, parse_colour, to_tensor
 
 OUTPUT_KINDS = ("com", "pha", "fgr", "err", "ref", "mask")
@@ -152,13 +152,7 @@ def plan_outputs(jobs: list[Job], out_dir: str | os.PathLike, kinds: Sequence[st
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         raise BgMattingError(f"{len(existing)} output file(s) exist already ({', '.join(existing[:3])}{more}); "
                              "pass --overwrite to replace them")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".bgmatting-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise BgMattingError(f"cannot write to output folder '{out}': {e.strerror or e}") from None
+    check_writable_folder(out)
 
 
 def load_target(target: str | None) -> Any:

@@ -45,12 +45,16 @@ def _add_bgr_args(p: argparse.ArgumentParser) -> None:
                    help="skip the check that the background shot shows the same scene as the source")
 
 
+def _model_options(args) -> dict:
+    """The refiner options given on the command line (those left out keep the weights' defaults)."""
+    return {k: getattr(args, k) for k in ("backbone_scale", "refine_mode", "refine_sample_pixels",
+                                          "refine_threshold") if getattr(args, k) is not None}
+
+
 def _matter(args):
     from .pipeline import Matter
 
-    options = {k: getattr(args, k) for k in ("backbone_scale", "refine_mode", "refine_sample_pixels",
-                                                "refine_threshold") if getattr(args, k) is not None}
-    return Matter(args.weights, device=args.device, precision=args.precision, **options)
+    return Matter(args.weights, device=args.device, precision=args.precision, **_model_options(args))
 
 
 def _cmd_matte(args) -> int:
@@ -153,10 +157,8 @@ def _cmd_export_weights(args) -> int:
 def _cmd_serve(args) -> int:
     from .web import serve
 
-    options = {k: getattr(args, k) for k in ("backbone_scale", "refine_mode", "refine_sample_pixels",
-                                                "refine_threshold") if getattr(args, k) is not None}
     serve(args.host, args.port, args.weights, args.device, precision=args.precision,
-          max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, **options)
+          max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, **_model_options(args))
     return 0
 
 

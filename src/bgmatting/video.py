@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import BgMattingError
+from .io.atomic import check_writable_folder
 from .io.images import is_image_path, read_image, to_uint
 from .io.video import (
     ALPHA_FORMATS,
@@ -141,14 +142,7 @@ def _check_outputs(paths: dict[str, Path], inputs: Sequence[Path], overwrite: bo
             existing.append(str(path))
     if existing and not overwrite:
         raise BgMattingError(f"output(s) exist already: {', '.join(existing)}; pass --overwrite to replace them")
-    folder = next(iter(paths.values())).parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".bgmatting-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise BgMattingError(f"cannot write to output folder '{folder}': {e.strerror or e}") from None
+    check_writable_folder(next(iter(paths.values())).parent)
 
 
 # --------------------------------------------------------------------------------------------- sources

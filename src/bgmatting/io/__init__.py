@@ -1,6 +1,6 @@
 """Readers and writers for images and video; atomic file creation."""
 
-from .atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from .atomic import atomic_path, atomic_write_bytes, atomic_write_text, check_writable_folder
 from .images import (
     IMAGE_SUFFIXES,
     ImageDecodeError,
@@ -15,5 +15,5 @@ from .images import (
 )
 
 __all__ = ["IMAGE_SUFFIXES", "ImageDecodeError", "ImageTooLargeError", "atomic_path", "atomic_write_bytes",
-           "atomic_write_text", "decode_image", "image_size", "is_image_path", "list_images", "read_image",
+           "atomic_write_text", "check_writable_folder", "decode_image", "image_size", "is_image_path", "list_images", "read_image",
            "to_uint", "write_image"]

@@ -56,3 +56,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` atomically; returns the path."""
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def check_writable_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and make sure a file can be written in it; raise :class:`BgMattingError` if not."""
+    f = Path(folder)
+    try:
+        f.mkdir(parents=True, exist_ok=True)
+        probe = f / f".bgmatting-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise BgMattingError(f"cannot write to output folder '{f}': {e.strerror or e}") from None
+    return f
