@@ -1,6 +1,7 @@
 """Accuracy on the held-out split of the offline corpus: a model next to an oracle-tuned difference keyer.
 
     python benchmarks/accuracy.py --corpus /work/corpus [--weights PATH|NAME] [--region all|trimap] [--seed 0]
+                                  [--backbone-scale S] [--refine-mode sampling|thresholding|full]
 
 The held-out people and backgrounds (``valid/`` of ``bgmatting data prepare``) are composited with the BGMv2
 perturbations (shadow, noise, background colour change, misalignment) from a fixed seed, exactly as
@@ -68,16 +69,21 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="weights file or zoo name (default: the shipped model)")
     ap.add_argument("--region", default="all", choices=("all", "trimap"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backbone-scale", type=float, help="override the weights' backbone scale")
+    ap.add_argument("--refine-mode", choices=("sampling", "thresholding", "full"), help="override the refine mode")
     args = ap.parse_args()
+    options = {k: v for k, v in (("backbone_scale", args.backbone_scale), ("refine_mode", args.refine_mode))
+               if v is not None}
     with tempfile.TemporaryDirectory() as tmp:
         data = _pool(args.corpus, Path(tmp))
         rows = []
         lo, hi = tune_keyer(data, args.seed)
         report = evaluate(data, matter=DifferenceKeyer(lo, hi), region=args.region, seed=args.seed, progress=False)
         rows.append((f"difference keying (oracle lo={lo}, hi={hi})", report.mean()))
-        model = Matter(args.weights, device="cpu")
+        model = Matter(args.weights, device="cpu", **options)
         report = evaluate(data, matter=model, region=args.region, seed=args.seed, progress=True)
-        rows.append((f"bgmatting {args.weights or 'default'}", report.mean()))
+        rows.append((f"bgmatting {args.weights or 'default'} {' '.join(f'{k}={v}' for k, v in options.items())}",
+                     report.mean()))
         n = len(report.rows)
     print(f"held-out set: {n} composites, region={args.region}, seed={args.seed}")
     print(f"{'method':<48} {'SAD':>9} {'MSE':>9} {'Grad':>9} {'Conn':>9}")

@@ -6,6 +6,18 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Exported engines and downloads of the tests go to a folder of their own, not the user's cache."""
+    old = os.environ.get("BGMATTING_CACHE")
+    os.environ["BGMATTING_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("BGMATTING_CACHE", None)
+    else:
+        os.environ["BGMATTING_CACHE"] = old
+
+
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give a model non-trivial weights and BatchNorm statistics, deterministically.
 

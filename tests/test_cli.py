@@ -115,6 +115,9 @@ def test_refuses_to_overwrite_and_never_writes_onto_inputs(tmp_path, weights, ca
     ("count_mismatch", "backgrounds"),
     ("output_is_file", "not a folder"),
     ("bad_device", "unknown device"),
+    ("graph_on_cpu", "needs a CUDA device"),
+    ("bench_bad_resolution", "not a resolution"),
+    ("bench_bad_backend", "unknown backend"),
 ])
 def test_user_errors_exit_2_with_one_line(tmp_path, weights, capsys, case, message):
     src, bgr = _img(tmp_path / "s.jpg"), _img(tmp_path / "b.jpg", seed=1)
@@ -136,6 +139,10 @@ def test_user_errors_exit_2_with_one_line(tmp_path, weights, capsys, case, messa
         "count_mismatch": ("matte", src, src, src, "--bgr", bgr, bgr, "-o", out),
         "output_is_file": ("matte", src, "--bgr", bgr, "-o", src, "--weights", weights),
         "bad_device": ("matte", src, "--bgr", bgr, "-o", out, "--weights", weights, "--device", "tpu7"),
+        "graph_on_cpu": ("matte", src, "--bgr", bgr, "-o", out, "--weights", weights, "--device", "cpu",
+                         "--backend", "graph"),
+        "bench_bad_resolution": ("bench", "--weights", weights, "--resolution", "fullhd"),
+        "bench_bad_backend": ("bench", "--weights", weights, "--backend", "reference,tensorrt"),
     }[case]
     assert run(*args) == 2
     err = capsys.readouterr().err
@@ -265,3 +272,27 @@ def test_matte_align_flag_and_background_check(tmp_path, weights, capsys):
     err = capsys.readouterr().err
     assert "--target-bgr" in err and err.count("\n") == 1
     assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "bad", "--weights", weights, "--no-bgr-check", "-q") == 0
+
+
+@pytest.mark.parametrize("backend", ("eager", "onnxruntime"))
+def test_matte_backends_write_the_reference_result(tmp_path, weights, backend):
+    pytest.importorskip("onnxruntime")
+    src, bgr = _img(tmp_path / "s.png", 64, 80), _img(tmp_path / "b.png", 64, 80, seed=1)
+    for name in ("reference", backend):
+        assert run("matte", src, "--bgr", bgr, "-o", tmp_path / name, "--weights", weights, "--outputs", "pha",
+                   "--backend", name, "--device", "cpu", "-q") == 0
+    expected = np.asarray(Image.open(tmp_path / "reference" / "pha" / "s.png"), dtype=int)
+    got = np.asarray(Image.open(tmp_path / backend / "pha" / "s.png"), dtype=int)
+    assert np.abs(expected - got).max() <= 1  # 8-bit rounding of alphas equal within 1e-4
+
+
+def test_bench_prints_a_table_with_every_backend(weights, capsys):
+    assert run("bench", "--weights", weights, "--resolution", "96x64,64x48", "--device", "cpu", "--frames", "1",
+               "--warmup", "0", "--backend", "reference,eager") == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0].startswith("| backbone | resolution |") and len(table) == 2 + 4
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    assert [(r[1], r[5]) for r in rows] == [("96x64", "reference"), ("96x64", "eager"), ("64x48", "reference"),
+                                            ("64x48", "eager")]
+    assert rows[0][-2] == "(reference)" and float(rows[1][-2]) <= 1e-4 and rows[1][-1].endswith("x")
+    assert all(float(r[7]) > 0 for r in rows)  # fps

@@ -7,6 +7,7 @@
 
 from .batch import matte_images
 from .errors import BgMattingError
+from .export import OnnxModel, export_onnx, export_torchscript
 from .models import MattingBase, MattingRefine
 from .pipeline import Matter, MatteResult
 from .video import VideoReport, convert_video
@@ -14,5 +15,5 @@ from .weights import ModelInfo, list_models, load_model, read_state_dict, save_w
 
 __version__ = "0.1.0"
 
-__all__ = ["BgMattingError", "MattingBase", "MattingRefine", "MatteResult", "Matter", "ModelInfo", "VideoReport", "__version__", "convert_video",
-           "list_models", "load_model", "matte_images", "read_state_dict", "save_weights"]
+__all__ = ["BgMattingError", "MattingBase", "MattingRefine", "MatteResult", "Matter", "ModelInfo", "OnnxModel", "VideoReport", "__version__", "convert_video",
+           "export_onnx", "export_torchscript", "list_models", "load_model", "matte_images", "read_state_dict", "save_weights"]

@@ -8,6 +8,7 @@ import warnings
 from fractions import Fraction
 
 from . import __version__
+from .backends import BACKENDS
 from .errors import BgMattingError
 
 
@@ -26,7 +27,8 @@ def _scale(text: str) -> float:
     return value
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, runtime: bool = True) -> None:
+    """The weights and refiner options; ``runtime`` adds --device and --precision (inference commands)."""
     g = p.add_argument_group("model")
     g.add_argument("--weights", metavar="PATH|NAME", default=None,
                    help="weights file (original .pth/TorchScript or .safetensors) or zoo name; default: the shipped model")
@@ -34,8 +36,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--refine-mode", choices=("sampling", "thresholding", "full"))
     g.add_argument("--refine-sample-pixels", type=int, metavar="N", help="pixels refined in sampling mode")
     g.add_argument("--refine-threshold", type=float, metavar="T", help="error threshold in thresholding mode")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    if runtime:
+        g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+        g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+        g.add_argument("--backend", choices=BACKENDS, default=None,
+                       help="how the network runs: auto (default: graph on CUDA, onnxruntime on CPU), eager, "
+                            "onnxruntime, graph (CUDA graphs) or reference (the plain module); same outputs")
 
 
 def _add_bgr_args(p: argparse.ArgumentParser) -> None:
@@ -54,7 +60,8 @@ def _model_options(args) -> dict:
 def _matter(args):
     from .pipeline import Matter
 
-    return Matter(args.weights, device=args.device, precision=args.precision, **_model_options(args))
+    return Matter(args.weights, device=args.device, precision=args.precision, backend=args.backend,
+                  **_model_options(args))
 
 
 def _cmd_matte(args) -> int:
@@ -154,10 +161,54 @@ def _cmd_export_weights(args) -> int:
     return 0
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size HxW, e.g. 256x384") from None
+    return h, w
+
+
+def _cmd_export(args) -> int:
+    from .export import export_model
+
+    report = export_model(args.weights, args.output, format=args.format, model_options=_model_options(args),
+                          precision=args.precision, opset=args.opset, topk_free=args.topk_free,
+                          example_size=args.example_size)
+    print(report.format_table())
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from .bench import bench_model, format_table, run_bench
+    from .pipeline import resolve_device
+
+    device = resolve_device(args.device)
+    backends = [b.strip() for b in args.backend.split(",") if b.strip()] if args.backend else (
+        ["reference", "eager", "graph"] if device.type == "cuda" else ["reference", "eager", "onnxruntime"])
+    for b in backends:
+        if b not in BACKENDS or b == "auto":
+            raise BgMattingError(f"unknown backend '{b}' in --backend; choose from "
+                                 f"{', '.join(x for x in BACKENDS if x != 'auto')}")
+    if args.frames < 1 or args.warmup < 0 or args.batch < 1:
+        raise BgMattingError("--frames and --batch must be at least 1 and --warmup at least 0")
+    rows = []
+    for resolution in args.resolution.split(","):
+        model, size = bench_model(args.weights, args.backbone, resolution, backbone_scale=args.backbone_scale,
+                                  refine_mode=args.refine_mode, refine_sample_pixels=args.refine_sample_pixels,
+                                  refine_threshold=args.refine_threshold)
+        for precision in args.precision.split(","):
+            rows += run_bench(model, size, backends, device=device, precision=precision.strip(), batch=args.batch,
+                              frames=args.frames, warmup=args.warmup,
+                              progress=lambda line: print(f"measuring {line}", file=sys.stderr, flush=True))
+    print(format_table(rows))
+    return 0
+
+
 def _cmd_serve(args) -> int:
     from .web import serve
 
-    serve(args.host, args.port, args.weights, args.device, precision=args.precision,
+    serve(args.host, args.port, args.weights, args.device, precision=args.precision, backend=args.backend,
           max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, **_model_options(args))
     return 0
 
@@ -302,6 +353,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16", help="storage precision (default fp16)")
     p.add_argument("--description", default="", help="one line stored in the file's metadata")
     p.set_defaults(func=_cmd_export_weights)
+
+    p = sub.add_parser("export", help="export the model to TorchScript or ONNX, checked against PyTorch",
+                       description="Export the network (refine mode and options included) to a TorchScript archive or "
+                                   "an ONNX file with dynamic batch, height and width. The file is run on an example "
+                                   "pair at two sizes (ONNX Runtime on the CPU, or torch.jit.load) and compared with "
+                                   "PyTorch before it is written.")
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write (.onnx, .pt)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
+                   help="fp16: a half model for GPU runtimes (default fp32)")
+    p.add_argument("--opset", type=int, metavar="N", help="ONNX opset, 17 to 20 (default 17)")
+    p.add_argument("--topk-free", action="store_true",
+                   help="ONNX sampling mode without TopK (for TensorRT): ties at the k-th error are all refined")
+    p.add_argument("--example-size", type=_size, metavar="HxW",
+                   help="size of the example pair used to trace and check (default 256x384)")
+    _add_model_args(p, runtime=False)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("bench", help="time the backends on HD/4K frames and check they give the same alpha",
+                       description="Time each backend on the shipped example pair resized to each resolution (the "
+                                   "paper's backbone scale and refined pixels for hd and 4k) and print a table; the "
+                                   "first backend is the reference the others are compared with.")
+    g = p.add_argument_group("model")
+    g.add_argument("--weights", metavar="PATH|NAME", default=None, help="weights (default: the shipped model)")
+    g.add_argument("--backbone", choices=("resnet50", "resnet101", "mobilenetv2"),
+                   help="time this architecture with random weights instead of --weights")
+    g.add_argument("--backbone-scale", type=_scale, metavar="S", help="default: 1/4 for hd, 1/8 for 4k")
+    g.add_argument("--refine-mode", choices=("sampling", "thresholding", "full"))
+    g.add_argument("--refine-sample-pixels", type=int, metavar="N", help="default: 80000 for hd, 320000 for 4k")
+    g.add_argument("--refine-threshold", type=float, metavar="T")
+    p.add_argument("--resolution", default="hd", help="comma-separated: hd, 4k or WxH (default hd)")
+    p.add_argument("--backend", help="comma-separated backends, the reference first (default: reference, eager, "
+                                     "and onnxruntime on the CPU or graph on CUDA)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--precision", default="fp32", help="comma-separated: fp32, fp16, bf16 (default fp32)")
+    p.add_argument("--batch", type=int, default=1, help="frames per call (default 1)")
+    p.add_argument("--frames", type=int, default=10, help="timed calls per configuration (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("serve", help="a local web page: matte your photos, or live from your webcam",
                        description="Serve the bgmatting page and its JSON/WebSocket API (OpenAPI at /docs).")

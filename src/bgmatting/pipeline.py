@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backends import make_runner, resolve_backend
 from .errors import BgMattingError
 from .models import MattingBase, MattingRefine
 
@@ -207,10 +208,15 @@ class Matter:
     """Background matting for frames of any size.
 
     Args:
-        model: a ``MattingBase``/``MattingRefine`` module, a zoo name, a weights path, or ``None`` for the
-            default model (see :func:`bgmatting.load_model`).
+        model: a ``MattingBase``/``MattingRefine`` module, a zoo name, a weights path, ``None`` for the
+            default model (see :func:`bgmatting.load_model`), or an ``.onnx`` file written by
+            ``bgmatting export`` (run with ONNX Runtime, its refiner options fixed).
         device: ``'auto'`` (CUDA if available), ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
         precision: ``'fp32'``, ``'fp16'`` (CUDA only) or ``'bf16'``: autocast for the network.
+        backend: how the network runs (see :mod:`bgmatting.backends`): ``'auto'`` (the default, or the
+            ``BGMATTING_BACKEND`` environment variable), ``'eager'``, ``'onnxruntime'`` (CPU), ``'graph'`` (CUDA
+            graphs) or ``'reference'`` (the plain module). All give the same outputs within float rounding;
+            the engine is built at the first frame.
         **model_options: refiner options passed to :func:`bgmatting.load_model` when ``model`` is not a module.
 
     Example:
@@ -221,12 +227,17 @@ class Matter:
     """
 
     def __init__(self, model: nn.Module | str | os.PathLike | None = None, device: str = "auto",
-                 precision: str = "fp32", **model_options):
+                 precision: str = "fp32", backend: str | None = None, **model_options):
         if precision not in PRECISIONS:
             raise BgMattingError(f"precision must be one of {', '.join(PRECISIONS)}, not '{precision}'")
         self.device = resolve_device(device)
         if precision == "fp16" and self.device.type != "cuda":
             raise BgMattingError("fp16 needs a CUDA GPU; on the CPU use --precision fp32 or bf16")
+        self.precision = precision
+        self._runner = None
+        if isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx"):
+            self._use_onnx_file(model, backend, model_options)
+            return
         if not isinstance(model, nn.Module):
             from .weights import load_model
 
@@ -236,7 +247,33 @@ class Matter:
         if not isinstance(model, (MattingBase, MattingRefine)):
             raise BgMattingError(f"Matter needs a MattingBase or MattingRefine model, not {type(model).__name__}")
         self.model = model.eval().to(self.device)
-        self.precision = precision
+        self.is_refine = isinstance(model, MattingRefine)
+        self.backend = resolve_backend(backend or os.environ.get("BGMATTING_BACKEND") or "auto", self.device,
+                                       self.precision)
+
+    def _use_onnx_file(self, path, backend: str | None, model_options: dict) -> None:
+        """Run a file written by ``bgmatting export --format onnx`` with ONNX Runtime (its options are fixed)."""
+        from .export import OnnxModel
+
+        if model_options:
+            raise BgMattingError("the refiner options of an exported ONNX file are fixed; export it again to change "
+                                 f"them ({', '.join(model_options)} given)")
+        if backend not in (None, "auto", "onnxruntime"):
+            raise BgMattingError(f"an exported ONNX file runs with the onnxruntime backend, not '{backend}'")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device.type == "cuda" else None
+        self.model = self._runner = OnnxModel(path, providers=providers)
+        if self.precision != self.model.precision:
+            raise BgMattingError(f"'{path}' was exported in {self.model.precision}; use --precision "
+                                 f"{self.model.precision}")
+        self.is_refine = self.model.architecture == "MattingRefine"
+        self.backend = "onnxruntime"
+
+    @property
+    def runner(self):
+        """The callable that runs the network with :attr:`backend` (built on first use)."""
+        if self._runner is None:
+            self.backend, self._runner = make_runner(self.model, self.backend, self.device, self.precision)
+        return self._runner
 
     @torch.inference_mode()
     def forward_tensors(self, src: torch.Tensor, bgr: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -253,10 +290,11 @@ class Matter:
         src = pad_to_multiple(src.to(self.device, torch.float32))
         bgr = pad_to_multiple(bgr.to(self.device, torch.float32))
         dtype = PRECISIONS[self.precision]
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            out = self.model(src, bgr)
+        autocast = dtype != torch.float32 and self.backend != "onnxruntime"
+        with torch.autocast(self.device.type, dtype=dtype, enabled=autocast):
+            out = self.runner(src, bgr)
         H, W = src.shape[2:]
-        if isinstance(self.model, MattingRefine):
+        if self.is_refine:
             pha, fgr, _pha_sm, _fgr_sm, err, ref = out
             ref = F.interpolate(ref.float(), size=(H, W), mode="nearest")
         else:

@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BgMattingError
+from ..io.cache import cache_dir
 from ..io.images import read_image, to_uint, write_image
 from . import synthetic
 
@@ -257,9 +258,7 @@ def _check_sources(sources: Iterable[str]) -> tuple[str, ...]:
 
 def default_cache_dir() -> Path:
     """``$BGMATTING_CACHE/packages``, else ``$XDG_CACHE_HOME/bgmatting/packages`` (``~/.cache/...``)."""
-    if os.environ.get("BGMATTING_CACHE"):
-        return Path(os.environ["BGMATTING_CACHE"]) / "packages"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bgmatting" / "packages"
+    return cache_dir("packages")
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:

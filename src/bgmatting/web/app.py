@@ -241,12 +241,16 @@ def describe_matter(matter: Matter | None) -> dict | None:
     if matter is None:
         return None
     model = matter.model
-    info = {"architecture": type(model).__name__, "backbone": getattr(model, "backbone_name", None),
-            "device": str(matter.device), "precision": matter.precision}
+    info = {"architecture": getattr(model, "architecture", type(model).__name__),
+            "backbone": getattr(model, "backbone_name", None), "device": str(matter.device),
+            "precision": matter.precision, "backend": matter.backend}
     if isinstance(model, MattingRefine):
         r = model.refiner
         info.update(backbone_scale=model.backbone_scale, refine_mode=r.mode, refine_sample_pixels=r.sample_pixels,
                     refine_threshold=r.threshold)
+    elif matter.is_refine:  # an exported ONNX file: its options are in its metadata
+        info.update({k: model.config.get(k) for k in ("backbone_scale", "refine_mode", "refine_sample_pixels",
+                                                      "refine_threshold")})
     return info
 
 
@@ -786,7 +790,7 @@ def build_server(matter_or_factory: MatterSource, host: str = "127.0.0.1", port:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, weights: str | None = None, device: str = "auto",
-          precision: str = "fp32", *, matter: Matter | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+          precision: str = "fp32", *, backend: str | None = None, matter: Matter | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
           max_pixels: int = DEFAULT_MAX_PIXELS, log_level: str = "warning", **model_options) -> None:
     """Serve the page and the API until interrupted (Ctrl+C). What ``bgmatting serve`` runs.
 
@@ -795,7 +799,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, weights: str | None = None,
             address makes it reachable from the network (with a warning: there is no authentication).
         port: the TCP port (0 picks a free one).
         weights: a weights file or zoo name, ``None`` for the default model (see :func:`bgmatting.load_model`).
-        device, precision, **model_options: as for :class:`bgmatting.Matter`.
+        device, precision, backend, **model_options: as for :class:`bgmatting.Matter`.
         matter: a ready :class:`Matter` to serve instead of loading ``weights``.
         max_upload_mb, max_pixels: see :func:`create_app`.
         log_level: Uvicorn's log level (``"info"`` logs every request).
@@ -805,7 +809,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, weights: str | None = None,
             the server starts.
     """
     if matter is None:
-        matter = Matter(weights, device=device, precision=precision, **model_options)
+        matter = Matter(weights, device=device, precision=precision, backend=backend, **model_options)
     elif weights is not None or model_options:
         raise BgMattingError("give either a Matter or weights and model options, not both")
     if not is_loopback(host):

@@ -1,0 +1,214 @@
+"""Execution backends: the same model, run by the engine that is fastest on the machine at hand.
+
+* ``"reference"``: the ``nn.Module`` as loaded (what training and the parity tests use).
+* ``"eager"``: :class:`~bgmatting.models.fast.FastMatting` in PyTorch eager mode: BatchNorm folded,
+  channels_last, a refiner that cuts its patches straight from the inputs.
+* ``"onnxruntime"``: the same, with the base network (backbone, ASPP, decoder: most of the FLOPs) exported to
+  ONNX in memory and run by ONNX Runtime, which is faster than PyTorch on the CPU.
+* ``"graph"`` (CUDA): the static-shape twin (fixed number of patches, no host synchronisation) captured in a
+  CUDA graph per input shape, replayed for every frame of that shape.
+* ``"auto"``: ``graph`` on CUDA; on the CPU ``onnxruntime`` when it is installed, else ``eager``.
+
+Every backend computes the reference model's function: outputs agree within float rounding (tested ≤ 1e-4 in
+fp32). :func:`make_runner` builds one; ``Matter(backend=...)`` and ``--backend`` use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import BgMattingError
+from .io.atomic import atomic_write_bytes
+from .io.cache import cache_dir
+from .models import MattingBase, MattingRefine
+from .models.fast import FastMatting
+
+BACKENDS = ("auto", "reference", "eager", "onnxruntime", "graph")
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device, precision: str = "fp32") -> str:
+    """The concrete backend for ``backend`` on ``device`` (``auto`` resolved); raises for impossible choices."""
+    if backend not in BACKENDS:
+        raise BgMattingError(f"backend must be one of {', '.join(BACKENDS)}, not '{backend}'")
+    if backend == "auto":
+        if device.type == "cuda":
+            return "graph"
+        if device.type == "cpu" and precision == "fp32" and onnxruntime_available():
+            return "onnxruntime"
+        return "eager"
+    if backend == "graph" and device.type != "cuda":
+        raise BgMattingError("the graph backend captures CUDA graphs and needs a CUDA device; on the CPU use "
+                             "--backend onnxruntime or eager")
+    if backend == "onnxruntime":
+        if device.type != "cpu":
+            raise BgMattingError("the onnxruntime backend runs on the CPU; on a GPU use --backend graph or eager")
+        if not onnxruntime_available():
+            raise BgMattingError("the onnxruntime backend needs ONNX Runtime: pip install 'bgmatting[onnx]'")
+        if precision != "fp32":
+            raise BgMattingError("the onnxruntime backend runs in fp32; use --precision fp32 or --backend eager")
+    return backend
+
+
+class _Coarse(nn.Module):
+    """The base network alone, as a module with tensor outputs (for export)."""
+
+    def __init__(self, net: MattingBase):
+        super().__init__()
+        self.net = net
+
+    def forward(self, src: torch.Tensor, bgr: torch.Tensor):
+        return self.net._coarse(src, bgr)
+
+
+OPSET = 17
+
+
+def _base_onnx(model: MattingBase) -> bytes:
+    """The base network of ``model`` as an ONNX model (dynamic batch, height and width)."""
+    net = _Coarse(model).eval()
+    example = torch.rand(1, 3, 64, 64, device=next(model.parameters()).device)
+    buf = io.BytesIO()
+    axes = {0: "batch", 2: "height", 3: "width"}
+    names = ["pha", "fgr", "err", "hid"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (example, example), buf, input_names=["src", "bgr"], output_names=names,
+                          dynamic_axes={n: axes for n in ["src", "bgr", *names]}, opset_version=OPSET, dynamo=False)
+    return buf.getvalue()
+
+
+def _base_key(model: MattingBase) -> str:
+    """A digest of everything the exported base network depends on: weights, architecture, exporter."""
+    h = hashlib.sha256(f"{model.backbone_name}|torch {torch.__version__}|opset {OPSET}".encode())
+    for name, value in model.state_dict().items():
+        if not name.startswith("refiner."):
+            h.update(name.encode())
+            h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def cached_base_onnx(model: MattingBase, cache: Path | None = None) -> bytes:
+    """:func:`_base_onnx`, kept in ``cache`` (default ``~/.cache/bgmatting/onnx``) under a digest of the weights.
+
+    Exporting takes seconds; the shipped model is exported once per machine. A cache that cannot be written is
+    skipped silently.
+    """
+    path = (cache or cache_dir("onnx")) / f"base-{_base_key(model)}.onnx"
+    if path.is_file():
+        return path.read_bytes()
+    data = _base_onnx(model)
+    try:
+        atomic_write_bytes(path, data)
+    except BgMattingError:
+        pass
+    return data
+
+
+class OnnxCoarse:
+    """The base network of ``model`` run by ONNX Runtime: ``(src, bgr) -> (pha, fgr_res, err, hid)``.
+
+    The network is exported to ONNX (dynamic batch and size; cached on disk, see :func:`cached_base_onnx`) and
+    loaded into an ``InferenceSession`` on the CPU with ``threads`` intra-op threads (default:
+    ``torch.get_num_threads()``).
+    """
+
+    def __init__(self, model: MattingBase, threads: int | None = None, cache: Path | None = None):
+        import onnxruntime as ort
+
+        data = cached_base_onnx(model, cache)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # leave the cores to torch
+        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, src: torch.Tensor, bgr: torch.Tensor):
+        feed = {"src": src.detach().float().contiguous().numpy(), "bgr": bgr.detach().float().contiguous().numpy()}
+        return tuple(torch.from_numpy(a) for a in self.session.run(None, feed))
+
+
+class CudaGraphRunner:
+    """Replays ``module`` from CUDA graphs, one captured per input shape and dtype.
+
+    ``module`` must be free of host synchronisation (the static :class:`FastMatting`). The inputs are copied
+    into static buffers, the graph replayed and the outputs cloned (so that the next frame cannot overwrite them).
+    An autocast context active at the first call of a shape is captured with it.
+    """
+
+    def __init__(self, module: nn.Module, max_graphs: int = 4):
+        self.module = module
+        self.max_graphs = max_graphs
+        self.graphs: dict[tuple, tuple] = {}
+
+    def _run(self, src, bgr):
+        return self.module(src, bgr)
+
+    def __call__(self, src: torch.Tensor, bgr: torch.Tensor):
+        key = (tuple(src.shape), src.dtype, src.device)
+        entry = self.graphs.get(key)
+        if entry is None:
+            if len(self.graphs) >= self.max_graphs:
+                self.graphs.pop(next(iter(self.graphs)))
+            static_src, static_bgr = src.clone(), bgr.clone()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm up kernels and cudnn autotuning outside the capture
+                    self._run(static_src, static_bgr)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outputs = self._run(static_src, static_bgr)
+            entry = self.graphs[key] = (graph, static_src, static_bgr, outputs)
+        graph, static_src, static_bgr, outputs = entry
+        static_src.copy_(src)
+        static_bgr.copy_(bgr)
+        graph.replay()
+        return tuple(o.clone() for o in outputs)
+
+
+Runner = Callable[[torch.Tensor, torch.Tensor], tuple]
+
+
+def make_runner(model: MattingBase, backend: str, device: torch.device,
+                precision: str = "fp32") -> tuple[str, Runner]:
+    """Build the callable that runs ``model`` (already on ``device``, eval mode) with ``backend``.
+
+    Returns ``(backend, runner)``: the concrete backend name (``auto`` resolved) and a callable
+    ``runner(src, bgr)`` that returns the model's output tuple. Precision is the caller's autocast context.
+    """
+    if not isinstance(model, (MattingBase, MattingRefine)):
+        raise BgMattingError(f"backends run MattingBase or MattingRefine models, not {type(model).__name__}")
+    name = resolve_backend(backend, device, precision)
+    if name == "reference":
+        return name, model
+    if name == "eager":
+        return name, FastMatting(model, channels_last=device.type == "cpu" or precision != "fp32")
+    if name == "onnxruntime":
+        threads = int(os.environ.get("BGMATTING_ORT_THREADS", "0")) or None
+        return name, FastMatting(model, channels_last=False, base_runner=OnnxCoarse(model, threads))
+    if isinstance(model, MattingRefine) and model.refiner.mode == "thresholding":
+        if backend == "auto":  # a data-dependent number of patches cannot be captured
+            return "eager", FastMatting(model, channels_last=True)
+        raise BgMattingError("the graph backend needs a fixed amount of work per frame: use refine mode "
+                             "sampling or full, or --backend eager")
+    torch.backends.cudnn.benchmark = True
+    return name, CudaGraphRunner(FastMatting(model, static=True, channels_last=True))

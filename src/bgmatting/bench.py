@@ -1,0 +1,192 @@
+"""Speed benchmark: every backend on the same model and inputs, with the reference measured in the same run.
+
+:func:`run_bench` times ``model`` with each backend of :mod:`bgmatting.backends` (and any extra implementation
+you pass, e.g. the original BGMv2 code in ``benchmarks/speed.py``) on one pair of frames, checks that each gives
+the same alpha as the reference, and returns :class:`BenchRow` s; :func:`format_table` prints them.
+``bgmatting bench`` is the command-line front end.
+
+Inputs are the shipped example pair resized to the benchmark resolution, so the refiner selects patches along a
+real subject's outline, as it does on real footage.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+import torch
+import torch.nn.functional as F
+
+from .backends import make_runner
+from .errors import BgMattingError
+from .models import MattingBase, MattingRefine
+from .pipeline import PRECISIONS, to_tensor
+
+#: named resolutions and the paper's settings for them: (H, W), backbone_scale, refine_sample_pixels
+RESOLUTIONS = {"hd": ((1080, 1920), 1 / 4, 80_000), "4k": ((2160, 3840), 1 / 8, 320_000)}
+
+
+@dataclass
+class BenchRow:
+    """One measured configuration. ``ms`` is the median time per frame; ``max_diff`` the largest alpha
+    difference from the reference row (``nan`` for the reference itself); ``speedup`` = reference ms / ms."""
+
+    backbone: str
+    size: tuple[int, int]
+    mode: str
+    precision: str
+    batch: int
+    backend: str
+    ms: float
+    peak_mb: float | None
+    refined: int = 0
+    max_diff: float = math.nan
+    speedup: float = math.nan
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.ms
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """``'hd'``, ``'4k'`` or ``'WxH'`` → ``(H, W)``, both multiples of 4."""
+    key = text.strip().lower()
+    if key in RESOLUTIONS:
+        return RESOLUTIONS[key][0]
+    try:
+        w, h = (int(v) for v in key.split("x"))
+    except ValueError:
+        raise BgMattingError(f"'{text}' is not a resolution; use hd, 4k or WIDTHxHEIGHT (e.g. 1280x720)") from None
+    if w < 32 or h < 32 or w % 4 or h % 4:
+        raise BgMattingError(f"resolution {w}x{h}: width and height must be at least 32 and multiples of 4")
+    return h, w
+
+
+def example_pair(size: tuple[int, int], batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shipped example ``src``/``bgr`` resized to ``size`` ``(H, W)``: two ``(batch, 3, H, W)`` tensors."""
+    from .io.images import read_image
+
+    folder = resources.files("bgmatting") / "assets" / "examples"
+    out = []
+    for name in ("src.jpg", "bgr.jpg"):
+        t = to_tensor(read_image(str(folder / name)), name)
+        t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+        out.append(t.expand(batch, -1, -1, -1).contiguous())
+    return out[0], out[1]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_runner(run: Callable, src: torch.Tensor, bgr: torch.Tensor, precision: str, frames: int,
+                warmup: int) -> tuple[float, float | None, tuple]:
+    """Median milliseconds per call of ``run(src, bgr)`` over ``frames`` calls after ``warmup`` ones.
+
+    Returns ``(ms, peak_mb, outputs)``: peak CUDA memory (``None`` on the CPU) and the outputs of the last call.
+    """
+    device = src.device
+    dtype = PRECISIONS[precision]
+    times = []
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        for i in range(warmup + frames):
+            _sync(device)
+            t0 = time.perf_counter()
+            out = run(src, bgr)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
+    return statistics.median(times) * 1000.0, peak, out
+
+
+def run_bench(model: MattingBase, size: tuple[int, int], backends: Sequence[str], *, device: torch.device,
+              precision: str = "fp32", batch: int = 1, frames: int = 10, warmup: int = 3,
+              references: Mapping[str, Callable] | None = None,
+              progress: Callable[[str], None] | None = None) -> list[BenchRow]:
+    """Time ``model`` (eval mode, on ``device``) with each of ``backends`` on the example pair at ``size``.
+
+    Args:
+        references: extra implementations of the same model to time first, ``{name: callable(src, bgr)}``
+            returning the model's output tuple (e.g. the original BGMv2 module). The first row, reference or
+            backend, is the one the others are compared with (alpha difference and speed-up).
+        progress: called with a line before each configuration is measured.
+
+    Returns:
+        One :class:`BenchRow` per reference and backend, in that order.
+    """
+    model = model.eval().to(device)
+    src, bgr = example_pair(size, batch)
+    src, bgr = src.to(device), bgr.to(device)
+    mode = model.refiner.mode if isinstance(model, MattingRefine) else "base"
+    rows: list[BenchRow] = []
+    base_pha = None
+    candidates = [(name, lambda n=name, f=fn: (n, f)) for name, fn in (references or {}).items()]
+    candidates += [(name, lambda n=name: make_runner(model, n, device, precision)) for name in backends]
+    for label, build in candidates:
+        if progress:
+            progress(f"{label} {size[1]}x{size[0]} {precision} batch {batch}")
+        name, run = build()
+        ms, peak, out = time_runner(run, src, bgr, precision, frames, warmup)
+        refined = int(out[5].float().sum()) * 16 // batch if isinstance(model, MattingRefine) else 0
+        row = BenchRow(model.backbone_name, size, mode, precision, batch, name, ms / batch, peak, refined)
+        pha = out[0].float()
+        if base_pha is None:
+            base_pha, base_ms = pha, row.ms
+        else:
+            row.max_diff = float((pha - base_pha).abs().max())
+            row.speedup = base_ms / row.ms
+        rows.append(row)
+        del run, out
+    return rows
+
+
+def format_table(rows: Sequence[BenchRow]) -> str:
+    """A Markdown table of ``rows``."""
+    head = ("backbone", "resolution", "mode", "precision", "batch", "backend", "refined px", "fps", "ms/frame",
+            "peak MiB", "max |Δα|", "speed-up")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = (r.backbone, f"{r.size[1]}x{r.size[0]}", r.mode, r.precision, str(r.batch), r.backend,
+                 str(r.refined), f"{r.fps:.2f}", f"{r.ms:.1f}", "-" if r.peak_mb is None else f"{r.peak_mb:.0f}",
+                 "(reference)" if math.isnan(r.max_diff) else f"{r.max_diff:.1e}",
+                 "1.00x" if math.isnan(r.speedup) else f"{r.speedup:.2f}x")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bench_model(weights: str | None, backbone: str | None, resolution: str, *, backbone_scale: float | None = None,
+                refine_mode: str | None = None, refine_sample_pixels: int | None = None,
+                refine_threshold: float | None = None) -> tuple[MattingBase, tuple[int, int]]:
+    """The model and ``(H, W)`` for a benchmark: the paper's settings for ``hd``/``4k`` unless overridden.
+
+    ``backbone`` without ``weights`` builds that architecture with random weights whose error map is positive
+    everywhere (and varied: no ties), so sampling mode always refines its full ``sample_pixels`` (the worst case
+    for speed).
+    """
+    from .weights import build_model, load_model
+
+    size = parse_resolution(resolution)
+    scale, pixels = RESOLUTIONS.get(resolution.strip().lower(), (None, 1 / 4, 80_000))[1:]
+    options = {"backbone_scale": backbone_scale or scale, "refine_sample_pixels": refine_sample_pixels or pixels}
+    if refine_mode:
+        options["refine_mode"] = refine_mode
+    if refine_threshold is not None:
+        options["refine_threshold"] = refine_threshold
+    if backbone and weights:
+        raise BgMattingError("give --weights or --backbone (random weights), not both")
+    if backbone:
+        model = build_model("MattingRefine", backbone, **options)
+        with torch.no_grad():  # error in (0, 1) everywhere, varied, so that top-k has no ties to break
+            model.decoder.conv4.weight[4] *= 0.05
+            model.decoder.conv4.bias[4] = 0.5
+        return model.eval(), size
+    return load_model(weights, **options).float().eval(), size

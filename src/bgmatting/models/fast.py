@@ -1,0 +1,259 @@
+"""Inference-only twins of the networks: the same outputs as ``MattingBase``/``MattingRefine``, with less work.
+
+:class:`FastMatting` wraps a trained model (it is copied, never changed) and computes what the model computes,
+within float rounding (≤ 1e-4 in fp32), by doing less:
+
+* **BatchNorm folded** into the convolution before it (eval mode: BN is a per-channel affine map).
+* **channels_last** memory layout for the base network on the CPU (oneDNN's fast path for depthwise convs).
+* **No full-resolution intermediates in the refiner**: the original resizes ``[hid, pha, fgr]`` (36 channels) and
+  ``[src, bgr]`` to 1/2 resolution and concatenates ``[src, bgr]`` at full resolution, then crops the selected
+  patches out of those images. Here the crops are made straight from the inputs:
+
+  - the 1/2-resolution ``src``/``bgr`` crops are 2×2 means of full-resolution windows (bilinear downsampling by
+    exactly 2 with ``align_corners=False`` *is* the 2×2 mean), and the stage-2 crops are parts of the same windows;
+  - the 1/2-resolution coarse crops are resampled from a small window of the coarse maps by two small matrix
+    products (the bilinear weights ``F.interpolate`` uses, clamped at the border as it does);
+  - refined patches are written in place into the upsampled coarse result.
+* **Stage 1 on tiles**: selected patches cluster along the subject's outline and their 8×8 crops overlap, so
+  stage 1 runs densely on 4×4-patch tiles that hold any selected patch (about half the work of one crop per
+  patch at HD), and each patch takes its part of its tile's result; stage 2 runs per patch.
+* **Static shapes** (``static=True``, sampling mode): always ``sample_pixels // 16`` patches per image, found with
+  top-k and no ``nonzero`` (no host synchronisation), so the whole pass can be captured in a CUDA graph. With
+  ``prevent_oversampling`` the patches whose error is 0 are still computed but not pasted, which gives the same
+  result as dropping them.
+
+``base_runner`` swaps the base network for another engine that computes the same function (ONNX Runtime in
+:mod:`bgmatting.backends`): a callable ``(src_sm, bgr_sm) -> (pha, fgr_residual, err, hid)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .matting import MattingBase, MattingRefine, _check_pair
+
+TILE = 4  # patches per side of the tiles stage 1 of the refiner runs on
+
+CoarseFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm2d into the Conv2d that feeds it, in place; returns ``module``.
+
+    Covers both ways the networks pair them: consecutive ``(Conv2d, BatchNorm2d)`` in an ``nn.Sequential``
+    (torchvision's MobileNetV2 and ASPP, ResNet downsample) and attributes ``convN``/``bnN`` of one module
+    (ResNet stem and bottlenecks, the decoder, the refiner). The BatchNorm becomes ``nn.Identity``.
+    """
+    for child in list(module.modules()):
+        if isinstance(child, nn.Sequential):
+            items = list(child)
+            for i in range(len(items) - 1):
+                conv, bn = items[i], items[i + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    child[i] = fuse_conv_bn_eval(conv, bn)
+                    child[i + 1] = nn.Identity()
+        for suffix in ("", "1", "2", "3", "4"):
+            conv, bn = getattr(child, "conv" + suffix, None), getattr(child, "bn" + suffix, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(child, "conv" + suffix, fuse_conv_bn_eval(conv, bn))
+                setattr(child, "bn" + suffix, nn.Identity())
+    return module
+
+
+def _interp_matrix(start: torch.Tensor, size: int, n_in: int, n_out: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-D bilinear resampling as a matrix, per crop.
+
+    For crops of ``size`` pixels starting at ``start`` ``(N,)`` on an axis resized from ``n_in`` to ``n_out``
+    (``F.interpolate``, ``align_corners=False``), returns the first input pixel ``first`` ``(N,)`` and ``M``
+    ``(N, size, k)`` such that crop pixel ``a`` = ``sum_j M[n, a, j] * input[first[n] + j]`` (input indices
+    clamped to ``n_in - 1``). Crop pixels outside ``[0, n_out)`` get a zero row (zero padding).
+    """
+    pos = start[:, None] + torch.arange(size, device=start.device)  # (N, size) output pixels
+    src = ((pos.to(torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)  # as F.interpolate computes it
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    w1 = (src - i0).to(torch.float32)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    first = i0[:, 0]
+    inside = ((pos >= 0) & (pos < n_out)).to(torch.float32)
+    m = torch.zeros(pos.shape[0], size, k, device=start.device)
+    m.scatter_add_(2, (i0 - first[:, None])[..., None], ((1 - w1) * inside)[..., None])
+    m.scatter_add_(2, (i1 - first[:, None])[..., None], (w1 * inside)[..., None])
+    return first, m
+
+
+def _sample_crops(x: torch.Tensor, ib: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                  out_size: tuple[int, int], size: int) -> torch.Tensor:
+    """Crops of ``x`` ``(B, C, h, w)`` as if it were first resized to ``out_size`` (bilinear, ``align_corners=False``).
+
+    Returns ``(N, C, size, size)`` (a channels-last view): the pixels ``rows[n] + a``, ``cols[n] + b``
+    (``0 <= a, b < size``) of the resized image of batch item ``ib[n]``; pixels outside it are 0 (the refiner's
+    zero padding). Only the crops are computed: a small window of ``x`` per crop, resampled by two matrix products.
+    """
+    _, _, h, w = x.shape
+    k_y = int(math.ceil(size * h / out_size[0])) + 2  # input rows a crop can touch
+    k_x = int(math.ceil(size * w / out_size[1])) + 2
+    y0, my = _interp_matrix(rows, size, h, out_size[0], k_y)
+    x0, mx = _interp_matrix(cols, size, w, out_size[1], k_x)
+    ry = (y0[:, None] + torch.arange(k_y, device=x.device)).clamp(max=h - 1)
+    rx = (x0[:, None] + torch.arange(k_x, device=x.device)).clamp(max=w - 1)
+    win = x.permute(0, 2, 3, 1)[ib[:, None, None], ry[:, :, None], rx[:, None, :]]  # (N, k_y, k_x, C)
+    n, c = win.shape[0], win.shape[3]
+    t = torch.bmm(my.to(win.dtype), win.reshape(n, k_y, k_x * c)).view(n, size, k_x, c)  # rows resampled
+    out = torch.matmul(mx.to(win.dtype)[:, None], t)  # (N, size, size, C): columns resampled
+    return out.permute(0, 3, 1, 2)
+
+
+def _windows(src: torch.Tensor, bgr: torch.Tensor, ib: torch.Tensor, top: torch.Tensor,
+             left: torch.Tensor, size: int) -> torch.Tensor:
+    """``size × size`` windows of ``[src, bgr]`` at ``(top[n], left[n])`` of batch item ``ib[n]`` → ``(N, 6, size, size)``.
+
+    Pixels outside the image are 0 (the refiner's zero padding); nothing of full size is copied.
+    """
+    _, _, H, W = src.shape
+    off = torch.arange(size, device=src.device)
+    ry, rx = top[:, None] + off, left[:, None] + off
+    inside = ((ry >= 0) & (ry < H))[:, :, None] & ((rx >= 0) & (rx < W))[:, None, :]
+    yy, xx = ry.clamp(0, H - 1)[:, :, None], rx.clamp(0, W - 1)[:, None, :]
+    out = torch.cat([src.permute(0, 2, 3, 1)[ib[:, None, None], yy, xx],
+                     bgr.permute(0, 2, 3, 1)[ib[:, None, None], yy, xx]], dim=3)  # (N, size, size, 6)
+    return (out * inside[..., None].to(out.dtype)).permute(0, 3, 1, 2)
+
+
+class FastMatting(nn.Module):
+    """Inference twin of a ``MattingBase``/``MattingRefine``: same ``forward(src, bgr)`` and outputs.
+
+    Args:
+        model: the trained network (copied; BatchNorm folded in the copy).
+        static: sampling mode with a fixed number of patches and no host synchronisation (for CUDA graphs).
+        channels_last: run the base network in channels_last layout (faster on CPU and on tensor cores).
+        base_runner: optional replacement for the base network, ``(src_sm, bgr_sm) -> (pha, fgr_res, err,
+            hid)`` at the size of its inputs (e.g. an ONNX Runtime session).
+    """
+
+    def __init__(self, model: MattingBase, static: bool = False, channels_last: bool = True,
+                 base_runner: CoarseFn | None = None):
+        super().__init__()
+        if not isinstance(model, MattingBase):
+            raise TypeError(f"FastMatting needs a MattingBase or MattingRefine, not {type(model).__name__}")
+        self.net = fold_batchnorm(copy.deepcopy(model).eval())
+        self.is_refine = isinstance(model, MattingRefine)
+        self.static = static and self.is_refine and model.refiner.mode == "sampling"
+        self.channels_last = channels_last
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.base_runner = base_runner
+
+    @property
+    def refiner(self):
+        return self.net.refiner if self.is_refine else None
+
+    def coarse(self, src: torch.Tensor, bgr: torch.Tensor):
+        """The base network: ``(pha, fgr_residual, err, hid)`` at the size of ``src``."""
+        if self.base_runner is not None:
+            return self.base_runner(src, bgr)
+        if self.channels_last:
+            src = src.contiguous(memory_format=torch.channels_last)
+            bgr = bgr.contiguous(memory_format=torch.channels_last)
+        return self.net._coarse(src, bgr)
+
+    def forward(self, src: torch.Tensor, bgr: torch.Tensor):
+        if not self.is_refine:
+            _check_pair(src, bgr)
+            pha, fgr_res, err, hid = self.coarse(src, bgr)
+            return pha, (fgr_res + src).clamp_(0.0, 1.0), err, hid
+        _check_pair(src, bgr, multiple=4)
+        src_sm, bgr_sm = (F.interpolate(t, scale_factor=self.net.backbone_scale, mode="bilinear",
+                                        align_corners=False, recompute_scale_factor=True) for t in (src, bgr))
+        pha_sm, fgr_sm, err_sm, hid_sm = self.coarse(src_sm, bgr_sm)
+        pha, fgr, ref = self._refine(src, bgr, pha_sm, fgr_sm, err_sm, hid_sm)
+        fgr_sm = (fgr_sm + src_sm).clamp_(0.0, 1.0)
+        return pha, fgr, pha_sm, fgr_sm, err_sm, ref
+
+    # ------------------------------------------------------------------------------------------ refiner
+
+    def _select(self, err: torch.Tensor):
+        """Patch indices ``(ib, rows, cols)`` on the 1/4 grid, a validity mask (static mode) and ``ref``."""
+        r = self.net.refiner
+        b, _, h4, w4 = err.shape
+        if r.mode == "sampling":
+            flat = err.reshape(b, h4 * w4)
+            k = min(r.sample_pixels // 16, h4 * w4)
+            values, top = flat.topk(k, dim=1, sorted=False)
+            ib = torch.arange(b, device=err.device).repeat_interleave(k)
+            top = top.reshape(-1)
+            valid = (values > 0).reshape(-1) if r.prevent_oversampling else None
+            if not self.static and valid is not None:
+                ib, top, valid = ib[valid], top[valid], None
+            ref = torch.zeros_like(flat).reshape(-1)
+            ref[ib * (h4 * w4) + top] = 1.0 if valid is None else valid.to(ref.dtype)
+            return ib, top // w4, top % w4, valid, ref.reshape(b, 1, h4, w4)
+        ref = (err > r.threshold).to(err.dtype)
+        ib, rows, cols = torch.nonzero(ref[:, 0], as_tuple=True)
+        return ib, rows, cols, None, ref
+
+    def _refine(self, src, bgr, pha, fgr, err, hid):
+        r = self.net.refiner
+        B, _, H, W = src.shape
+        if r.mode == "full":  # dense: nothing to skip
+            pha, fgr, ref = r(src, bgr, pha, fgr, err, hid)
+            return pha.clamp_(0.0, 1.0), (fgr + src).clamp_(0.0, 1.0), ref
+        err4 = F.interpolate(err, size=(H // 4, W // 4), mode="bilinear", align_corners=False)
+        ib, rows, cols, valid, ref = self._select(err4)
+        out = F.interpolate(torch.cat([pha, fgr], dim=1), size=(H, W), mode="bilinear", align_corners=False)
+        if ib.shape[0] > 0:
+            patches = self._refine_patches(src, bgr, torch.cat([hid, pha, fgr], dim=1), ib, rows, cols)
+            grid = out.view(B, 4, H // 4, 4, W // 4, 4)
+            if valid is not None:  # static mode: patches with zero error keep the coarse values
+                keep = grid[ib, :, rows, :, cols, :]
+                patches = torch.where(valid[:, None, None, None], patches.to(keep.dtype), keep)
+            grid[ib, :, rows, :, cols, :] = patches.to(grid.dtype)
+        pha_out = out[:, :1].clamp_(0.0, 1.0)
+        fgr_out = (out[:, 1:] + src).clamp_(0.0, 1.0)
+        return pha_out, fgr_out, ref
+
+    def _refine_patches(self, src, bgr, coarse, ib, rows, cols) -> torch.Tensor:
+        """Stages 1 and 2 of the refiner on the patches ``(ib, rows, cols)`` → ``(N, 4, 4, 4)``.
+
+        Stage 1 runs densely on tiles of ``TILE × TILE`` patches that hold at least one selected patch (the
+        patches' 1/2-resolution crops overlap, and selected patches cluster along edges, so this does about half
+        the work of one crop per patch); stage 2 runs per patch on its part of the tile. With ``static`` every
+        patch gets its own crop instead (no ``unique``, hence no host synchronisation).
+        """
+        r = self.net.refiner
+        H, W = src.shape[2:]
+        k3 = r.kernel_size == 3
+        bh, bf = (3, 2) if k3 else (0, 0)  # borders of the 1/2- and full-resolution crops
+        tile = 1 if self.static else TILE
+        if tile == 1:
+            t_ib, t_rows, t_cols, inv = ib, rows, cols, None
+        else:
+            n_r, n_c = -(-(H // 4) // tile), -(-(W // 4) // tile)
+            key = (ib * n_r + rows // tile) * n_c + cols // tile
+            tiles, inv = torch.unique(key, return_inverse=True)
+            t_ib, t_rows, t_cols = tiles // (n_r * n_c), (tiles // n_c) % n_r * tile, tiles % n_c * tile
+        # stage 1 on the tiles' 1/2-resolution crops: coarse maps resampled, src/bgr as 2x2 means of full res
+        s1 = 2 * tile + 2 * bh
+        win = _windows(src, bgr, t_ib, 4 * t_rows - 2 * bh,
+                       4 * t_cols - 2 * bh, 2 * s1)
+        x = torch.cat([_sample_crops(coarse, t_ib, 2 * t_rows - bh, 2 * t_cols - bh, (H // 2, W // 2), s1),
+                       F.avg_pool2d(win, 2).to(coarse.dtype)], dim=1)
+        x = r._stage1(x)  # (Nt, 16, 2*tile + 2*bh - 4 or 2*tile)
+        p1 = 2 + 2 * bh - (4 if k3 else 0)  # a patch's share of stage 1: 4x4 (kernel 3) or 2x2 (kernel 1)
+        pf = 4 + 2 * bf  # its full-resolution crop
+        if inv is not None:  # cut each patch's part out of its tile
+            dr, dc = rows - t_rows[inv], cols - t_cols[inv]
+            x = x.unfold(2, p1, 2).unfold(3, p1, 2)[inv, :, dr, dc]
+            o = (2 * bh - bf) // 4  # the patch's full-resolution crop starts 4*dr + 2*bh - bf into the window
+            y = win.unfold(2, pf, 4).unfold(3, pf, 4)[inv, :, dr + o, dc + o]
+        else:
+            c0 = 2 * bh - bf
+            y = win[:, :, c0:c0 + pf, c0:c0 + pf]
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return r._stage2(torch.cat([x, y.to(x.dtype)], dim=1))

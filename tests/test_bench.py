@@ -1,0 +1,56 @@
+"""The benchmark module: resolutions, example inputs, and rows that compare each backend with the reference."""
+
+import math
+
+import pytest
+import torch
+
+from bgmatting import BgMattingError, MattingRefine
+from bgmatting.bench import bench_model, example_pair, format_table, parse_resolution, run_bench
+from conftest import randomize_
+
+
+def test_parse_resolution():
+    assert parse_resolution("hd") == (1080, 1920)
+    assert parse_resolution("4K") == (2160, 3840)
+    assert parse_resolution("1280x720") == (720, 1280)
+    for bad in ("720p", "1281x720", "16x16"):
+        with pytest.raises(BgMattingError):
+            parse_resolution(bad)
+
+
+def test_example_pair_is_the_shipped_photo_resized():
+    src, bgr = example_pair((72, 96), batch=2)
+    assert src.shape == bgr.shape == (2, 3, 72, 96)
+    assert 0 <= float(src.min()) and float(src.max()) <= 1
+    assert float((src - bgr).abs().mean()) > 0.01  # the subject is in src only
+
+
+def test_bench_model_uses_the_papers_settings_and_worst_case_random_weights():
+    model, size = bench_model(None, "mobilenetv2", "4k")
+    assert size == (2160, 3840) and model.backbone_scale == 1 / 8 and model.refiner.sample_pixels == 320_000
+    src, bgr = example_pair((64, 96))
+    with torch.no_grad():
+        err = model(src, bgr)[4]
+    assert float(err.min()) > 0 and float(err.max()) < 1 and err.unique().numel() > err.numel() // 2
+    with pytest.raises(BgMattingError, match="not both"):
+        bench_model("mobilenetv2", "resnet50", "hd")
+
+
+def test_run_bench_rows(monkeypatch):
+    model = randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=16 * 40))
+    calls = []
+
+    def fake_reference(src, bgr):  # an "original" that is off by 0.5 in alpha
+        calls.append(src.shape)
+        out = model(src, bgr)
+        return ((out[0] + 0.5).clamp(0, 1), *out[1:])
+
+    rows = run_bench(model, (64, 96), ["reference", "eager"], device=torch.device("cpu"), frames=2, warmup=1,
+                     references={"original": fake_reference})
+    assert [r.backend for r in rows] == ["original", "reference", "eager"]
+    assert len(calls) == 3 and calls[0] == (1, 3, 64, 96)
+    assert math.isnan(rows[0].max_diff) and rows[1].max_diff > 0.1  # compared with the first row
+    assert rows[2].refined == 16 * 40 and rows[2].ms > 0 and rows[2].speedup > 0
+    table = format_table(rows).splitlines()
+    assert len(table) == 5 and "| original |" in table[2] and "(reference)" in table[2]

@@ -1,0 +1,138 @@
+"""FastMatting and the backends: the same outputs as the reference modules, by a different route."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bgmatting import BgMattingError, MattingBase, MattingRefine
+from bgmatting.backends import make_runner, onnxruntime_available, resolve_backend
+from bgmatting.models import BACKBONES
+from bgmatting.models.fast import FastMatting, _sample_crops, fold_batchnorm
+from bgmatting.models.refiner import crop_patches
+from conftest import randomize_
+
+TOL = 1e-4
+CPU = torch.device("cpu")
+
+
+def _max_diff(a, b):
+    return max(float((x.float() - y.float()).abs().max()) for x, y in zip(a, b))
+
+
+def _pair(rng, b=2, h=120, w=100):
+    return torch.rand(b, 3, h, w, generator=rng), torch.rand(b, 3, h, w, generator=rng)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_fold_batchnorm_keeps_the_function(backbone, rng):
+    model = randomize_(MattingBase(backbone))
+    folded = fold_batchnorm(randomize_(MattingBase(backbone)))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    src, bgr = _pair(rng, 1, 64, 48)
+    with torch.no_grad():
+        assert _max_diff(model(src, bgr), folded(src, bgr)) <= TOL
+
+
+@pytest.mark.parametrize("mode,kernel_size,static,scale", [
+    *itertools.product(("sampling", "thresholding"), (3, 1), (False, True), (1 / 4, 1 / 2, 0.3)),
+    ("full", 3, False, 1 / 4), ("full", 1, False, 1 / 2)])
+def test_fast_refine_matches_reference(mode, kernel_size, static, scale, rng):
+    model = randomize_(MattingRefine("mobilenetv2", backbone_scale=scale, refine_mode=mode,
+                                     refine_sample_pixels=16 * 200, refine_kernel_size=kernel_size))
+    fast = FastMatting(model, static=static)
+    src, bgr = _pair(rng)
+    with torch.no_grad():
+        if mode == "thresholding":  # split the patches so that selection matters, far from any error value
+            err = F.interpolate(model(src, bgr)[4], size=(30, 25), mode="bilinear")
+            v = err[err > 0].unique()
+            mid = v[len(v) // 4: 3 * len(v) // 4]
+            i = int((mid[1:] - mid[:-1]).argmax())
+            model.refiner.threshold = fast.refiner.threshold = float(mid[i] + mid[i + 1]) / 2
+        expected, got = model(src, bgr), fast(src, bgr)
+    refined = int(expected[5].sum())
+    if mode != "full":
+        assert 0 < refined < expected[5].numel()
+    assert torch.equal(expected[5], got[5])
+    assert _max_diff(expected, got) <= TOL
+
+
+@pytest.mark.parametrize("static", (False, True))
+def test_prevent_oversampling_drops_zero_error_patches(static, rng):
+    # k = every patch, but the error map of these weights is 0 on about 2/3 of them
+    model = randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=16 * 30 * 25))
+    fast = FastMatting(model, static=static)
+    src, bgr = _pair(rng)
+    with torch.no_grad():
+        expected, got = model(src, bgr), fast(src, bgr)
+    assert 0 < int(expected[5].sum()) < expected[5].numel()
+    assert torch.equal(expected[5], got[5])
+    assert _max_diff(expected, got) <= TOL
+
+
+def test_base_runner_replaces_the_base_network(rng):
+    model = randomize_(MattingRefine("mobilenetv2"))
+    calls = []
+
+    def runner(s, b):
+        calls.append(s.shape)
+        return model._coarse(s, b)
+
+    src, bgr = _pair(rng, 1)
+    with torch.no_grad():
+        got = FastMatting(model, base_runner=runner)(src, bgr)
+        expected = model(src, bgr)
+    assert calls == [(1, 3, 30, 25)]
+    assert _max_diff(expected, got) <= TOL
+
+
+@pytest.mark.parametrize("size,out_size,crop", [((30, 25), (60, 50), 8), ((15, 13), (60, 50), 14),
+                                               ((60, 50), (60, 50), 8), ((17, 23), (60, 50), 6)])
+def test_sample_crops_equals_resize_then_crop(size, out_size, crop, rng):
+    x = torch.rand(2, 5, *size, generator=rng)
+    resized = F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
+    border = 3
+    n = 40
+    ib = torch.randint(0, 2, (n,), generator=rng)
+    rows = torch.randint(-border, out_size[0] - crop + border, (n,), generator=rng)
+    cols = torch.randint(-border, out_size[1] - crop + border, (n,), generator=rng)
+    got = _sample_crops(x, ib, rows, cols, out_size, crop)
+    padded = F.pad(resized, (border, border + crop, border, border + crop))
+    expected = torch.stack([padded[b, :, r + border:r + border + crop, c + border:c + border + crop]
+                            for b, r, c in zip(ib.tolist(), rows.tolist(), cols.tolist())])
+    assert got.shape == (n, 5, crop, crop)
+    assert float((got - expected).abs().max()) <= 1e-5
+
+
+def test_crop_patches_reference_agrees_with_windows(rng):
+    # the reference refiner's crops are the windows FastMatting cuts (the tiles' layout is an offset of them)
+    from bgmatting.models.fast import _windows
+
+    src, bgr = _pair(rng, 2, 40, 32)
+    idx = torch.tensor([[0, 0, 0], [1, 9, 7], [0, 4, 3]])
+    expected = crop_patches(torch.cat([src, bgr], 1), idx, 4, 2)
+    got = _windows(src, bgr, idx[:, 0], 4 * idx[:, 1] - 2, 4 * idx[:, 2] - 2, 8)
+    assert torch.equal(expected, got)
+
+
+def test_resolve_backend():
+    assert resolve_backend("eager", CPU) == "eager"
+    assert resolve_backend("auto", CPU) == ("onnxruntime" if onnxruntime_available() else "eager")
+    with pytest.raises(BgMattingError, match="CUDA"):
+        resolve_backend("graph", CPU)
+    with pytest.raises(BgMattingError, match="backend must be one of"):
+        resolve_backend("tensorrt", CPU)
+
+
+@pytest.mark.parametrize("backend", ("reference", "eager", "onnxruntime"))
+@pytest.mark.parametrize("arch", ("base", "refine"))
+def test_runners_match_reference(backend, arch, rng):
+    if backend == "onnxruntime" and not onnxruntime_available():
+        pytest.skip("onnxruntime not installed")
+    model = randomize_(MattingBase("mobilenetv2") if arch == "base" else MattingRefine("mobilenetv2"))
+    name, runner = make_runner(model, backend, CPU)
+    assert name == backend
+    src, bgr = _pair(rng, 2, 96, 80)  # a size other than the export example
+    with torch.no_grad():
+        assert _max_diff(model(src, bgr), runner(src, bgr)) <= TOL
