@@ -345,3 +345,24 @@ def test_modnet_preprocessing_without_onnxruntime():
     assert max(x.shape[2:]) == 512
     assert x.min() >= -1.01 and x.max() <= 1.01 and x.dtype == np.float32
     assert pha.shape == (144, 176) and np.allclose(pha, 0.75)
+
+
+def test_held_out_subjects_are_never_dressed_in_held_out_photographs(tmp_path, fake_roots, monkeypatch):
+    seen = {"bgr": [], "fgr": []}
+    make_bgr, make_fgr = P.synthetic.make_background, P.synthetic.make_foreground
+
+    def spy_bgr(size, rng, textures=None):
+        seen["bgr"].append(textures)
+        return make_bgr(size, rng, textures)
+
+    def spy_fgr(size, rng, textures=None):
+        seen["fgr"].append(textures)
+        return make_fgr(size, rng, textures)
+
+    monkeypatch.setattr(P.synthetic, "make_background", spy_bgr)
+    monkeypatch.setattr(P.synthetic, "make_foreground", spy_fgr)
+    _build(tmp_path / "c", fake_roots)
+    valid_photos, train_photos = seen["bgr"][0], seen["bgr"][-1]  # procedural backgrounds: valid ones come first
+    assert valid_photos and train_photos and valid_photos is not train_photos
+    assert len(seen["fgr"]) == 4 and all(t is train_photos for t in seen["fgr"])  # valid subjects included
+    assert (tmp_path / "c" / "valid" / "fgr" / "synthetic").is_dir()

@@ -39,7 +39,7 @@ from .errors import BgMattingError
 from .io.atomic import atomic_path
 from .models import MattingBase, MattingRefine
 from .models.matting import _check_pair
-from .models.refiner import Refiner, _resize, paste_patches
+from .models.refiner import Refiner, _resize
 from .weights import FORMAT_TAG, load_model, model_config
 
 INPUT_NAMES = ("src", "bgr")
@@ -99,6 +99,8 @@ class ExportRefiner(Refiner):
     * no tensor is created with a fixed device, so a TorchScript trace made on the CPU also runs on a GPU.
     """
 
+    crop = staticmethod(gather_patches)
+
     def __init__(self, *args, topk_free: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.topk_free = topk_free
@@ -136,26 +138,6 @@ class ExportRefiner(Refiner):
         if self.prevent_oversampling:
             ref = ref * (flat > 0).to(ref.dtype)
         return ref.reshape(err.shape)
-
-    def forward(self, src, bgr, pha, fgr, err, hid):
-        if self.mode == "full":
-            pha, fgr, _ = super().forward(src, bgr, pha, fgr, err, hid)
-            return pha, fgr, torch.ones_like(src[:, :1, ::4, ::4])  # the eager torch.ones(device=...) is traced away
-        H, W = src.shape[2:]
-        half, quarter = (H // 2, W // 2), (H // 4, W // 4)
-        src_bgr = torch.cat([src, bgr], dim=1)
-        coarse = torch.cat([hid, pha, fgr], dim=1)
-        k3 = self.kernel_size == 3
-        ref = self.select(_resize(err, quarter))
-        idx = torch.nonzero(ref[:, 0])
-        out = _resize(torch.cat([pha, fgr], dim=1), (H, W))
-        x = gather_patches(_resize(coarse, half), idx, 2, 3 if k3 else 0)
-        y = gather_patches(_resize(src_bgr, half), idx, 2, 3 if k3 else 0)
-        x = self._stage1(torch.cat([x, y], dim=1))
-        x = F.interpolate(x, size=(8, 8) if k3 else (4, 4), mode="nearest")
-        y = gather_patches(src_bgr, idx, 4, 2 if k3 else 0)
-        out = paste_patches(out, self._stage2(torch.cat([x, y], dim=1)), idx)
-        return out[:, :1], out[:, 1:], ref
 
 
 def _version() -> str:

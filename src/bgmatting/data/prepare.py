@@ -886,12 +886,14 @@ def build_corpus(
             split = "valid" if i < n_valid_fg else "train"
             long_, short = synthetic_side, int(synthetic_side * rng.uniform(0.7, 1.0))
             H, W = (long_, short) if rng.random() < 0.6 else (short, long_)
-            fgr, pha = synthetic.make_foreground((H, W), rng, textures[split] or None)
+            # subjects are dressed in crops of the *training* photographs in both splits: a held-out subject cut
+            # from the very photograph it is composited over would be invisible to any method
+            fgr, pha = synthetic.make_foreground((H, W), rng, textures["train"] or None)
             fgr8, pha8 = _pair_arrays(fgr, pha)
             name = f"fg_{i:04d}"
             ok = writer.write([(f"{split}/fgr/synthetic/{name}.png", fgr8), (f"{split}/pha/synthetic/{name}.png", pha8)],
                               {"split": split, **gen_meta, "origin": f"make_foreground(seed={seed}, index={i})",
-                               "textures": f"crops of the {split} background photographs" if textures[split] else "procedural"},
+                               "textures": "crops of the train background photographs" if textures["train"] else "procedural"},
                               optional=True)
             if not ok:
                 notes.append(f"synthetic foregrounds stopped at {i} of {n_synthetic}: size budget reached")

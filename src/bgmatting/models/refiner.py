@@ -112,6 +112,9 @@ class Refiner(nn.Module):
     def _stage2(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv4(self.relu(self.bn3(self.conv3(x))))
 
+    #: how patches are cut out: ``(x, idx, size, border) -> crops`` (the export subclass swaps in a traceable gather)
+    crop = staticmethod(crop_patches)
+
     def forward(self, src, bgr, pha, fgr, err, hid):
         H, W = src.shape[2:]
         half, quarter = (H // 2, W // 2), (H // 4, W // 4)
@@ -132,17 +135,17 @@ class Refiner(nn.Module):
                 x = F.interpolate(x, size=(H, W), mode="nearest")
                 y = src_bgr
             out = self._stage2(torch.cat([x, y], dim=1))
-            ref = torch.ones(src.shape[0], 1, quarter[0], quarter[1], device=src.device, dtype=src.dtype)
+            ref = torch.ones_like(src[:, :1, ::4, ::4])  # (B, 1, H/4, W/4); no device constant in a trace
             return out[:, :1], out[:, 1:], ref
 
         ref = self.select(_resize(err, quarter))
         idx = torch.nonzero(ref[:, 0])  # (N, 3): batch, row, col on the 1/4 grid
         out = _resize(torch.cat([pha, fgr], dim=1), (H, W))
-        if idx.shape[0] > 0:
-            x = crop_patches(_resize(coarse, half), idx, 2, 3 if k3 else 0)
-            y = crop_patches(_resize(src_bgr, half), idx, 2, 3 if k3 else 0)
+        if idx.shape[0] > 0 or torch.jit.is_tracing():  # a trace keeps the patch path (it copes with none)
+            x = self.crop(_resize(coarse, half), idx, 2, 3 if k3 else 0)
+            y = self.crop(_resize(src_bgr, half), idx, 2, 3 if k3 else 0)
             x = self._stage1(torch.cat([x, y], dim=1))
             x = F.interpolate(x, size=(8, 8) if k3 else (4, 4), mode="nearest")
-            y = crop_patches(src_bgr, idx, 4, 2 if k3 else 0)
+            y = self.crop(src_bgr, idx, 4, 2 if k3 else 0)
             out = paste_patches(out, self._stage2(torch.cat([x, y], dim=1)), idx)
         return out[:, :1], out[:, 1:], ref
