@@ -54,3 +54,15 @@ def test_run_bench_rows(monkeypatch):
     assert rows[2].refined == 16 * 40 and rows[2].ms > 0 and rows[2].speedup > 0
     table = format_table(rows).splitlines()
     assert len(table) == 5 and "| original |" in table[2] and "(reference)" in table[2]
+
+
+def test_run_bench_compares_with_a_given_alpha():
+    model = randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=16 * 40))
+    target = torch.zeros(1, 1, 64, 96)
+    rows = run_bench(model, (64, 96), ["reference", "eager"], device=torch.device("cpu"), frames=1, warmup=0,
+                     compare_with=target)
+    src, bgr = example_pair((64, 96))
+    with torch.no_grad():
+        expected = float(model(src, bgr)[0].abs().max())
+    assert [r.max_diff for r in rows] == pytest.approx([expected, expected], abs=1e-4)
+    assert math.isnan(rows[0].speedup) and rows[1].speedup > 0

@@ -136,3 +136,20 @@ def test_runners_match_reference(backend, arch, rng):
     src, bgr = _pair(rng, 2, 96, 80)  # a size other than the export example
     with torch.no_grad():
         assert _max_diff(model(src, bgr), runner(src, bgr)) <= TOL
+
+
+def test_onnx_cache_reuses_and_prunes(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from bgmatting import backends
+
+    monkeypatch.setattr(backends, "CACHE_KEEP", 2)
+    calls = []
+    real = backends._base_onnx
+    monkeypatch.setattr(backends, "_base_onnx", lambda m: calls.append(1) or real(m))
+    models = [randomize_(MattingBase("mobilenetv2"), seed=s) for s in range(3)]
+    first = backends.cached_base_onnx(models[0], tmp_path)
+    assert backends.cached_base_onnx(models[0], tmp_path) == first and len(calls) == 1  # second call: from disk
+    backends.cached_base_onnx(models[1], tmp_path)
+    backends.cached_base_onnx(models[2], tmp_path)
+    assert len(calls) == 3 and len(list(tmp_path.glob("base-*.onnx"))) == 2
+    assert not list(tmp_path.glob(".*"))  # no temporary file left

@@ -77,6 +77,7 @@ class _Coarse(nn.Module):
 
 
 OPSET = 17
+CACHE_KEEP = 4  # exported base networks kept in the cache (the least recently used go first)
 
 
 def _base_onnx(model: MattingBase) -> bytes:
@@ -106,16 +107,21 @@ def _base_key(model: MattingBase) -> str:
 def cached_base_onnx(model: MattingBase, cache: Path | None = None) -> bytes:
     """:func:`_base_onnx`, kept in ``cache`` (default ``~/.cache/bgmatting/onnx``) under a digest of the weights.
 
-    Exporting takes seconds; the shipped model is exported once per machine. A cache that cannot be written is
-    skipped silently.
+    Exporting takes seconds; the shipped model is exported once per machine. The :data:`CACHE_KEEP` most recently
+    used files are kept. A cache that cannot be written is skipped silently.
     """
-    path = (cache or cache_dir("onnx")) / f"base-{_base_key(model)}.onnx"
+    folder = cache or cache_dir("onnx")
+    path = folder / f"base-{_base_key(model)}.onnx"
     if path.is_file():
+        os.utime(path)  # recently used
         return path.read_bytes()
     data = _base_onnx(model)
     try:
         atomic_write_bytes(path, data)
-    except BgMattingError:
+        kept = sorted(folder.glob("base-*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in kept[CACHE_KEEP:]:
+            old.unlink(missing_ok=True)
+    except (BgMattingError, OSError):
         pass
     return data
 

@@ -110,7 +110,7 @@ def time_runner(run: Callable, src: torch.Tensor, bgr: torch.Tensor, precision: 
 
 def run_bench(model: MattingBase, size: tuple[int, int], backends: Sequence[str], *, device: torch.device,
               precision: str = "fp32", batch: int = 1, frames: int = 10, warmup: int = 3,
-              references: Mapping[str, Callable] | None = None,
+              references: Mapping[str, Callable] | None = None, compare_with: torch.Tensor | None = None,
               progress: Callable[[str], None] | None = None) -> list[BenchRow]:
     """Time ``model`` (eval mode, on ``device``) with each of ``backends`` on the example pair at ``size``.
 
@@ -118,6 +118,8 @@ def run_bench(model: MattingBase, size: tuple[int, int], backends: Sequence[str]
         references: extra implementations of the same model to time first, ``{name: callable(src, bgr)}``
             returning the model's output tuple (e.g. the original BGMv2 module). The first row, reference or
             backend, is the one the others are compared with (alpha difference and speed-up).
+        compare_with: an alpha ``(B, 1, H, W)`` to compare every row with instead of the first row's (e.g. the
+            fp32 reference when timing fp16).
         progress: called with a line before each configuration is measured.
 
     Returns:
@@ -139,11 +141,15 @@ def run_bench(model: MattingBase, size: tuple[int, int], backends: Sequence[str]
         refined = int(out[5].float().sum()) * 16 // batch if isinstance(model, MattingRefine) else 0
         row = BenchRow(model.backbone_name, size, mode, precision, batch, name, ms / batch, peak, refined)
         pha = out[0].float()
-        if base_pha is None:
+        first = base_pha is None
+        if first:
             base_pha, base_ms = pha, row.ms
         else:
-            row.max_diff = float((pha - base_pha).abs().max())
             row.speedup = base_ms / row.ms
+        if compare_with is not None:
+            row.max_diff = float((pha - compare_with.to(pha)).abs().max())
+        elif not first:
+            row.max_diff = float((pha - base_pha).abs().max())
         rows.append(row)
         del run, out
     return rows
