@@ -32,6 +32,7 @@ def test_bench_model_uses_the_papers_settings_and_worst_case_random_weights():
     src, bgr = example_pair((64, 96))
     with torch.no_grad():
         err = model(src, bgr)[4]
+    assert float(err.std()) > 0.02
     assert float(err.min()) > 0 and float(err.max()) < 1 and err.unique().numel() > err.numel() // 2
     with pytest.raises(BgMattingError, match="not both"):
         bench_model("mobilenetv2", "resnet50", "hd")
@@ -41,10 +42,12 @@ def test_run_bench_rows(monkeypatch):
     model = randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=16 * 40))
     calls = []
 
-    def fake_reference(src, bgr):  # an "original" that is off by 0.5 in alpha
+    def fake_reference(src, bgr):  # an "original" that is off by 0.5 in alpha and refines one more patch
         calls.append(src.shape)
         out = model(src, bgr)
-        return ((out[0] + 0.5).clamp(0, 1), *out[1:])
+        ref = out[5].clone()
+        ref.view(-1)[(ref.view(-1) == 0).nonzero()[0]] = 1.0
+        return ((out[0] + 0.5).clamp(0, 1), *out[1:5], ref)
 
     rows = run_bench(model, (64, 96), ["reference", "eager"], device=torch.device("cpu"), frames=2, warmup=1,
                      references={"original": fake_reference})
@@ -52,6 +55,7 @@ def test_run_bench_rows(monkeypatch):
     assert len(calls) == 3 and calls[0] == (1, 3, 64, 96)
     assert math.isnan(rows[0].max_diff) and rows[1].max_diff > 0.1  # compared with the first row
     assert rows[2].refined == 16 * 40 and rows[2].ms > 0 and rows[2].speedup > 0
+    assert rows[1].patches_diff == rows[2].patches_diff == 1
     table = format_table(rows).splitlines()
     assert len(table) == 5 and "| original |" in table[2] and "(reference)" in table[2]
 
