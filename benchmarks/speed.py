@@ -13,6 +13,7 @@ error map is positive everywhere, so that sampling mode refines all of its pixel
 from __future__ import annotations
 
 import argparse
+import os
 import datetime
 import platform
 import sys
@@ -42,7 +43,15 @@ def original_twin(model) -> torch.nn.Module:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
 
 
 def main() -> None:

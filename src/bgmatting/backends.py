@@ -152,7 +152,7 @@ class OnnxCoarse:
 
 
 class CudaGraphRunner:
-    """Replays ``module`` from CUDA graphs, one captured per input shape and dtype.
+    """Replays ``module`` from CUDA graphs, one captured per input shape, dtype and autocast precision.
 
     ``module`` must be free of host synchronisation (the static :class:`FastMatting`). The inputs are copied
     into static buffers, the graph replayed and the outputs cloned (so that the next frame cannot overwrite them).
@@ -168,7 +168,8 @@ class CudaGraphRunner:
         return self.module(src, bgr)
 
     def __call__(self, src: torch.Tensor, bgr: torch.Tensor):
-        key = (tuple(src.shape), src.dtype, src.device)
+        autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        key = (tuple(src.shape), src.dtype, src.device, autocast)
         entry = self.graphs.get(key)
         if entry is None:
             if len(self.graphs) >= self.max_graphs:
