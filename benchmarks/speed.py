@@ -5,7 +5,7 @@
     python benchmarks/speed.py --save              # also write benchmarks/results/<date>-<device>.md
 
 The original is ``backgroundmattingv2==1.0`` from PyPI (``pip install backgroundmattingv2``), loaded with the same
-weights and options; it is the first row of each block, so "speed-up" is against it and "max |Δα|" is our
+weights and options; it is the first row of each block, so "speed-up" is against it and "max Δα" is our
 alpha's largest difference from its alpha (in fp16 blocks: from its fp32 alpha, the accuracy target for fp16). ResNet-50 has no shipped weights: it runs with random weights whose
 error map is positive everywhere, so that sampling mode refines all of its pixels (the worst case).
 """

@@ -161,7 +161,7 @@ def run_bench(model: MattingBase, size: tuple[int, int], backends: Sequence[str]
 def format_table(rows: Sequence[BenchRow]) -> str:
     """A Markdown table of ``rows``."""
     head = ("backbone", "resolution", "mode", "precision", "batch", "backend", "refined px", "fps", "ms/frame",
-            "peak MiB", "max |Δα|", "Δ patches", "speed-up")
+            "peak MiB", "max Δα", "Δ patches", "speed-up")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = (r.backbone, f"{r.size[1]}x{r.size[0]}", r.mode, r.precision, str(r.batch), r.backend,
