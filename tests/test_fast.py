@@ -153,3 +153,58 @@ def test_onnx_cache_reuses_and_prunes(tmp_path, monkeypatch):
     backends.cached_base_onnx(models[2], tmp_path)
     assert len(calls) == 3 and len(list(tmp_path.glob("base-*.onnx"))) == 2
     assert not list(tmp_path.glob(".*"))  # no temporary file left
+
+
+class _FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph on the CPU: replay re-runs what was captured on the static inputs."""
+
+    capturing = None
+
+    def replay(self):
+        for out, new in zip(self.outputs, self.fn()):
+            out.copy_(new)
+
+
+class _FakeStream:
+    def wait_stream(self, other):
+        pass
+
+
+def test_cuda_graph_runner_logic_with_a_fake_graph(monkeypatch, rng):
+    """The runner's static buffers, replay and per-shape cache (the real capture needs a GPU)."""
+    from contextlib import contextmanager
+
+    from bgmatting import backends
+
+    @contextmanager
+    def graph(g):
+        _FakeGraph.capturing = g
+        yield
+        _FakeGraph.capturing = None
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextmanager(lambda: (yield))())
+    monkeypatch.setattr(torch.cuda, "current_stream", _FakeStream)
+
+    class Probe(backends.CudaGraphRunner):
+        def _run(self, src, bgr):
+            out = super()._run(src, bgr)
+            g = _FakeGraph.capturing
+            if g is not None:  # what the capture recorded: this module on these (static) buffers
+                g.fn, g.outputs = (lambda: backends.CudaGraphRunner._run(self, src, bgr)), out
+            return out
+
+    model = randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=16 * 100))
+    runner = Probe(FastMatting(model, static=True), max_graphs=2)
+    frames = [_pair(rng, 1, 64, 48) for _ in range(2)] + [_pair(rng, 1, 48, 64), _pair(rng, 1, 32, 32)]
+    with torch.no_grad():
+        first = runner(*frames[0])
+        second = runner(*frames[1])  # same shape: replayed on the new frame
+        assert len(runner.graphs) == 1
+        assert _max_diff(model(*frames[1]), second) <= TOL
+        assert _max_diff(model(*frames[0]), first) <= TOL  # earlier outputs are copies, not the static buffers
+        runner(*frames[2])
+        runner(*frames[3])
+    assert len(runner.graphs) == 2 and (1, 3, 64, 48) not in {k[0] for k in runner.graphs}  # oldest dropped
