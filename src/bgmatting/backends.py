@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from .errors import BgMattingError
+from .export import _LEGACY_EXPORTER, _quiet_trace
 from .io.atomic import atomic_write_bytes
 from .io.cache import cache_dir
 from .models import MattingBase, MattingRefine
@@ -87,10 +87,10 @@ def _base_onnx(model: MattingBase) -> bytes:
     buf = io.BytesIO()
     axes = {0: "batch", 2: "height", 3: "width"}
     names = ["pha", "fgr", "err", "hid"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _quiet_trace():
         torch.onnx.export(net, (example, example), buf, input_names=["src", "bgr"], output_names=names,
-                          dynamic_axes={n: axes for n in ["src", "bgr", *names]}, opset_version=OPSET, dynamo=False)
+                          dynamic_axes={n: axes for n in ["src", "bgr", *names]}, opset_version=OPSET,
+                          **_LEGACY_EXPORTER)
     return buf.getvalue()
 
 

@@ -169,8 +169,7 @@ class FastMatting(nn.Module):
             pha, fgr_res, err, hid = self.coarse(src, bgr)
             return pha, (fgr_res + src).clamp_(0.0, 1.0), err, hid
         _check_pair(src, bgr, multiple=4)
-        src_sm, bgr_sm = (F.interpolate(t, scale_factor=self.net.backbone_scale, mode="bilinear",
-                                        align_corners=False, recompute_scale_factor=True) for t in (src, bgr))
+        src_sm, bgr_sm = self.net.shrink(src, bgr)
         pha_sm, fgr_sm, err_sm, hid_sm = self.coarse(src_sm, bgr_sm)
         pha, fgr, ref = self._refine(src, bgr, pha_sm, fgr_sm, err_sm, hid_sm)
         fgr_sm = (fgr_sm + src_sm).clamp_(0.0, 1.0)
@@ -240,8 +239,7 @@ class FastMatting(nn.Module):
             t_ib, t_rows, t_cols = tiles // (n_r * n_c), (tiles // n_c) % n_r * tile, tiles % n_c * tile
         # stage 1 on the tiles' 1/2-resolution crops: coarse maps resampled, src/bgr as 2x2 means of full res
         s1 = 2 * tile + 2 * bh
-        win = _windows(src, bgr, t_ib, 4 * t_rows - 2 * bh,
-                       4 * t_cols - 2 * bh, 2 * s1)
+        win = _windows(src, bgr, t_ib, 4 * t_rows - 2 * bh, 4 * t_cols - 2 * bh, 2 * s1)
         x = torch.cat([_sample_crops(coarse, t_ib, 2 * t_rows - bh, 2 * t_cols - bh, (H // 2, W // 2), s1),
                        F.avg_pool2d(win, 2).to(coarse.dtype)], dim=1)
         x = r._stage1(x)  # (Nt, 16, 2*tile + 2*bh - 4 or 2*tile)

@@ -93,10 +93,14 @@ class MattingRefine(MattingBase):
         self.refiner = Refiner(refine_mode, refine_sample_pixels, refine_threshold, refine_kernel_size,
                                refine_prevent_oversampling)
 
+    def shrink(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``src`` and ``bgr`` downsampled by ``backbone_scale`` (bilinear): the base network's input."""
+        return tuple(F.interpolate(t, scale_factor=self.backbone_scale, mode="bilinear", align_corners=False,
+                                   recompute_scale_factor=True) for t in (src, bgr))
+
     def forward(self, src: torch.Tensor, bgr: torch.Tensor):
         _check_pair(src, bgr, multiple=4)
-        src_sm, bgr_sm = (F.interpolate(t, scale_factor=self.backbone_scale, mode="bilinear", align_corners=False,
-                                        recompute_scale_factor=True) for t in (src, bgr))
+        src_sm, bgr_sm = self.shrink(src, bgr)
         pha_sm, fgr_sm, err_sm, hid_sm = self._coarse(src_sm, bgr_sm)
         pha, fgr, ref_sm = self.refiner(src, bgr, pha_sm, fgr_sm, err_sm, hid_sm)
         pha = pha.clamp(0.0, 1.0)
