@@ -7,7 +7,8 @@ The held-out people and backgrounds (``valid/`` of ``bgmatting data prepare``) a
 perturbations (shadow, noise, background colour change, misalignment) from a fixed seed, exactly as
 ``bgmatting eval`` does. The baseline keys on the colour difference between source and background shot,
 ``alpha = clip((|src - bgr| - lo) / (hi - lo), 0, 1)``, with ``lo`` and ``hi`` chosen on the same images to give
-the lowest mean MSE (an oracle no real keyer has). Prints a table of the mean SAD, MSE, Grad and Conn.
+the lowest mean MSE (an oracle no real keyer has). Prints a table of the mean SAD, MSE, Grad and Conn, then
+the checks of the real example pair (``EXAMPLE_CHECKS``, the ones ``tests/test_default_model.py`` makes).
 """
 
 from __future__ import annotations
@@ -22,6 +23,29 @@ import numpy as np
 from bgmatting import Matter
 from bgmatting.evaluation import evaluate
 from bgmatting.io import read_image
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+# The real pair in examples/ (a frame of opencv-doc's vtest.avi and its temporal-median plate) has no true alpha;
+# these regions are checked instead: (description, rows, cols, statistic, comparison, bound).
+EXAMPLE_CHECKS = (
+    ("empty scene: fraction of alpha < 0.1", slice(None), slice(None), "fraction_below_0.1", ">", 0.85),
+    ("man in the dark jacket at the bottom: mean alpha", slice(490, 540), slice(545, 590), "mean", ">", 0.6),
+    ("man on the path at the top: mean alpha", slice(220, 290), slice(505, 530), "mean", ">", 0.5),
+    ("grass far from anyone: mean alpha", slice(380, 460), slice(100, 300), "mean", "<", 0.05),
+)
+
+
+def example_checks(matter) -> list[tuple[str, float, float, bool]]:
+    """``(description, value, bound, passed)`` for each of :data:`EXAMPLE_CHECKS` on the example pair."""
+    pha = matter(read_image(EXAMPLES / "src.jpg"), read_image(EXAMPLES / "bgr.jpg")).pha
+    out = []
+    for name, rows, cols, stat, op, bound in EXAMPLE_CHECKS:
+        region = pha[rows, cols]
+        value = float((region < 0.1).mean() if stat == "fraction_below_0.1" else region.mean())
+        out.append((name, value, bound, value > bound if op == ">" else value < bound))
+    return out
 
 
 class DifferenceKeyer:
@@ -91,6 +115,9 @@ def main() -> None:
         print(f"{name:<48} {m['sad']:9.3f} {m['mse']:9.3f} {m['grad']:9.3f} {m['conn']:9.3f}")
     ratio = rows[0][1]["mse"] / max(rows[1][1]["mse"], 1e-9)
     print(f"MSE ratio (baseline / model): {ratio:.2f}x")
+    print("real example pair (examples/, no true alpha: the regions the default model's test checks):")
+    for name, value, bound, passed in example_checks(model):
+        print(f"  {name:<48} {value:7.3f}  (bound {bound}: {'pass' if passed else 'FAIL'})")
 
 
 if __name__ == "__main__":

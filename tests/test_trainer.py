@@ -1,5 +1,6 @@
 """The trainer: config files, a base and a refine run on tiny data, exact resuming, export, and torchrun (2 CPU processes)."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -83,6 +84,8 @@ def test_config_file_roundtrip_and_overrides(corpus, tmp_path):
     ({"base_checkpoint": "x.pt"}, "refine stage"),
     ({"stage": "refine", "backbone_scale": 0.3}, "divide 4"),
     ({"data_root": None}, "no training data"),
+    ({"fgr_scale": [0.5, 0.2]}, "fgr_scale"),
+    ({"fgr_scale": 0.3}, "fgr_scale"),
 ])
 def test_config_errors(corpus, tmp_path, bad, message):
     with pytest.raises(BgMattingError, match=message):
@@ -143,6 +146,36 @@ def test_resume_continues_exactly(corpus, tmp_path, monkeypatch):
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+
+
+def test_time_budget_stops_with_a_checkpoint_and_resumes(corpus, tmp_path, monkeypatch, capsys):
+    clock = itertools.count(0, 30)  # every reading of the clock is 30 s after the last
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: float(next(clock)))
+    out = tmp_path / "run"
+    # budget 1.5 minutes: the clock passes it by the 2nd logging step (log_every=2), i.e. at step 4 of 10
+    ckpt = train(tiny(corpus, out, steps=10, log_every=2, max_minutes=1.5, validate_every=100))
+    assert ckpt == out / "checkpoint-00000004.pt" and ckpt.is_file()
+    assert load_checkpoint(ckpt)["step"] == 4 and sorted(read_metrics(out)) == [2, 4]
+    assert "valid" in {json.loads(x)["split"] for x in (out / "metrics.jsonl").read_text().splitlines()}
+    assert "time budget of 1.5 minutes is spent" in capsys.readouterr().err
+    final = train(tiny(corpus, out, steps=6, log_every=2, max_minutes=100, resume=True))
+    assert final == out / "checkpoint-00000006.pt" and sorted(read_metrics(out)) == [2, 4, 6]
+
+
+def test_fgr_scale_shrinks_the_subjects(corpus):
+    def mean_alpha(fgr_scale):
+        cfg = tiny(corpus, corpus / "unused", fgr_scale=fgr_scale, batch_size=6).resolved()
+        loader = trainer_module._build_data(cfg, trainer_module._Dist(), torch.device("cpu"))[0]
+        return float(next(iter(loader))["pha"].mean())
+
+    full, small = mean_alpha([1.0, 1.0]), mean_alpha([0.25, 0.25])
+    assert 0 < small < 0.3 * full  # a quarter of the size: about a sixteenth of the area
+
+
+@pytest.mark.parametrize("bad", [-1, float("inf"), "soon"])
+def test_time_budget_must_be_a_non_negative_number(corpus, tmp_path, bad):
+    with pytest.raises(BgMattingError, match="max_minutes"):
+        tiny(corpus, tmp_path, max_minutes=bad).resolved()
 
 
 def test_refine_stage_from_base_checkpoint(corpus, tmp_path):

@@ -72,10 +72,15 @@ class TrainConfig:
         crop_min, crop_max: each batch is cropped to ``H × W`` drawn independently from this range, in
             multiples of 4 (base) or ``4 / backbone_scale`` (refine); default ``size / 2`` to ``size``.
         valid_size: side of the validation samples (= ``size``).
+        fgr_scale: ``[min, max]`` zoom of the foreground's random affine (``PairAugment``'s ``scale``); the paper's
+            ``[0.4, 1.0]`` never shows small subjects, a lower ``min`` teaches people far from the camera too.
 
     Optimisation:
         batch_size: samples per process and step (8 / 4); at least 2 (the ASPP pooling branch has BatchNorm).
         steps: optimiser steps in total.
+        max_minutes: a wall-clock budget for this process's training (0: none). At the first logging step past
+            it the run writes a checkpoint, validates and returns, as if ``steps`` were reached; ``resume=True``
+            continues it later (with a fresh budget). For leased machines.
         lr_backbone, lr_aspp, lr_decoder, lr_refiner: Adam learning rates per part
             (base 1e-4, 5e-4, 5e-4; refine 5e-5, 5e-5, 1e-4, 3e-4).
         amp: mixed precision (float16 autocast + gradient scaling); used on CUDA only.
@@ -112,6 +117,7 @@ class TrainConfig:
     crop_min: int | None = None
     crop_max: int | None = None
     valid_size: int | None = None
+    fgr_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
     # model (refine stage)
     backbone_scale: float = 0.25
     refine_mode: str = "sampling"
@@ -121,6 +127,7 @@ class TrainConfig:
     # optimisation
     batch_size: int | None = None
     steps: int = 100_000
+    max_minutes: float = 0.0
     lr_backbone: float | None = None
     lr_aspp: float | None = None
     lr_decoder: float | None = None
@@ -271,7 +278,11 @@ class TrainConfig:
                                  f"multiple of {m}; widen the range")
         if self.stage == "refine" and self.valid_size % m:
             raise BgMattingError(f"valid_size ({self.valid_size}) must be a multiple of {m} in the refine stage")
-        for name in ("lr_backbone", "lr_aspp", "lr_decoder", "lr_refiner"):
+        fs = self.fgr_scale
+        if (not isinstance(fs, (list, tuple)) or len(fs) != 2 or not all(isinstance(v, (int, float)) for v in fs)
+                or not 0 < fs[0] <= fs[1]):
+            raise BgMattingError(f"fgr_scale must be [min, max] with 0 < min <= max, not {fs!r}")
+        for name in ("lr_backbone", "lr_aspp", "lr_decoder", "lr_refiner", "max_minutes"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v):
                 raise BgMattingError(f"{name} must be a non-negative number, not {v!r}")

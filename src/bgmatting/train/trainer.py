@@ -233,7 +233,8 @@ class _ResumableSampler(Sampler):
 def _build_data(cfg: TrainConfig, d: _Dist, device: torch.device):
     matte = _matte_dataset(cfg.matte_roots, cfg.matte_kind, None, valid=False)
     bgr = _background_dataset(cfg.background_roots, cfg.background_kind, None)
-    samples = _EpochSeeded(MattingSampleDataset(matte, bgr, PairAugment(cfg.size), BackgroundAugment(cfg.size)),
+    samples = _EpochSeeded(MattingSampleDataset(matte, bgr, PairAugment(cfg.size, scale=tuple(cfg.fgr_scale)),
+                                                BackgroundAugment(cfg.size)),
                            cfg.seed)
     sampler = _ResumableSampler(samples, d, cfg.seed)
     steps_per_epoch = len(sampler.inner) // cfg.batch_size
@@ -435,6 +436,15 @@ class _Logger:
                 self.writer.close()
 
 
+def _all_agree(flag: bool, d: _Dist, device: torch.device) -> bool:
+    """``flag`` of rank 0, the same on every process (so that all of them stop at the same step)."""
+    if not d.active:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
 def _mean_across(values: dict[str, torch.Tensor], d: _Dist) -> dict[str, float]:
     keys = sorted(values)
     t = torch.stack([values[k].float() for k in keys])
@@ -597,8 +607,10 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device) -> Path:
             + (", mixed precision" if amp else ""))
     bar = tqdm(total=cfg.steps, initial=step, disable=not d.main, desc=cfg.stage, dynamic_ncols=True)
     last_time, last_step = time.perf_counter(), step
+    deadline = last_time + 60 * cfg.max_minutes if cfg.max_minutes else None
+    out_of_time = False
     try:
-        while step < cfg.steps:
+        while step < cfg.steps and not out_of_time:
             epoch, skip = divmod(step, steps_per_epoch)
             sampler.set_epoch(epoch, skip * cfg.batch_size)
             for batch in loader:
@@ -608,7 +620,10 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device) -> Path:
                 src, bgr, fgr, pha = _make_inputs(batch, seed, device, crop_sizes)
                 terms = _train_step(model, optimizer, scaler, cfg.stage, src, bgr, fgr, pha, amp, device)
                 bar.update(1)
-                if step % cfg.log_every == 0 or step == cfg.steps:
+                if deadline is not None and step % cfg.log_every == 0:
+                    out_of_time = _all_agree(time.perf_counter() >= deadline, d, device)
+                final = step == cfg.steps or out_of_time
+                if step % cfg.log_every == 0 or final:
                     values = _mean_across(terms, d)
                     now = time.perf_counter()
                     rate = (step - last_step) / max(now - last_time, 1e-9)
@@ -619,10 +634,9 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device) -> Path:
                         values["amp_scale"] = scaler.get_scale()
                     logger.scalars(step, "train", values)
                     bar.set_postfix(loss=f"{values['total']:.4f}")
-                if d.main and (step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                if d.main and (final or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
                     path = _save_checkpoint(out_dir, step, model, optimizer, scaler, cfg)
-                if valid_loader is not None and cfg.validate_every and (
-                        step % cfg.validate_every == 0 or step == cfg.steps):
+                if valid_loader is not None and cfg.validate_every and (step % cfg.validate_every == 0 or final):
                     if d.main:
                         means, preview = _validate(_unwrap(model), valid_loader, cfg, device, amp)
                         logger.scalars(step, "valid", means)
@@ -632,11 +646,14 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device) -> Path:
                             f"{k} {v:.4g}" for k, v in means.items() if k != "samples"), file=sys.stderr)
                     if d.active:
                         dist.barrier()
-                if step >= cfg.steps:
+                if final:
                     break
     finally:
         bar.close()
         logger.close()
+    if out_of_time:
+        _say(d, f"stopped at step {step} of {cfg.steps}: the time budget of {cfg.max_minutes:g} minutes is spent "
+                "(resume=True continues the run)")
     if d.active:
         dist.barrier()  # rank 0 has written the final checkpoint
     return out_dir / f"checkpoint-{step:08d}.pt"
