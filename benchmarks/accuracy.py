@@ -1,7 +1,7 @@
 """Accuracy on the held-out split of the offline corpus: a model next to an oracle-tuned difference keyer.
 
     python benchmarks/accuracy.py --corpus /work/corpus [--weights PATH|NAME] [--region all|trimap] [--seed 0]
-                                  [--backbone-scale S] [--refine-mode sampling|thresholding|full]
+                                  [--backbone-scale S] [--refine-mode sampling|thresholding|full] [--align]
 
 The held-out people and backgrounds (``valid/`` of ``bgmatting data prepare``) are composited with the BGMv2
 perturbations (shadow, noise, background colour change, misalignment) from a fixed seed, exactly as
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bgmatting import Matter
+from bgmatting.align import align_background
 from bgmatting.evaluation import evaluate
 from bgmatting.io import read_image
 
@@ -62,10 +63,19 @@ class DifferenceKeyer:
         return type("R", (), {"pha": pha, "fgr": src})()
 
 
-def tune_keyer(data: Path, seed: int) -> tuple[float, float]:
+def aligned(matter):
+    """``matter`` given the background shot warped onto the source first (what ``matte --align`` does)."""
+
+    def run(src, bgr):
+        return matter(src, align_background(bgr, src, warn=False)[0])
+
+    return run
+
+
+def tune_keyer(data: Path, seed: int, align: bool = False) -> tuple[float, float]:
     """The (lo, hi) with the lowest mean MSE against the ground truth (the oracle choice)."""
     keyer = DifferenceKeyer()
-    report = evaluate(data, matter=keyer, seed=seed, progress=False)
+    report = evaluate(data, matter=aligned(keyer) if align else keyer, seed=seed, progress=False)
     truths = [read_image(next((data / "pha").glob(f"{row['name']}.*")), "L") for row in report.rows]
     best, best_mse = (0.05, 0.3), float("inf")
     for lo in np.arange(0.0, 0.31, 0.01):
@@ -95,21 +105,26 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backbone-scale", type=float, help="override the weights' backbone scale")
     ap.add_argument("--refine-mode", choices=("sampling", "thresholding", "full"), help="override the refine mode")
+    ap.add_argument("--align", action="store_true",
+                    help="align each background shot to its source first, for both methods (as --align does)")
     args = ap.parse_args()
     options = {k: v for k, v in (("backbone_scale", args.backbone_scale), ("refine_mode", args.refine_mode))
                if v is not None}
     with tempfile.TemporaryDirectory() as tmp:
         data = _pool(args.corpus, Path(tmp))
         rows = []
-        lo, hi = tune_keyer(data, args.seed)
-        report = evaluate(data, matter=DifferenceKeyer(lo, hi), region=args.region, seed=args.seed, progress=False)
+        wrap = aligned if args.align else (lambda m: m)
+        lo, hi = tune_keyer(data, args.seed, args.align)
+        report = evaluate(data, matter=wrap(DifferenceKeyer(lo, hi)), region=args.region, seed=args.seed,
+                          progress=False)
         rows.append((f"difference keying (oracle lo={lo}, hi={hi})", report.mean()))
         model = Matter(args.weights, device="cpu", **options)
-        report = evaluate(data, matter=model, region=args.region, seed=args.seed, progress=True)
+        report = evaluate(data, matter=wrap(model), region=args.region, seed=args.seed, progress=True)
         rows.append((f"bgmatting {args.weights or 'default'} {' '.join(f'{k}={v}' for k, v in options.items())}",
                      report.mean()))
         n = len(report.rows)
-    print(f"held-out set: {n} composites, region={args.region}, seed={args.seed}")
+    print(f"held-out set: {n} composites, region={args.region}, seed={args.seed}"
+          + (", background shots aligned to the sources" if args.align else ""))
     print(f"{'method':<48} {'SAD':>9} {'MSE':>9} {'Grad':>9} {'Conn':>9}")
     for name, m in rows:
         print(f"{name:<48} {m['sad']:9.3f} {m['mse']:9.3f} {m['grad']:9.3f} {m['conn']:9.3f}")

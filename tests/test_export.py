@@ -245,12 +245,12 @@ def test_torchscript_export_matches_pytorch_and_loads_as_weights(tmp_path, model
         scripted = torch.jit.load(str(path))
     with torch.no_grad():
         assert_matches(model, lambda s, b: scripted(s, b), tol=0)
-    # bgmatting.load_model reads the archive's tensors (as data); refiner options are passed as overrides
-    options = {} if mode == "base" else {"backbone_scale": 0.5, "refine_mode": mode,
-                                         "refine_sample_pixels": SAMPLE_PIXELS}
-    loaded = load_model(path, **options)
-    assert type(loaded) is type(model)
+    # bgmatting.load_model reads the archive's tensors and its options (as data), with nothing passed again
+    loaded = load_model(path)
+    assert type(loaded) is type(model) and model_config(loaded) == model_config(model)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    if mode != "base":
+        assert load_model(path, refine_mode="full").refiner.mode == "full"  # overrides still win
 
 
 def test_torchscript_trace_has_no_device_constants_of_ours(models):

@@ -574,10 +574,9 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, *, precision: 
     ``torch.jit.load(path)(src, bgr)`` with ``(B, 3, H, W)`` inputs in [0, 1] (any ``B``; ``H``, ``W`` multiples of
     4 for ``MattingRefine``; float16 for ``precision="fp16"``) returns the model's output tuple. The trace is made
     on the model's device; it has no device constants of its own, so ``torch.jit.load(path, map_location="cuda")``
-    works for a CPU trace. The archive also reads back as weights with :func:`bgmatting.load_model` (which
-    detects the architecture and backbone; the refiner options are in the archive's extra file
-    ``bgmatting.json``, not read by ``load_model``: pass them as overrides). The traced graph does not check the
-    input shapes.
+    works for a CPU trace. The archive also reads back as weights with :func:`bgmatting.load_model`, with the
+    backbone scale and refiner options it was exported with (kept in the archive's extra file
+    ``bgmatting.json``). The traced graph does not check the input shapes.
 
     Args:
         precision: ``"fp32"`` or ``"fp16"`` (for CUDA; traced and checked on the model's device, loosely).

@@ -180,7 +180,20 @@ def _collect_tensors(obj: _ScriptObject, prefix: str = "", out: dict | None = No
     return out
 
 
-def _read_torchscript(path: Path, archive: zipfile.ZipFile) -> dict[str, torch.Tensor]:
+def _torchscript_meta(archive: zipfile.ZipFile, prefix: str) -> dict[str, str]:
+    """The metadata of an archive written by ``bgmatting export --format torchscript`` (its extra file
+    ``bgmatting.json``, plain JSON) in the form of our safetensors header; empty for other archives."""
+    try:
+        info = json.loads(archive.read(prefix + "extra/bgmatting.json"))
+    except (KeyError, ValueError):
+        return {}
+    if not isinstance(info, dict) or info.get("format") != FORMAT_TAG:
+        return {}
+    config = {k: v for k, v in info.items() if k in REFINE_OPTIONS or k == "refine_kernel_size"}
+    return {"format": FORMAT_TAG, "config": json.dumps(config)}
+
+
+def _read_torchscript(path: Path, archive: zipfile.ZipFile) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     data_pkl = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
     if not data_pkl:
         raise BgMattingError(f"'{path}' looks like a TorchScript archive but has no data.pkl")
@@ -191,7 +204,7 @@ def _read_torchscript(path: Path, archive: zipfile.ZipFile) -> dict[str, torch.T
         raise BgMattingError(f"cannot read weights from TorchScript file '{path}': {e}") from None
     if not isinstance(root, _ScriptObject):
         raise BgMattingError(f"'{path}' does not hold a TorchScript module")
-    return _collect_tensors(root)
+    return _collect_tensors(root), _torchscript_meta(archive, prefix)
 
 
 def _read_torch(path: Path) -> dict[str, torch.Tensor]:
@@ -229,7 +242,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         with zipfile.ZipFile(p) as archive:
             names = archive.namelist()
             if any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names):
-                state = _read_torchscript(p, archive)
+                state, meta = _read_torchscript(p, archive)
             else:
                 state = None
         if state is None:
