@@ -98,9 +98,9 @@ def test_base_backend_on_cuda():
 
 def test_mixed_precision_training_steps_on_cuda(tmp_path):
     from bgmatting.train.trainer import load_checkpoint, train
-    from test_trainer import read_metrics, tiny
+    from test_trainer import make_corpus, read_metrics, tiny
 
-    root = _tiny_corpus(tmp_path / "corpus")
+    root = make_corpus(tmp_path / "corpus", side=64)
     base = train(tiny(root, tmp_path / "base", steps=3, device="cuda", amp=True))
     ckpt = train(tiny(root, tmp_path / "refine", stage="refine", size=64, steps=3, refine_sample_pixels=256,
                       base_checkpoint=str(base), device="cuda", amp=True, validate_every=3))
@@ -110,19 +110,3 @@ def test_mixed_precision_training_steps_on_cuda(tmp_path):
     assert state["scaler"] and state["model_config"]["architecture"] == "MattingRefine"
     assert all(t.device.type == "cpu" and torch.isfinite(t).all() for t in state["model"].values())
 
-
-def _tiny_corpus(root: Path) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:64, :64]
-    pha = (np.clip(1.5 - np.hypot(yy - 32, xx - 32) / 16, 0, 1) * 255).astype(np.uint8)
-    for split, n in (("train", 6), ("valid", 2)):
-        for sub in ("fgr/toy", "pha/toy", "backgrounds/toy"):
-            (root / split / sub).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(root / split / "fgr/toy" / f"{i}.png")
-            Image.fromarray(pha).save(root / split / "pha/toy" / f"{i}.png")
-            Image.fromarray((rng.random((72, 80, 3)) * 255).astype(np.uint8)).save(
-                root / split / "backgrounds/toy" / f"{i}.png")
-    return root

@@ -19,22 +19,26 @@ from bgmatting.train.trainer import export_weights, latest_checkpoint, load_chec
 from bgmatting.weights import load_model, read_state_dict
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """A corpus in the layout of ``bgmatting data prepare``: 6 training and 2 validation 32×32 mattes."""
-    root = tmp_path_factory.mktemp("corpus")
+def make_corpus(root: Path, side: int = 32) -> Path:
+    """A corpus in the layout of ``bgmatting data prepare``: 6 training and 2 validation ``side``² mattes."""
     rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:32, :32]
-    pha = (np.clip(1.5 - np.hypot(yy - 16, xx - 16) / 8, 0, 1) * 255).astype(np.uint8)
+    c = side // 2
+    yy, xx = np.mgrid[:side, :side]
+    pha = (np.clip(1.5 - np.hypot(yy - c, xx - c) / (side / 4), 0, 1) * 255).astype(np.uint8)
     for split, n in (("train", 6), ("valid", 2)):
         for sub in ("fgr/toy", "pha/toy", "backgrounds/toy"):
             (root / split / sub).mkdir(parents=True)
         for i in range(n):
-            Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(root / split / "fgr/toy" / f"{i}.png")
+            Image.fromarray((rng.random((side, side, 3)) * 255).astype(np.uint8)).save(root / split / "fgr/toy" / f"{i}.png")
             Image.fromarray(pha).save(root / split / "pha/toy" / f"{i}.png")
-            bg = (rng.random((40, 48, 3)) * 255).astype(np.uint8)
+            bg = (rng.random((side + side // 4, side + side // 2, 3)) * 255).astype(np.uint8)
             Image.fromarray(bg).save(root / split / "backgrounds/toy" / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def tiny(corpus: Path, out_dir: Path, **kw) -> TrainConfig:
