@@ -1,5 +1,6 @@
 """FastMatting and the backends: the same outputs as the reference modules, by a different route."""
 
+import copy
 import itertools
 
 import pytest
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from bgmatting import BgMattingError, MattingBase, MattingRefine
 from bgmatting.backends import make_runner, onnxruntime_available, resolve_backend
 from bgmatting.models import BACKBONES
-from bgmatting.models.fast import FastMatting, _sample_crops, fold_batchnorm
+from bgmatting.models.fast import FastMatting, SplitCoarse, _sample_crops, fold_batchnorm
 from bgmatting.models.refiner import crop_patches
 from conftest import randomize_
 
@@ -71,20 +72,49 @@ def test_prevent_oversampling_drops_zero_error_patches(static, rng):
     assert _max_diff(expected, got) <= TOL
 
 
-def test_base_runner_replaces_the_base_network(rng):
+@pytest.mark.parametrize("sparse_hid", (False, True))
+def test_base_runner_replaces_the_base_network(sparse_hid, rng):
     model = randomize_(MattingRefine("mobilenetv2"))
-    calls = []
+    split, calls = SplitCoarse(fold_batchnorm(copy.deepcopy(model))), []
 
-    def runner(s, b):
+    def runner(s, b):  # what the base network computes: with hid, or with the last conv's input (sparse_hid)
         calls.append(s.shape)
-        return model._coarse(s, b)
+        return split(s, b) if sparse_hid else model._coarse(s, b)
 
     src, bgr = _pair(rng, 1)
     with torch.no_grad():
-        got = FastMatting(model, base_runner=runner)(src, bgr)
+        fast = FastMatting(model, base_runner=runner, sparse_hid=sparse_hid)
+        got = fast(src, bgr)
         expected = model(src, bgr)
-    assert calls == [(1, 3, 30, 25)]
+    assert fast.sparse_hid == sparse_hid and calls == [(1, 3, 30, 25)]
     assert _max_diff(expected, got) <= TOL
+
+
+@pytest.mark.parametrize("mode,static", [("sampling", False), ("thresholding", False), ("sampling", True),
+                                         ("full", False)])
+def test_sparse_hid_is_used_when_patches_are_chosen_per_frame(mode, static):
+    model = MattingRefine("mobilenetv2", refine_mode=mode)
+    assert FastMatting(model, static=static).sparse_hid == (mode != "full" and not static)
+    assert not FastMatting(MattingBase("mobilenetv2")).sparse_hid
+
+
+def test_hid_where_read_equals_the_dense_hidden_channels_on_what_is_read(rng):
+    """Blocks the crops read hold exactly the dense hidden channels; a gap in the selection stays 0."""
+    model = randomize_(MattingRefine("mobilenetv2"))
+    fast = FastMatting(model)
+    feat = torch.rand(2, 54, 37, 29, generator=rng)
+    conv = fast.net.decoder.conv4
+    dense = F.conv2d(feat, conv.weight, conv.bias, padding=1)[:, 5:].relu()
+    ib, rows, cols = torch.tensor([0, 1, 1]), torch.tensor([0, 40, 60]), torch.tensor([0, 10, 44])
+    size, out_size = 14, (74, 58)
+    with torch.no_grad():
+        hid = fast._hid_where_read(feat, ib, rows, cols, out_size, size)
+        coarse_sparse = torch.cat([hid, feat[:, :5]], 1)
+        coarse_dense = torch.cat([dense, feat[:, :5]], 1)
+        crops = _sample_crops(coarse_sparse, ib, rows, cols, out_size, size)
+    assert torch.allclose(crops, _sample_crops(coarse_dense, ib, rows, cols, out_size, size), atol=1e-5)
+    assert float(hid[0, :, 20:, :].abs().max()) == 0  # item 0: only its top-left corner is read
+    assert 0 < int((hid != 0).any(1).sum()) < hid[:, 0].numel()
 
 
 @pytest.mark.parametrize("size,out_size,crop", [((30, 25), (60, 50), 8), ((15, 13), (60, 50), 14),
@@ -145,7 +175,7 @@ def test_onnx_cache_reuses_and_prunes(tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "CACHE_KEEP", 2)
     calls = []
     real = backends._base_onnx
-    monkeypatch.setattr(backends, "_base_onnx", lambda m: calls.append(1) or real(m))
+    monkeypatch.setattr(backends, "_base_onnx", lambda m, f=False: calls.append(1) or real(m, f))
     models = [randomize_(MattingBase("mobilenetv2"), seed=s) for s in range(3)]
     first = backends.cached_base_onnx(models[0], tmp_path)
     assert backends.cached_base_onnx(models[0], tmp_path) == first and len(calls) == 1  # second call: from disk

@@ -29,7 +29,7 @@ from .export import _LEGACY_EXPORTER, _quiet_trace
 from .io.atomic import atomic_write_bytes
 from .io.cache import cache_dir
 from .models import MattingBase, MattingRefine
-from .models.fast import FastMatting
+from .models.fast import FastMatting, SplitCoarse
 
 BACKENDS = ("auto", "reference", "eager", "onnxruntime", "graph")
 
@@ -80,13 +80,14 @@ OPSET = 17
 CACHE_KEEP = 4  # exported base networks kept in the cache (the least recently used go first)
 
 
-def _base_onnx(model: MattingBase) -> bytes:
-    """The base network of ``model`` as an ONNX model (dynamic batch, height and width)."""
-    net = _Coarse(model).eval()
+def _base_onnx(model: MattingBase, features: bool = False) -> bytes:
+    """The base network of ``model`` as an ONNX model (dynamic batch, height and width); with ``features``,
+    its split form (:class:`~bgmatting.models.fast.SplitCoarse`: the last conv's input in place of ``hid``)."""
+    net = (SplitCoarse(model) if features else _Coarse(model)).eval()
     example = torch.rand(1, 3, 64, 64, device=next(model.parameters()).device)
     buf = io.BytesIO()
     axes = {0: "batch", 2: "height", 3: "width"}
-    names = ["pha", "fgr", "err", "hid"]
+    names = ["pha", "fgr", "err", "features" if features else "hid"]
     with _quiet_trace():
         torch.onnx.export(net, (example, example), buf, input_names=["src", "bgr"], output_names=names,
                           dynamic_axes={n: axes for n in ["src", "bgr", *names]}, opset_version=OPSET,
@@ -94,9 +95,9 @@ def _base_onnx(model: MattingBase) -> bytes:
     return buf.getvalue()
 
 
-def _base_key(model: MattingBase) -> str:
+def _base_key(model: MattingBase, features: bool = False) -> str:
     """A digest of everything the exported base network depends on: weights, architecture, exporter."""
-    h = hashlib.sha256(f"{model.backbone_name}|torch {torch.__version__}|opset {OPSET}".encode())
+    h = hashlib.sha256(f"{model.backbone_name}|torch {torch.__version__}|opset {OPSET}|{features}".encode())
     for name, value in model.state_dict().items():
         if not name.startswith("refiner."):
             h.update(name.encode())
@@ -104,18 +105,18 @@ def _base_key(model: MattingBase) -> str:
     return h.hexdigest()[:24]
 
 
-def cached_base_onnx(model: MattingBase, cache: Path | None = None) -> bytes:
+def cached_base_onnx(model: MattingBase, cache: Path | None = None, features: bool = False) -> bytes:
     """:func:`_base_onnx`, kept in ``cache`` (default ``~/.cache/bgmatting/onnx``) under a digest of the weights.
 
     Exporting takes seconds; the shipped model is exported once per machine. The :data:`CACHE_KEEP` most recently
     used files are kept. A cache that cannot be written is skipped silently.
     """
     folder = cache or cache_dir("onnx")
-    path = folder / f"base-{_base_key(model)}.onnx"
+    path = folder / f"base-{_base_key(model, features)}.onnx"
     if path.is_file():
         os.utime(path)  # recently used
         return path.read_bytes()
-    data = _base_onnx(model)
+    data = _base_onnx(model, features)
     try:
         atomic_write_bytes(path, data)
         kept = sorted(folder.glob("base-*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -127,17 +128,19 @@ def cached_base_onnx(model: MattingBase, cache: Path | None = None) -> bytes:
 
 
 class OnnxCoarse:
-    """The base network of ``model`` run by ONNX Runtime: ``(src, bgr) -> (pha, fgr_res, err, hid)``.
+    """The base network of ``model`` run by ONNX Runtime: ``(src, bgr) -> (pha, fgr_res, err, hid)``, or with
+    ``features`` the last conv's input in place of ``hid`` (for :attr:`FastMatting.sparse_hid`).
 
     The network is exported to ONNX (dynamic batch and size; cached on disk, see :func:`cached_base_onnx`) and
     loaded into an ``InferenceSession`` on the CPU with ``threads`` intra-op threads (default:
     ``torch.get_num_threads()``).
     """
 
-    def __init__(self, model: MattingBase, threads: int | None = None, cache: Path | None = None):
+    def __init__(self, model: MattingBase, threads: int | None = None, cache: Path | None = None,
+                 features: bool = False):
         import onnxruntime as ort
 
-        data = cached_base_onnx(model, cache)
+        data = cached_base_onnx(model, cache, features)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -211,7 +214,9 @@ def make_runner(model: MattingBase, backend: str, device: torch.device,
         return name, FastMatting(model, channels_last=device.type == "cpu" or precision != "fp32")
     if name == "onnxruntime":
         threads = int(os.environ.get("BGMATTING_ORT_THREADS", "0")) or None
-        return name, FastMatting(model, channels_last=False, base_runner=OnnxCoarse(model, threads))
+        fast = FastMatting(model, channels_last=False)
+        fast.base_runner = OnnxCoarse(model, threads, features=fast.sparse_hid)
+        return name, fast
     if isinstance(model, MattingRefine) and model.refiner.mode == "thresholding":
         if backend == "auto":  # a data-dependent number of patches cannot be captured
             return "eager", FastMatting(model, channels_last=True)

@@ -36,8 +36,12 @@ class Decoder(nn.Module):
         x = F.interpolate(x, size=skip.shape[2:], mode="bilinear", align_corners=False)
         return torch.cat([x, skip], dim=1)
 
-    def forward(self, x4, x3, x2, x1, x0) -> torch.Tensor:
+    def features(self, x4, x3, x2, x1, x0) -> torch.Tensor:
+        """The input of the last conv, ``(B, c3 + s3, H, W)``: for computing that conv in parts."""
         x = self.relu(self.bn1(self.conv1(self._up_cat(x4, x3))))
         x = self.relu(self.bn2(self.conv2(self._up_cat(x, x2))))
         x = self.relu(self.bn3(self.conv3(self._up_cat(x, x1))))
-        return self.conv4(self._up_cat(x, x0))
+        return self._up_cat(x, x0)
+
+    def forward(self, x4, x3, x2, x1, x0) -> torch.Tensor:
+        return self.conv4(self.features(x4, x3, x2, x1, x0))

@@ -17,13 +17,18 @@ within float rounding (≤ 1e-4 in fp32), by doing less:
 * **Stage 1 on tiles**: selected patches cluster along the subject's outline and their 8×8 crops overlap, so
   stage 1 runs densely on 4×4-patch tiles that hold any selected patch (about half the work of one crop per
   patch at HD), and each patch takes its part of its tile's result; stage 2 runs per patch.
+* **Hidden channels only where they are read**: the decoder's last convolution (a third of MobileNetV2's base
+  network at HD) makes 5 output channels that are needed everywhere (alpha, foreground, error) and 32 hidden ones
+  that only the refiner reads, around the selected patches. The 5 are computed densely; the 32 only on the 8×8
+  blocks of the coarse grid that the refiner's crops touch (about a third of them at HD), from the conv's input.
 * **Static shapes** (``static=True``, sampling mode): always ``sample_pixels // 16`` patches per image, found with
   top-k and no ``nonzero`` (no host synchronisation), so the whole pass can be captured in a CUDA graph. With
   ``prevent_oversampling`` the patches whose error is 0 are still computed but not pasted, which gives the same
   result as dropping them.
 
 ``base_runner`` swaps the base network for another engine that computes the same function (ONNX Runtime in
-:mod:`bgmatting.backends`): a callable ``(src_sm, bgr_sm) -> (pha, fgr_residual, err, hid)``.
+:mod:`bgmatting.backends`): a callable ``(src_sm, bgr_sm) -> (pha, fgr_residual, err, hid)``, or, when
+:attr:`FastMatting.sparse_hid` is on, the function of :class:`SplitCoarse` (``features`` in place of ``hid``).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .matting import MattingBase, MattingRefine, _check_pair
 
 TILE = 4  # patches per side of the tiles stage 1 of the refiner runs on
+HID_BLOCK = 8  # side of the blocks of the coarse grid on which the hidden channels are computed
 
 CoarseFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
 
@@ -65,6 +71,11 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
                 setattr(child, "conv" + suffix, fuse_conv_bn_eval(conv, bn))
                 setattr(child, "bn" + suffix, nn.Identity())
     return module
+
+
+def _window_len(size: int, n_in: int, n_out: int) -> int:
+    """Input pixels that a crop of ``size`` output pixels can touch, on an axis resized from ``n_in`` to ``n_out``."""
+    return int(math.ceil(size * n_in / n_out)) + 2
 
 
 def _interp_matrix(start: torch.Tensor, size: int, n_in: int, n_out: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,8 +108,7 @@ def _sample_crops(x: torch.Tensor, ib: torch.Tensor, rows: torch.Tensor, cols: t
     zero padding). Only the crops are computed: a small window of ``x`` per crop, resampled by two matrix products.
     """
     _, _, h, w = x.shape
-    k_y = int(math.ceil(size * h / out_size[0])) + 2  # input rows a crop can touch
-    k_x = int(math.ceil(size * w / out_size[1])) + 2
+    k_y, k_x = _window_len(size, h, out_size[0]), _window_len(size, w, out_size[1])
     y0, my = _interp_matrix(rows, size, h, out_size[0], k_y)
     x0, mx = _interp_matrix(cols, size, w, out_size[1], k_x)
     ry = (y0[:, None] + torch.arange(k_y, device=x.device)).clamp(max=h - 1)
@@ -126,6 +136,27 @@ def _windows(src: torch.Tensor, bgr: torch.Tensor, ib: torch.Tensor, top: torch.
     return (out * inside[..., None].to(out.dtype)).permute(0, 3, 1, 2)
 
 
+class SplitCoarse(nn.Module):
+    """The base network with its last convolution split: ``(src, bgr) -> (pha, fgr_residual, err, features)``.
+
+    ``pha``, ``fgr_residual`` and ``err`` (5 of the last conv's 37 output channels) are computed everywhere;
+    ``features`` is that conv's input, from which :class:`FastMatting` computes the 32 hidden channels where the
+    refiner reads them. ``net`` is shared, not copied.
+    """
+
+    def __init__(self, net: MattingBase):
+        super().__init__()
+        self.net = net
+
+    def forward(self, src: torch.Tensor, bgr: torch.Tensor):
+        n = self.net
+        x, *skips = n.backbone(torch.cat([src, bgr], dim=1))
+        feat = n.decoder.features(n.aspp(x), *skips)
+        conv = n.decoder.conv4
+        y = F.conv2d(feat, conv.weight[:5], conv.bias[:5], padding=conv.padding)
+        return y[:, 0:1].clamp(0.0, 1.0), y[:, 1:4], y[:, 4:5].clamp(0.0, 1.0), feat
+
+
 class FastMatting(nn.Module):
     """Inference twin of a ``MattingBase``/``MattingRefine``: same ``forward(src, bgr)`` and outputs.
 
@@ -134,11 +165,14 @@ class FastMatting(nn.Module):
         static: sampling mode with a fixed number of patches and no host synchronisation (for CUDA graphs).
         channels_last: run the base network in channels_last layout (faster on CPU and on tensor cores).
         base_runner: optional replacement for the base network, ``(src_sm, bgr_sm) -> (pha, fgr_res, err,
-            hid)`` at the size of its inputs (e.g. an ONNX Runtime session).
+            hid)`` at the size of its inputs (e.g. an ONNX Runtime session); with :attr:`sparse_hid` on, it
+            computes what :class:`SplitCoarse` computes instead.
+        sparse_hid: compute the hidden channels only where the refiner reads them. Used when the patches are
+            chosen per frame (sampling or thresholding mode, not ``static``); :attr:`sparse_hid` says whether.
     """
 
     def __init__(self, model: MattingBase, static: bool = False, channels_last: bool = True,
-                 base_runner: CoarseFn | None = None):
+                 base_runner: CoarseFn | None = None, sparse_hid: bool = True):
         super().__init__()
         if not isinstance(model, MattingBase):
             raise TypeError(f"FastMatting needs a MattingBase or MattingRefine, not {type(model).__name__}")
@@ -149,19 +183,22 @@ class FastMatting(nn.Module):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.base_runner = base_runner
+        self.sparse_hid = sparse_hid and self.is_refine and not self.static and model.refiner.mode != "full"
+        self.split = SplitCoarse(self.net)
 
     @property
     def refiner(self):
         return self.net.refiner if self.is_refine else None
 
     def coarse(self, src: torch.Tensor, bgr: torch.Tensor):
-        """The base network: ``(pha, fgr_residual, err, hid)`` at the size of ``src``."""
+        """The base network: ``(pha, fgr_residual, err, hid)`` at the size of ``src`` (``features`` in place of
+        ``hid`` when :attr:`sparse_hid` is on)."""
         if self.base_runner is not None:
             return self.base_runner(src, bgr)
         if self.channels_last:
             src = src.contiguous(memory_format=torch.channels_last)
             bgr = bgr.contiguous(memory_format=torch.channels_last)
-        return self.net._coarse(src, bgr)
+        return self.split(src, bgr) if self.sparse_hid else self.net._coarse(src, bgr)
 
     def forward(self, src: torch.Tensor, bgr: torch.Tensor):
         if not self.is_refine:
@@ -207,7 +244,7 @@ class FastMatting(nn.Module):
         ib, rows, cols, valid, ref = self._select(err4)
         out = F.interpolate(torch.cat([pha, fgr], dim=1), size=(H, W), mode="bilinear", align_corners=False)
         if ib.shape[0] > 0:
-            patches = self._refine_patches(src, bgr, torch.cat([hid, pha, fgr], dim=1), ib, rows, cols)
+            patches = self._refine_patches(src, bgr, hid, pha, fgr, ib, rows, cols)
             grid = out.view(B, 4, H // 4, 4, W // 4, 4)
             if valid is not None:  # static mode: patches with zero error keep the coarse values
                 keep = grid[ib, :, rows, :, cols, :]
@@ -217,7 +254,7 @@ class FastMatting(nn.Module):
         fgr_out = (out[:, 1:] + src).clamp_(0.0, 1.0)
         return pha_out, fgr_out, ref
 
-    def _refine_patches(self, src, bgr, coarse, ib, rows, cols) -> torch.Tensor:
+    def _refine_patches(self, src, bgr, hid, pha, fgr, ib, rows, cols) -> torch.Tensor:
         """Stages 1 and 2 of the refiner on the patches ``(ib, rows, cols)`` → ``(N, 4, 4, 4)``.
 
         Stage 1 runs densely on tiles of ``TILE × TILE`` patches that hold at least one selected patch (the
@@ -239,8 +276,12 @@ class FastMatting(nn.Module):
             t_ib, t_rows, t_cols = tiles // (n_r * n_c), (tiles // n_c) % n_r * tile, tiles % n_c * tile
         # stage 1 on the tiles' 1/2-resolution crops: coarse maps resampled, src/bgr as 2x2 means of full res
         s1 = 2 * tile + 2 * bh
+        c_rows, c_cols, half = 2 * t_rows - bh, 2 * t_cols - bh, (H // 2, W // 2)
+        if self.sparse_hid:  # hid holds the last conv's input: compute the hidden channels the crops read
+            hid = self._hid_where_read(hid, t_ib, c_rows, c_cols, half, s1)
+        coarse = torch.cat([hid, pha, fgr], dim=1)
         win = _windows(src, bgr, t_ib, 4 * t_rows - 2 * bh, 4 * t_cols - 2 * bh, 2 * s1)
-        x = torch.cat([_sample_crops(coarse, t_ib, 2 * t_rows - bh, 2 * t_cols - bh, (H // 2, W // 2), s1),
+        x = torch.cat([_sample_crops(coarse, t_ib, c_rows, c_cols, half, s1),
                        F.avg_pool2d(win, 2).to(coarse.dtype)], dim=1)
         x = r._stage1(x)  # (Nt, 16, 2*tile + 2*bh - 4 or 2*tile)
         p1 = 2 + 2 * bh - (4 if k3 else 0)  # a patch's share of stage 1: 4x4 (kernel 3) or 2x2 (kernel 1)
@@ -255,3 +296,31 @@ class FastMatting(nn.Module):
             y = win[:, :, c0:c0 + pf, c0:c0 + pf]
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         return r._stage2(torch.cat([x, y.to(x.dtype)], dim=1))
+
+    def _hid_where_read(self, feat, ib, rows, cols, out_size, size) -> torch.Tensor:
+        """The hidden channels ``relu(conv4(feat))[:, 5:]`` on the :data:`HID_BLOCK` blocks that the crops of
+        :func:`_sample_crops` (same arguments) read, zero elsewhere → ``(B, 32, h, w)``."""
+        conv = self.net.decoder.conv4
+        B, _, h, w = feat.shape
+        bs = HID_BLOCK
+        nby, nbx = -(-h // bs), -(-w // bs)
+        mark = torch.zeros(B, nby, nbx, dtype=torch.bool, device=feat.device)
+        spans = []
+        for start, n_in, n_out in ((rows, h, out_size[0]), (cols, w, out_size[1])):
+            k = _window_len(size, n_in, n_out)
+            first = ((start.to(torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0).floor().long()
+            first = first.clamp(max=n_in - 1)  # as _interp_matrix, whose window is first .. first + k - 1
+            last = (first + k - 1).clamp(max=n_in - 1)
+            spans.append([torch.minimum(first // bs + d, last // bs) for d in range((k - 1) // bs + 2)])
+        for by in spans[0]:
+            for bx in spans[1]:
+                mark[ib, by, bx] = True
+        b_ib, b_y, b_x = torch.nonzero(mark, as_tuple=True)
+        padded = F.pad(feat, (1, nbx * bs - w + 1, 1, nby * bs - h + 1))  # the conv's zero padding, whole blocks
+        off = torch.arange(bs + 2, device=feat.device)
+        yy, xx = (b_y * bs)[:, None, None] + off[None, :, None], (b_x * bs)[:, None, None] + off[None, None, :]
+        win = padded.permute(0, 2, 3, 1)[b_ib[:, None, None], yy, xx].permute(0, 3, 1, 2)
+        blocks = F.conv2d(win, conv.weight[5:], conv.bias[5:]).relu_()  # (nb, 32, bs, bs)
+        hid = feat.new_zeros(B, blocks.shape[1], nby * bs, nbx * bs)
+        hid.view(B, -1, nby, bs, nbx, bs)[b_ib, :, b_y, :, b_x, :] = blocks.to(hid.dtype)
+        return hid[:, :, :h, :w]
