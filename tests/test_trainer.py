@@ -122,6 +122,23 @@ def test_base_run_outputs_and_export(corpus, tmp_path):
         train(tiny(corpus, out))
 
 
+def test_export_weights_averages_checkpoints(corpus, tmp_path):
+    from bgmatting.cli import main
+
+    out = tmp_path / "run"
+    train(tiny(corpus, out, steps=3, checkpoint_every=1, keep_checkpoints=0))
+    states = {s: load_checkpoint(out / f"checkpoint-{s:08d}.pt")["model"] for s in (1, 2, 3)}
+    path = tmp_path / "mean.safetensors"
+    assert main(["export-weights", str(out), "-o", str(path), "--dtype", "fp32", "--average-from", "2"]) == 0
+    tensors, meta = read_state_dict(path)
+    key = "decoder.conv4.weight"
+    assert not torch.equal(states[2][key], states[3][key])
+    assert torch.allclose(tensors[key], (states[2][key] + states[3][key]) / 2, atol=1e-7)
+    assert "mean of steps 2, 3" in meta["description"]
+    with pytest.raises(BgMattingError, match="no checkpoint .* between steps 5 and 3"):
+        export_weights(out, tmp_path / "none.safetensors", average_from=5)
+
+
 def test_resume_continues_exactly(corpus, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     train(tiny(corpus, straight, steps=4))

@@ -156,7 +156,7 @@ def _cmd_export_weights(args) -> int:
     from .train.trainer import export_weights
 
     out = export_weights(args.checkpoint, args.output, dtype=torch.float16 if args.dtype == "fp16" else None,
-                         description=args.description)
+                         description=args.description, average_from=args.average_from)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="FILE.safetensors")
     p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16", help="storage precision (default fp16)")
     p.add_argument("--description", default="", help="one line stored in the file's metadata")
+    p.add_argument("--average-from", type=int, metavar="STEP",
+                   help="average the run's checkpoints from STEP to the exported one (weight averaging)")
     p.set_defaults(func=_cmd_export_weights)
 
     p = sub.add_parser("export", help="export the model to TorchScript or ONNX, checked against PyTorch",

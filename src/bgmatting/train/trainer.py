@@ -662,7 +662,7 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device) -> Path:
 # ================================================================================================ export
 
 def export_weights(checkpoint: str | os.PathLike, out_path: str | os.PathLike, dtype: torch.dtype | None = torch.float16,
-                   description: str = "") -> Path:
+                   description: str = "", average_from: int | None = None) -> Path:
     """Turn a training checkpoint into a shippable ``.safetensors`` weights file (via
     :func:`bgmatting.weights.save_weights`), loadable with :func:`bgmatting.load_model`.
 
@@ -671,15 +671,43 @@ def export_weights(checkpoint: str | os.PathLike, out_path: str | os.PathLike, d
         out_path: the ``.safetensors`` file to write (atomically).
         dtype: storage dtype of floating-point tensors (``torch.float16`` halves the size; ``None`` keeps float32).
         description: a line for the file's metadata (default: stage, backbone and step).
+        average_from: average the weights (and BatchNorm statistics) of all checkpoints of the same run from this
+            step to ``checkpoint``'s, equally (stochastic weight averaging): with small batches and a constant
+            learning rate the weights wander from one checkpoint to the next, and their mean is steadier than any
+            one of them.
     """
     ckpt = load_checkpoint(checkpoint)
     cfg = dict(ckpt["model_config"])
     model = build_model(cfg.pop("architecture"), cfg.pop("backbone"), **cfg)
-    model.load_state_dict(ckpt["model"])
+    state = ckpt["model"]
+    steps = [int(ckpt["step"])]
+    if average_from is not None:
+        state, steps = _average_checkpoints(checkpoint, int(ckpt["step"]), average_from)
+    model.load_state_dict(state)
     if not description:
         tc = ckpt["config"]
-        description = f"bgmatting {tc.get('stage')} stage, {tc.get('backbone')}, step {ckpt['step']}"
+        at = f"step {steps[0]}" if len(steps) == 1 else f"mean of steps {', '.join(map(str, steps))}"
+        description = f"bgmatting {tc.get('stage')} stage, {tc.get('backbone')}, {at}"
     return save_weights(model, out_path, dtype=dtype, description=description)
+
+
+def _average_checkpoints(checkpoint: str | os.PathLike, last: int, first: int):
+    """The mean state_dict of the run's checkpoints with ``first <= step <= last`` and their steps."""
+    folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    found = sorted((int(m.group(1)), f) for f in folder.iterdir()
+                   if (m := _CKPT_RE.match(f.name)) and first <= int(m.group(1)) <= last)
+    if not found:
+        raise BgMattingError(f"no checkpoint in '{folder}' between steps {first} and {last} to average")
+    total: dict[str, torch.Tensor] = {}
+    for _, f in found:
+        state = load_checkpoint(f)["model"]
+        for k, v in state.items():
+            if v.is_floating_point():
+                total[k] = total[k] + v.double() if k in total else v.double()
+            else:
+                total[k] = v  # counters (BatchNorm's num_batches_tracked): the last checkpoint's
+    mean = {k: (v / len(found)).float() if v.is_floating_point() else v for k, v in total.items()}
+    return mean, [step for step, _ in found]
 
 
 # ================================================================================================ command line
