@@ -189,8 +189,7 @@ def _torchscript_meta(archive: zipfile.ZipFile, prefix: str) -> dict[str, str]:
         return {}
     if not isinstance(info, dict) or info.get("format") != FORMAT_TAG:
         return {}
-    config = {k: v for k, v in info.items() if k in REFINE_OPTIONS or k == "refine_kernel_size"}
-    return {"format": FORMAT_TAG, "config": json.dumps(config)}
+    return {"format": FORMAT_TAG, "config": json.dumps(info)}  # load_model keeps the refiner options of it
 
 
 def _read_torchscript(path: Path, archive: zipfile.ZipFile) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

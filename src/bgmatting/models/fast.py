@@ -78,6 +78,11 @@ def _window_len(size: int, n_in: int, n_out: int) -> int:
     return int(math.ceil(size * n_in / n_out)) + 2
 
 
+def _source_pos(pos: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
+    """Where output pixels ``pos`` sample the input (float64), as ``F.interpolate`` computes it."""
+    return ((pos.to(torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+
+
 def _interp_matrix(start: torch.Tensor, size: int, n_in: int, n_out: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """1-D bilinear resampling as a matrix, per crop.
 
@@ -87,7 +92,7 @@ def _interp_matrix(start: torch.Tensor, size: int, n_in: int, n_out: int, k: int
     clamped to ``n_in - 1``). Crop pixels outside ``[0, n_out)`` get a zero row (zero padding).
     """
     pos = start[:, None] + torch.arange(size, device=start.device)  # (N, size) output pixels
-    src = ((pos.to(torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)  # as F.interpolate computes it
+    src = _source_pos(pos, n_in, n_out)
     i0 = src.floor().long().clamp(max=n_in - 1)
     w1 = (src - i0).to(torch.float32)
     i1 = (i0 + 1).clamp(max=n_in - 1)
@@ -149,12 +154,9 @@ class SplitCoarse(nn.Module):
         self.net = net
 
     def forward(self, src: torch.Tensor, bgr: torch.Tensor):
-        n = self.net
-        x, *skips = n.backbone(torch.cat([src, bgr], dim=1))
-        feat = n.decoder.features(n.aspp(x), *skips)
-        conv = n.decoder.conv4
-        y = F.conv2d(feat, conv.weight[:5], conv.bias[:5], padding=conv.padding)
-        return y[:, 0:1].clamp(0.0, 1.0), y[:, 1:4], y[:, 4:5].clamp(0.0, 1.0), feat
+        feat = self.net._features(src, bgr)
+        conv = self.net.decoder.conv4
+        return (*self.net._outputs(F.conv2d(feat, conv.weight[:5], conv.bias[:5], padding=conv.padding)), feat)
 
 
 class FastMatting(nn.Module):
@@ -308,8 +310,7 @@ class FastMatting(nn.Module):
         spans = []
         for start, n_in, n_out in ((rows, h, out_size[0]), (cols, w, out_size[1])):
             k = _window_len(size, n_in, n_out)
-            first = ((start.to(torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0).floor().long()
-            first = first.clamp(max=n_in - 1)  # as _interp_matrix, whose window is first .. first + k - 1
+            first = _source_pos(start, n_in, n_out).floor().long().clamp(max=n_in - 1)  # as in _interp_matrix
             last = (first + k - 1).clamp(max=n_in - 1)
             spans.append([torch.minimum(first // bs + d, last // bs) for d in range((k - 1) // bs + 2)])
         for by in spans[0]:

@@ -50,15 +50,20 @@ class MattingBase(nn.Module):
         self.aspp = ASPP(deep, [3, 6, 9])
         self.decoder = Decoder((256, 128, 64, 48, _OUT_CHANNELS), tuple(skips))
 
+    def _features(self, src: torch.Tensor, bgr: torch.Tensor) -> torch.Tensor:
+        """Backbone, ASPP and decoder up to its last conv: that conv's input."""
+        x, *skips = self.backbone(torch.cat([src, bgr], dim=1))
+        return self.decoder.features(self.aspp(x), *skips)
+
+    @staticmethod
+    def _outputs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first 5 channels of the last conv: ``pha`` in [0, 1], foreground *residual*, ``err`` in [0, 1]."""
+        return x[:, 0:1].clamp(0.0, 1.0), x[:, 1:4], x[:, 4:5].clamp(0.0, 1.0)
+
     def _coarse(self, src: torch.Tensor, bgr: torch.Tensor):
         """Base network: ``pha`` in [0, 1], foreground *residual*, ``err`` in [0, 1], ``hid`` ≥ 0."""
-        x, *skips = self.backbone(torch.cat([src, bgr], dim=1))
-        x = self.decoder(self.aspp(x), *skips)
-        pha = x[:, 0:1].clamp(0.0, 1.0)
-        fgr_res = x[:, 1:4]
-        err = x[:, 4:5].clamp(0.0, 1.0)
-        hid = x[:, 5:].relu()
-        return pha, fgr_res, err, hid
+        x = self.decoder.conv4(self._features(src, bgr))
+        return (*self._outputs(x), x[:, 5:].relu())
 
     def forward(self, src: torch.Tensor, bgr: torch.Tensor):
         _check_pair(src, bgr)

@@ -335,16 +335,18 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def _checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """The ``(step, path)`` of every ``checkpoint-<step>.pt`` file in ``out_dir``, by step."""
+    p = Path(out_dir)
+    if not p.is_dir():
+        return []
+    return sorted((int(m.group(1)), f) for f in p.iterdir() if (m := _CKPT_RE.match(f.name)) and f.is_file())
+
+
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     """The ``checkpoint-<step>.pt`` with the highest step in ``out_dir``, or ``None``."""
-    found = []
-    p = Path(out_dir)
-    if p.is_dir():
-        for f in p.iterdir():
-            m = _CKPT_RE.match(f.name)
-            if m and f.is_file():
-                found.append((int(m.group(1)), f))
-    return max(found)[1] if found else None
+    found = _checkpoints(out_dir)
+    return found[-1][1] if found else None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -388,7 +390,7 @@ def _save_checkpoint(out_dir: Path, step: int, model, optimizer, scaler, cfg: Tr
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     if cfg.keep_checkpoints:
-        old = sorted((int(m.group(1)), f) for f in out_dir.iterdir() if (m := _CKPT_RE.match(f.name)))
+        old = _checkpoints(out_dir)
         for _, f in old[:-cfg.keep_checkpoints]:
             f.unlink(missing_ok=True)
     return path
@@ -694,8 +696,7 @@ def export_weights(checkpoint: str | os.PathLike, out_path: str | os.PathLike, d
 def _average_checkpoints(checkpoint: str | os.PathLike, last: int, first: int):
     """The mean state_dict of the run's checkpoints with ``first <= step <= last`` and their steps."""
     folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
-    found = sorted((int(m.group(1)), f) for f in folder.iterdir()
-                   if (m := _CKPT_RE.match(f.name)) and first <= int(m.group(1)) <= last)
+    found = [(step, f) for step, f in _checkpoints(folder) if first <= step <= last]
     if not found:
         raise BgMattingError(f"no checkpoint in '{folder}' between steps {first} and {last} to average")
     total: dict[str, torch.Tensor] = {}
