@@ -97,21 +97,24 @@ def test_sparse_hid_is_used_when_patches_are_chosen_per_frame(mode, static):
     assert not FastMatting(MattingBase("mobilenetv2")).sparse_hid
 
 
-def test_hid_where_read_equals_the_dense_hidden_channels_on_what_is_read(rng):
-    """Blocks the crops read hold exactly the dense hidden channels; a gap in the selection stays 0."""
+def test_coarse_where_read_equals_the_dense_coarse_maps_on_what_is_read(rng):
+    """Blocks the crops read hold exactly the dense hidden channels (made from the low-resolution features, as
+    the base network does); a gap in the selection stays 0; pha and fgr are there whole."""
     model = randomize_(MattingRefine("mobilenetv2"))
     fast = FastMatting(model)
-    feat = torch.rand(2, 54, 37, 29, generator=rng)
+    low = torch.rand(2, 48, 19, 15, generator=rng)
+    src, bgr, pha, fgr = (torch.rand(2, c, 37, 29, generator=rng) for c in (3, 3, 1, 3))
     conv = fast.net.decoder.conv4
-    dense = F.conv2d(feat, conv.weight, conv.bias, padding=1)[:, 5:].relu()
+    feat = fast.net.decoder._up_cat(low, torch.cat([src, bgr], 1))
+    dense = torch.cat([F.conv2d(feat, conv.weight, conv.bias, padding=1)[:, 5:].relu(), pha, fgr], 1)
     ib, rows, cols = torch.tensor([0, 1, 1]), torch.tensor([0, 40, 60]), torch.tensor([0, 10, 44])
     size, out_size = 14, (74, 58)
     with torch.no_grad():
-        hid = fast._hid_where_read(feat, ib, rows, cols, out_size, size)
-        coarse_sparse = torch.cat([hid, feat[:, :5]], 1)
-        coarse_dense = torch.cat([dense, feat[:, :5]], 1)
-        crops = _sample_crops(coarse_sparse, ib, rows, cols, out_size, size)
-    assert torch.allclose(crops, _sample_crops(coarse_dense, ib, rows, cols, out_size, size), atol=1e-5)
+        coarse = fast._coarse_where_read(low, src, bgr, pha, fgr, ib, rows, cols, out_size, size)
+        crops = _sample_crops(coarse, ib, rows, cols, out_size, size)
+    assert coarse.shape == dense.shape and torch.equal(coarse[:, 32:], dense[:, 32:])
+    assert torch.allclose(crops, _sample_crops(dense, ib, rows, cols, out_size, size), atol=1e-5)
+    hid = coarse[:, :32]
     assert float(hid[0, :, 20:, :].abs().max()) == 0  # item 0: only its top-left corner is read
     assert 0 < int((hid != 0).any(1).sum()) < hid[:, 0].numel()
 

@@ -82,12 +82,13 @@ CACHE_KEEP = 4  # exported base networks kept in the cache (the least recently u
 
 def _base_onnx(model: MattingBase, features: bool = False) -> bytes:
     """The base network of ``model`` as an ONNX model (dynamic batch, height and width); with ``features``,
-    its split form (:class:`~bgmatting.models.fast.SplitCoarse`: the last conv's input in place of ``hid``)."""
+    its split form (:class:`~bgmatting.models.fast.SplitCoarse`: the decoder's ``low`` features in place of
+    ``hid``)."""
     net = (SplitCoarse(model) if features else _Coarse(model)).eval()
     example = torch.rand(1, 3, 64, 64, device=next(model.parameters()).device)
     buf = io.BytesIO()
     axes = {0: "batch", 2: "height", 3: "width"}
-    names = ["pha", "fgr", "err", "features" if features else "hid"]
+    names = ["pha", "fgr", "err", "low" if features else "hid"]
     with _quiet_trace():
         torch.onnx.export(net, (example, example), buf, input_names=["src", "bgr"], output_names=names,
                           dynamic_axes={n: axes for n in ["src", "bgr", *names]}, opset_version=OPSET,
@@ -97,7 +98,8 @@ def _base_onnx(model: MattingBase, features: bool = False) -> bytes:
 
 def _base_key(model: MattingBase, features: bool = False) -> str:
     """A digest of everything the exported base network depends on: weights, architecture, exporter."""
-    h = hashlib.sha256(f"{model.backbone_name}|torch {torch.__version__}|opset {OPSET}|{features}".encode())
+    split = "split-low" if features else "dense"  # the form of the graph (its outputs)
+    h = hashlib.sha256(f"{model.backbone_name}|torch {torch.__version__}|opset {OPSET}|{split}".encode())
     for name, value in model.state_dict().items():
         if not name.startswith("refiner."):
             h.update(name.encode())
@@ -129,7 +131,8 @@ def cached_base_onnx(model: MattingBase, cache: Path | None = None, features: bo
 
 class OnnxCoarse:
     """The base network of ``model`` run by ONNX Runtime: ``(src, bgr) -> (pha, fgr_res, err, hid)``, or with
-    ``features`` the last conv's input in place of ``hid`` (for :attr:`FastMatting.sparse_hid`).
+    ``features`` :class:`~bgmatting.models.fast.SplitCoarse`'s ``low`` in place of ``hid`` (for
+    :attr:`FastMatting.sparse_hid`).
 
     The network is exported to ONNX (dynamic batch and size; cached on disk, see :func:`cached_base_onnx`) and
     loaded into an ``InferenceSession`` on the CPU with ``threads`` intra-op threads (default:

@@ -36,12 +36,16 @@ class Decoder(nn.Module):
         x = F.interpolate(x, size=skip.shape[2:], mode="bilinear", align_corners=False)
         return torch.cat([x, skip], dim=1)
 
-    def features(self, x4, x3, x2, x1, x0) -> torch.Tensor:
-        """The input of the last conv, ``(B, c3 + s3, H, W)``: for computing that conv in parts."""
+    def low_features(self, x4, x3, x2, x1) -> torch.Tensor:
+        """The third conv's output ``(B, c3, h, w)`` at the size of ``x1``: upsampled to the size of ``x0`` and
+        concatenated with ``x0``, it is the last conv's input."""
         x = self.relu(self.bn1(self.conv1(self._up_cat(x4, x3))))
         x = self.relu(self.bn2(self.conv2(self._up_cat(x, x2))))
-        x = self.relu(self.bn3(self.conv3(self._up_cat(x, x1))))
-        return self._up_cat(x, x0)
+        return self.relu(self.bn3(self.conv3(self._up_cat(x, x1))))
+
+    def features(self, x4, x3, x2, x1, x0) -> torch.Tensor:
+        """The input of the last conv, ``(B, c3 + s3, H, W)``: for computing that conv in parts."""
+        return self._up_cat(self.low_features(x4, x3, x2, x1), x0)
 
     def forward(self, x4, x3, x2, x1, x0) -> torch.Tensor:
         return self.conv4(self.features(x4, x3, x2, x1, x0))

@@ -14,13 +14,15 @@ within float rounding (≤ 1e-4 in fp32), by doing less:
   - the 1/2-resolution coarse crops are resampled from a small window of the coarse maps by two small matrix
     products (the bilinear weights ``F.interpolate`` uses, clamped at the border as it does);
   - refined patches are written in place into the upsampled coarse result.
-* **Stage 1 on tiles**: selected patches cluster along the subject's outline and their 8×8 crops overlap, so
-  stage 1 runs densely on 4×4-patch tiles that hold any selected patch (about half the work of one crop per
-  patch at HD), and each patch takes its part of its tile's result; stage 2 runs per patch.
+* **The refiner on tiles**: selected patches cluster along the subject's outline and their crops overlap, so
+  both stages run densely on 4×4-patch tiles that hold any selected patch (stage 1: about half the work of one
+  crop per patch at HD), and each patch takes its part of its tile's result.
 * **Hidden channels only where they are read**: the decoder's last convolution (a third of MobileNetV2's base
   network at HD) makes 5 output channels that are needed everywhere (alpha, foreground, error) and 32 hidden ones
   that only the refiner reads, around the selected patches. The 5 are computed densely; the 32 only on the 8×8
-  blocks of the coarse grid that the refiner's crops touch (about a third of them at HD), from the conv's input.
+  blocks of the coarse grid that the refiner's crops touch (about a seventh of them at HD at the paper's
+  settings). The conv's input (the decoder's 48-channel features upsampled, plus ``[src, bgr]``) is never made
+  whole: each block's window of it is resampled from the low-resolution features.
 * **Static shapes** (``static=True``, sampling mode): always ``sample_pixels // 16`` patches per image, found with
   top-k and no ``nonzero`` (no host synchronisation), so the whole pass can be captured in a CUDA graph. With
   ``prevent_oversampling`` the patches whose error is 0 are still computed but not pasted, which gives the same
@@ -142,11 +144,12 @@ def _windows(src: torch.Tensor, bgr: torch.Tensor, ib: torch.Tensor, top: torch.
 
 
 class SplitCoarse(nn.Module):
-    """The base network with its last convolution split: ``(src, bgr) -> (pha, fgr_residual, err, features)``.
+    """The base network with its last convolution split: ``(src, bgr) -> (pha, fgr_residual, err, low)``.
 
     ``pha``, ``fgr_residual`` and ``err`` (5 of the last conv's 37 output channels) are computed everywhere;
-    ``features`` is that conv's input, from which :class:`FastMatting` computes the 32 hidden channels where the
-    refiner reads them. ``net`` is shared, not copied.
+    ``low`` is the decoder's third conv output (about half the size of ``src``, 48 channels). The last conv's input
+    is ``low`` upsampled plus ``[src, bgr]``: from these :class:`FastMatting` computes the 32 hidden channels where
+    the refiner reads them. ``net`` is shared, not copied.
     """
 
     def __init__(self, net: MattingBase):
@@ -154,9 +157,10 @@ class SplitCoarse(nn.Module):
         self.net = net
 
     def forward(self, src: torch.Tensor, bgr: torch.Tensor):
-        feat = self.net._features(src, bgr)
+        low, x0 = self.net._low_features(src, bgr)
+        feat = self.net.decoder._up_cat(low, x0)
         conv = self.net.decoder.conv4
-        return (*self.net._outputs(F.conv2d(feat, conv.weight[:5], conv.bias[:5], padding=conv.padding)), feat)
+        return (*self.net._outputs(F.conv2d(feat, conv.weight[:5], conv.bias[:5], padding=conv.padding)), low)
 
 
 class FastMatting(nn.Module):
@@ -193,8 +197,8 @@ class FastMatting(nn.Module):
         return self.net.refiner if self.is_refine else None
 
     def coarse(self, src: torch.Tensor, bgr: torch.Tensor):
-        """The base network: ``(pha, fgr_residual, err, hid)`` at the size of ``src`` (``features`` in place of
-        ``hid`` when :attr:`sparse_hid` is on)."""
+        """The base network: ``(pha, fgr_residual, err, hid)`` at the size of ``src`` (:class:`SplitCoarse`'s
+        ``low`` in place of ``hid`` when :attr:`sparse_hid` is on)."""
         if self.base_runner is not None:
             return self.base_runner(src, bgr)
         if self.channels_last:
@@ -210,7 +214,7 @@ class FastMatting(nn.Module):
         _check_pair(src, bgr, multiple=4)
         src_sm, bgr_sm = self.net.shrink(src, bgr)
         pha_sm, fgr_sm, err_sm, hid_sm = self.coarse(src_sm, bgr_sm)
-        pha, fgr, ref = self._refine(src, bgr, pha_sm, fgr_sm, err_sm, hid_sm)
+        pha, fgr, ref = self._refine(src, bgr, pha_sm, fgr_sm, err_sm, hid_sm, (src_sm, bgr_sm))
         fgr_sm = (fgr_sm + src_sm).clamp_(0.0, 1.0)
         return pha, fgr, pha_sm, fgr_sm, err_sm, ref
 
@@ -236,7 +240,7 @@ class FastMatting(nn.Module):
         ib, rows, cols = torch.nonzero(ref[:, 0], as_tuple=True)
         return ib, rows, cols, None, ref
 
-    def _refine(self, src, bgr, pha, fgr, err, hid):
+    def _refine(self, src, bgr, pha, fgr, err, hid, small):
         r = self.net.refiner
         B, _, H, W = src.shape
         if r.mode == "full":  # dense: nothing to skip
@@ -246,7 +250,7 @@ class FastMatting(nn.Module):
         ib, rows, cols, valid, ref = self._select(err4)
         out = F.interpolate(torch.cat([pha, fgr], dim=1), size=(H, W), mode="bilinear", align_corners=False)
         if ib.shape[0] > 0:
-            patches = self._refine_patches(src, bgr, hid, pha, fgr, ib, rows, cols)
+            patches = self._refine_patches(src, bgr, hid, pha, fgr, ib, rows, cols, small)
             grid = out.view(B, 4, H // 4, 4, W // 4, 4)
             if valid is not None:  # static mode: patches with zero error keep the coarse values
                 keep = grid[ib, :, rows, :, cols, :]
@@ -256,18 +260,19 @@ class FastMatting(nn.Module):
         fgr_out = (out[:, 1:] + src).clamp_(0.0, 1.0)
         return pha_out, fgr_out, ref
 
-    def _refine_patches(self, src, bgr, hid, pha, fgr, ib, rows, cols) -> torch.Tensor:
-        """Stages 1 and 2 of the refiner on the patches ``(ib, rows, cols)`` → ``(N, 4, 4, 4)``.
+    def _refine_patches(self, src, bgr, hid, pha, fgr, ib, rows, cols, small) -> torch.Tensor:
+        """Stages 1 and 2 of the refiner on the patches ``(ib, rows, cols)`` → ``(N, 4, 4, 4)``; ``small`` is
+        the base network's input ``(src_sm, bgr_sm)``.
 
-        Stage 1 runs densely on tiles of ``TILE × TILE`` patches that hold at least one selected patch (the
-        patches' 1/2-resolution crops overlap, and selected patches cluster along edges, so this does about half
-        the work of one crop per patch); stage 2 runs per patch on its part of the tile. With ``static`` every
-        patch gets its own crop instead (no ``unique``, hence no host synchronisation).
+        Both stages run densely on tiles of ``TILE × TILE`` patches that hold at least one selected patch (the
+        patches' crops overlap, and selected patches cluster along edges, so this does about half the work of
+        one crop per patch in stage 1), and each selected patch takes its part of its tile's result. With
+        ``static`` every patch is its own tile (no ``unique``, hence no host synchronisation).
         """
         r = self.net.refiner
         H, W = src.shape[2:]
         k3 = r.kernel_size == 3
-        bh, bf = (3, 2) if k3 else (0, 0)  # borders of the 1/2- and full-resolution crops
+        bh = 3 if k3 else 0  # border of the 1/2-resolution crops
         tile = 1 if self.static else TILE
         if tile == 1:
             t_ib, t_rows, t_cols, inv = ib, rows, cols, None
@@ -279,34 +284,38 @@ class FastMatting(nn.Module):
         # stage 1 on the tiles' 1/2-resolution crops: coarse maps resampled, src/bgr as 2x2 means of full res
         s1 = 2 * tile + 2 * bh
         c_rows, c_cols, half = 2 * t_rows - bh, 2 * t_cols - bh, (H // 2, W // 2)
-        if self.sparse_hid:  # hid holds the last conv's input: compute the hidden channels the crops read
-            hid = self._hid_where_read(hid, t_ib, c_rows, c_cols, half, s1)
-        coarse = torch.cat([hid, pha, fgr], dim=1)
+        if self.sparse_hid:  # hid holds SplitCoarse's low: compute the hidden channels the crops read
+            coarse = self._coarse_where_read(hid, *small, pha, fgr, t_ib, c_rows, c_cols, half, s1)
+        else:
+            coarse = torch.cat([hid, pha, fgr], dim=1)
         win = _windows(src, bgr, t_ib, 4 * t_rows - 2 * bh, 4 * t_cols - 2 * bh, 2 * s1)
         x = torch.cat([_sample_crops(coarse, t_ib, c_rows, c_cols, half, s1),
                        F.avg_pool2d(win, 2).to(coarse.dtype)], dim=1)
-        x = r._stage1(x)  # (Nt, 16, 2*tile + 2*bh - 4 or 2*tile)
-        p1 = 2 + 2 * bh - (4 if k3 else 0)  # a patch's share of stage 1: 4x4 (kernel 3) or 2x2 (kernel 1)
-        pf = 4 + 2 * bf  # its full-resolution crop
-        if inv is not None:  # cut each patch's part out of its tile
-            dr, dc = rows - t_rows[inv], cols - t_cols[inv]
-            x = x.unfold(2, p1, 2).unfold(3, p1, 2)[inv, :, dr, dc]
-            o = (2 * bh - bf) // 4  # the patch's full-resolution crop starts 4*dr + 2*bh - bf into the window
-            y = win.unfold(2, pf, 4).unfold(3, pf, 4)[inv, :, dr + o, dc + o]
-        else:
-            c0 = 2 * bh - bf
-            y = win[:, :, c0:c0 + pf, c0:c0 + pf]
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return r._stage2(torch.cat([x, y.to(x.dtype)], dim=1))
+        x = r._stage1(x)  # (Nt, 16, so, so): half-resolution pixels from 2 * t_rows - bh + (2 if k3 else 0)
+        # stage 2 on the tiles too: each patch's stage-2 input is its part of the tile's (every patch's crop
+        # holds the same stage-1 values as the tile there), so the tile's result holds every patch's result
+        so, o = x.shape[-1], (4 if k3 else 0)  # full-resolution pixels from 4 * t_rows - 2 * bh + o
+        x = torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"),
+                       win[:, :, o:o + 2 * so, o:o + 2 * so].to(x.dtype)], dim=1)
+        out = r._stage2(x)  # (Nt, 4, 4 * tile, 4 * tile): the tile's patches
+        if inv is None:
+            return out
+        dr, dc = rows - t_rows[inv], cols - t_cols[inv]
+        return out.view(out.shape[0], out.shape[1], tile, 4, tile, 4)[inv, :, dr, :, dc, :]
 
-    def _hid_where_read(self, feat, ib, rows, cols, out_size, size) -> torch.Tensor:
-        """The hidden channels ``relu(conv4(feat))[:, 5:]`` on the :data:`HID_BLOCK` blocks that the crops of
-        :func:`_sample_crops` (same arguments) read, zero elsewhere → ``(B, 32, h, w)``."""
+    def _coarse_where_read(self, low, src, bgr, pha, fgr, ib, rows, cols, out_size, size) -> torch.Tensor:
+        """``[hid, pha, fgr]`` ``(B, 36, h, w)`` (channels-last memory) for the crops of :func:`_sample_crops`
+        (same ``ib, rows, cols, out_size, size``), with the hidden channels ``relu(conv4(feat))[:, 5:]`` computed
+        only on the :data:`HID_BLOCK` blocks that the crops read (zero elsewhere).
+
+        ``feat``, the last conv's input, is ``[upsample(low), src, bgr]`` (:class:`SplitCoarse`); each block's
+        window of it is made by :func:`_sample_crops` and :func:`_windows`, so ``feat`` is never made whole.
+        """
         conv = self.net.decoder.conv4
-        B, _, h, w = feat.shape
+        B, _, h, w = src.shape
         bs = HID_BLOCK
         nby, nbx = -(-h // bs), -(-w // bs)
-        mark = torch.zeros(B, nby, nbx, dtype=torch.bool, device=feat.device)
+        mark = torch.zeros(B, nby, nbx, dtype=torch.bool, device=src.device)
         spans = []
         for start, n_in, n_out in ((rows, h, out_size[0]), (cols, w, out_size[1])):
             k = _window_len(size, n_in, n_out)
@@ -317,11 +326,12 @@ class FastMatting(nn.Module):
             for bx in spans[1]:
                 mark[ib, by, bx] = True
         b_ib, b_y, b_x = torch.nonzero(mark, as_tuple=True)
-        padded = F.pad(feat, (1, nbx * bs - w + 1, 1, nby * bs - h + 1))  # the conv's zero padding, whole blocks
-        off = torch.arange(bs + 2, device=feat.device)
-        yy, xx = (b_y * bs)[:, None, None] + off[None, :, None], (b_x * bs)[:, None, None] + off[None, None, :]
-        win = padded.permute(0, 2, 3, 1)[b_ib[:, None, None], yy, xx].permute(0, 3, 1, 2)
-        blocks = F.conv2d(win, conv.weight[5:], conv.bias[5:]).relu_()  # (nb, 32, bs, bs)
-        hid = feat.new_zeros(B, blocks.shape[1], nby * bs, nbx * bs)
-        hid.view(B, -1, nby, bs, nbx, bs)[b_ib, :, b_y, :, b_x, :] = blocks.to(hid.dtype)
-        return hid[:, :, :h, :w]
+        top, left = b_y * bs - 1, b_x * bs - 1  # the conv's 3x3 windows: one pixel of (zero) padding around
+        win = torch.cat([_sample_crops(low, b_ib, top, left, (h, w), bs + 2),
+                         _windows(src, bgr, b_ib, top, left, bs + 2).to(low.dtype)], dim=1)
+        blocks = F.conv2d(win, conv.weight[5:].to(win.dtype), conv.bias[5:].to(win.dtype)).relu_()
+        n_hid = blocks.shape[1]
+        out = pha.new_zeros(B, nby * bs, nbx * bs, n_hid + 4)  # channels last
+        out.view(B, nby, bs, nbx, bs, -1)[b_ib, b_y, :, b_x, :, :n_hid] = blocks.permute(0, 2, 3, 1).to(out.dtype)
+        out[:, :h, :w, n_hid:] = torch.cat([pha, fgr.to(pha.dtype)], dim=1).permute(0, 2, 3, 1)
+        return out[:, :h, :w].permute(0, 3, 1, 2)

@@ -52,8 +52,13 @@ class MattingBase(nn.Module):
 
     def _features(self, src: torch.Tensor, bgr: torch.Tensor) -> torch.Tensor:
         """Backbone, ASPP and decoder up to its last conv: that conv's input."""
+        return self.decoder._up_cat(*self._low_features(src, bgr))
+
+    def _low_features(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(low, x0)``: the decoder's third conv output and ``cat([src, bgr])``; the last conv's input is
+        ``low`` upsampled to the size of ``src``, concatenated with ``x0``."""
         x, *skips = self.backbone(torch.cat([src, bgr], dim=1))
-        return self.decoder.features(self.aspp(x), *skips)
+        return self.decoder.low_features(self.aspp(x), *skips[:-1]), skips[-1]
 
     @staticmethod
     def _outputs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
