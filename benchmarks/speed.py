@@ -19,7 +19,8 @@ import platform
 import sys
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import bgmatting` does; torch is imported first here
+import torch  # noqa: E402
 
 from bgmatting.bench import bench_model, example_pair, format_table, run_bench
 from bgmatting.pipeline import resolve_device

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from bgmatting import BgMattingError, MattingBase, MattingRefine
 from bgmatting.backends import make_runner, onnxruntime_available, resolve_backend
 from bgmatting.models import BACKBONES
-from bgmatting.models.fast import FastMatting, SplitCoarse, _sample_crops, fold_batchnorm
+from bgmatting.models.fast import (FastMatting, WinogradConv2d, _sample_crops, fold_batchnorm, nnpack_available,
+                                   up2_conv3x3)
 from bgmatting.models.refiner import crop_patches
 from conftest import randomize_
 
@@ -72,17 +73,17 @@ def test_prevent_oversampling_drops_zero_error_patches(static, rng):
 
 
 @pytest.mark.parametrize("sparse_hid", (False, True))
-def test_base_runner_replaces_the_base_network(sparse_hid, rng):
+def test_encoder_replaces_the_backbone_and_aspp(sparse_hid, rng):
     model = randomize_(MattingRefine("mobilenetv2"))
-    split, calls = SplitCoarse(model), []
+    calls = []
 
-    def runner(s, b):  # what the base network computes: with hid, or with the last conv's input (sparse_hid)
+    def encoder(s, b):  # what the backbone and ASPP compute
         calls.append(s.shape)
-        return split(s, b) if sparse_hid else model._coarse(s, b)
+        return model._encode(s, b)[:4]
 
     src, bgr = _pair(rng, 1)
     with torch.no_grad():
-        fast = FastMatting(model, base_runner=runner, sparse_hid=sparse_hid)
+        fast = FastMatting(model, encoder=encoder, sparse_hid=sparse_hid)
         got = fast(src, bgr)
         expected = model(src, bgr)
     assert fast.sparse_hid == sparse_hid and calls == [(1, 3, 30, 25)]
@@ -117,6 +118,64 @@ def test_coarse_where_read_equals_the_dense_coarse_maps_on_what_is_read(rng):
     hid = coarse[:, :32]
     assert float(hid[0, :, 20:, :].abs().max()) == 0  # item 0: only its top-left corner is read
     assert 0 < int((hid != 0).any(1).sum()) < hid[:, 0].numel()
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 2, 3), (1, 7, 9, 12), (1, 3, 7, 2), (1, 48, 17, 30)])
+def test_up2_conv3x3_equals_upsample_then_conv(shape, rng):
+    x = torch.rand(*shape, generator=rng)
+    weight = torch.randn(5, shape[1], 3, 3, generator=rng) * 0.2
+    up = F.interpolate(x.double(), size=(2 * shape[2], 2 * shape[3]), mode="bilinear", align_corners=False)
+    expected = F.conv2d(up, weight.double(), padding=1)
+    with torch.no_grad():
+        got = up2_conv3x3(x, weight)
+    assert got.shape == expected.shape
+    assert float((got.double() - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+
+
+def test_fast_matting_computes_the_last_conv_at_low_resolution_where_it_can(rng, monkeypatch):
+    """At backbone scale 1/2 the decoder's last upsampling is by exactly 2 here (up2_conv3x3 used); at 1/4 it is
+    not (30 rows from 15, 25 columns from 13: the direct conv). Both match the reference."""
+    from bgmatting.models import fast as fast_module
+
+    calls = []
+    real = fast_module.up2_conv3x3
+    monkeypatch.setattr(fast_module, "up2_conv3x3", lambda *a: calls.append(a[0].shape) or real(*a))
+    src, bgr = _pair(rng, 1)
+    for scale, used in ((1 / 2, True), (1 / 4, False)):
+        calls.clear()
+        model = randomize_(MattingRefine("mobilenetv2", backbone_scale=scale, refine_sample_pixels=16 * 200))
+        with torch.no_grad():
+            expected, got = model(src, bgr), FastMatting(model)(src, bgr)
+        assert bool(calls) == used
+        assert _max_diff(expected, got) <= TOL
+
+
+@pytest.mark.skipif(not nnpack_available(), reason="this PyTorch has no NNPACK")
+def test_winograd_conv_equals_conv_and_serves_the_decoder(rng):
+    conv = torch.nn.Conv2d(24, 16, 3, padding=1)
+    wino = WinogradConv2d.from_conv(conv)
+    x = torch.rand(2, 24, 19, 33, generator=rng)
+    with torch.no_grad():
+        assert float((wino(x) - conv(x)).abs().max()) <= 1e-4
+    fast = FastMatting(MattingRefine("mobilenetv2"))
+    assert fast.winograd and all(isinstance(getattr(fast.net.decoder, f"conv{i}"), WinogradConv2d) for i in (1, 2, 3))
+    assert not FastMatting(MattingRefine("mobilenetv2"), winograd=False).winograd
+    with pytest.raises(ValueError, match="3x3"):
+        WinogradConv2d.from_conv(torch.nn.Conv2d(4, 4, 1))
+
+
+@pytest.mark.parametrize("preset", (None, "ACTIVE"))
+def test_import_asks_openmp_not_to_spin_unless_told_otherwise(preset):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    code = "import bgmatting, os; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (preset or "PASSIVE")
 
 
 @pytest.mark.parametrize("size,out_size,crop", [((30, 25), (60, 50), 8), ((15, 13), (60, 50), 14),
@@ -176,14 +235,16 @@ def test_onnx_cache_reuses_and_prunes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(backends, "CACHE_KEEP", 2)
     calls = []
-    real = backends._base_onnx
-    monkeypatch.setattr(backends, "_base_onnx", lambda m, f=False: calls.append(1) or real(m, f))
+    real = backends._encoder_onnx
+    monkeypatch.setattr(backends, "_encoder_onnx", lambda m: calls.append(1) or real(m))
     models = [randomize_(MattingBase("mobilenetv2"), seed=s) for s in range(3)]
-    first = backends.cached_base_onnx(models[0], tmp_path)
-    assert backends.cached_base_onnx(models[0], tmp_path) == first and len(calls) == 1  # second call: from disk
-    backends.cached_base_onnx(models[1], tmp_path)
-    backends.cached_base_onnx(models[2], tmp_path)
-    assert len(calls) == 3 and len(list(tmp_path.glob("base-*.onnx"))) == 2
+    (tmp_path / "base-0123.onnx").write_bytes(b"")  # what earlier versions cached: removed
+    first = backends.cached_encoder_onnx(models[0], tmp_path)
+    assert backends.cached_encoder_onnx(models[0], tmp_path) == first and len(calls) == 1  # second call: from disk
+    backends.cached_encoder_onnx(models[1], tmp_path)
+    backends.cached_encoder_onnx(models[2], tmp_path)
+    assert len(calls) == 3 and len(list(tmp_path.glob("encoder-*.onnx"))) == 2
+    assert not list(tmp_path.glob("base-*.onnx"))
     assert not list(tmp_path.glob(".*"))  # no temporary file left
 
 

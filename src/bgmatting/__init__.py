@@ -5,6 +5,14 @@
 >>> result = matter(src, bgr)                         # doctest: +SKIP
 """
 
+import os as _os
+import sys as _sys
+
+if "torch" not in _sys.modules:
+    # OpenMP threads that spin after each parallel region take the cores from the other thread pools our CPU
+    # path uses (NNPACK's, ONNX Runtime's): read once, when PyTorch loads OpenMP; a value set by the user wins.
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .batch import matte_images
 from .errors import BgMattingError
 from .export import OnnxModel, export_onnx, export_torchscript

@@ -2,9 +2,10 @@
 
 * ``"reference"``: the ``nn.Module`` as loaded (what training and the parity tests use).
 * ``"eager"``: :class:`~bgmatting.models.fast.FastMatting` in PyTorch eager mode: BatchNorm folded,
-  channels_last, a refiner that cuts its patches straight from the inputs.
-* ``"onnxruntime"``: the same, with the base network (backbone, ASPP, decoder: most of the FLOPs) exported to
-  ONNX in memory and run by ONNX Runtime, which is faster than PyTorch on the CPU.
+  channels_last, Winograd convolutions in the decoder on the CPU, a refiner that cuts its patches straight from
+  the inputs.
+* ``"onnxruntime"``: the same, with the backbone and ASPP (most of the FLOPs) exported to ONNX and run by ONNX
+  Runtime, which is faster than PyTorch there on the CPU.
 * ``"graph"`` (CUDA): the static-shape twin (fixed number of patches, no host synchronisation) captured in a
   CUDA graph per input shape, replayed for every frame of that shape.
 * ``"auto"``: ``graph`` on CUDA; on the CPU ``onnxruntime`` when it is installed, else ``eager``.
@@ -29,7 +30,7 @@ from .export import _LEGACY_EXPORTER, _quiet_trace
 from .io.atomic import atomic_write_bytes
 from .io.cache import cache_dir
 from .models import MattingBase, MattingRefine
-from .models.fast import FastMatting, SplitCoarse
+from .models.fast import FastMatting
 
 BACKENDS = ("auto", "reference", "eager", "onnxruntime", "graph")
 
@@ -65,85 +66,82 @@ def resolve_backend(backend: str, device: torch.device, precision: str = "fp32")
     return backend
 
 
-class _Coarse(nn.Module):
-    """The base network alone, as a module with tensor outputs (for export)."""
+class _Encoder(nn.Module):
+    """The backbone and ASPP alone, as a module with tensor outputs ``(aspp(x4), x3, x2, x1)`` (for export)."""
 
     def __init__(self, net: MattingBase):
         super().__init__()
         self.net = net
 
     def forward(self, src: torch.Tensor, bgr: torch.Tensor):
-        return self.net._coarse(src, bgr)
+        return self.net._encode(src, bgr)[:4]
 
 
 OPSET = 17
-CACHE_KEEP = 4  # exported base networks kept in the cache (the least recently used go first)
+CACHE_KEEP = 4  # exported encoders kept in the cache (the least recently used go first)
+ENCODER_OUTPUTS = ["aspp", "x3", "x2", "x1"]
 
 
-def _base_onnx(model: MattingBase, features: bool = False) -> bytes:
-    """The base network of ``model`` as an ONNX model (dynamic batch, height and width); with ``features``,
-    its split form (:class:`~bgmatting.models.fast.SplitCoarse`: the decoder's ``low`` features in place of
-    ``hid``)."""
-    net = (SplitCoarse(model) if features else _Coarse(model)).eval()
+def _encoder_onnx(model: MattingBase) -> bytes:
+    """The backbone and ASPP of ``model`` as an ONNX model (dynamic batch, height and width)."""
+    net = _Encoder(model).eval()
     example = torch.rand(1, 3, 64, 64, device=next(model.parameters()).device)
     buf = io.BytesIO()
     axes = {0: "batch", 2: "height", 3: "width"}
-    names = ["pha", "fgr", "err", "low" if features else "hid"]
     with _quiet_trace():
-        torch.onnx.export(net, (example, example), buf, input_names=["src", "bgr"], output_names=names,
-                          dynamic_axes={n: axes for n in ["src", "bgr", *names]}, opset_version=OPSET,
+        torch.onnx.export(net, (example, example), buf, input_names=["src", "bgr"], output_names=ENCODER_OUTPUTS,
+                          dynamic_axes={n: axes for n in ["src", "bgr", *ENCODER_OUTPUTS]}, opset_version=OPSET,
                           **_LEGACY_EXPORTER)
     return buf.getvalue()
 
 
-def _base_key(model: MattingBase, features: bool = False) -> str:
-    """A digest of everything the exported base network depends on: weights, architecture, exporter."""
-    split = "split-low" if features else "dense"  # the form of the graph (its outputs)
-    h = hashlib.sha256(f"{model.backbone_name}|torch {torch.__version__}|opset {OPSET}|{split}".encode())
+def _encoder_key(model: MattingBase) -> str:
+    """A digest of everything the exported encoder depends on: weights, architecture, exporter."""
+    h = hashlib.sha256(f"{model.backbone_name}|torch {torch.__version__}|opset {OPSET}|encoder".encode())
     for name, value in model.state_dict().items():
-        if not name.startswith("refiner."):
+        if name.startswith(("backbone.", "aspp.")):
             h.update(name.encode())
             h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:24]
 
 
-def cached_base_onnx(model: MattingBase, cache: Path | None = None, features: bool = False) -> bytes:
-    """:func:`_base_onnx`, kept in ``cache`` (default ``~/.cache/bgmatting/onnx``) under a digest of the weights.
+def cached_encoder_onnx(model: MattingBase, cache: Path | None = None) -> bytes:
+    """:func:`_encoder_onnx`, kept in ``cache`` (default ``~/.cache/bgmatting/onnx``) under a digest of the weights.
 
     Exporting takes seconds; the shipped model is exported once per machine. The :data:`CACHE_KEEP` most recently
     used files are kept. A cache that cannot be written is skipped silently.
     """
     folder = cache or cache_dir("onnx")
-    path = folder / f"base-{_base_key(model, features)}.onnx"
+    path = folder / f"encoder-{_encoder_key(model)}.onnx"
     if path.is_file():
         os.utime(path)  # recently used
         return path.read_bytes()
-    data = _base_onnx(model, features)
+    data = _encoder_onnx(model)
     try:
         atomic_write_bytes(path, data)
-        kept = sorted(folder.glob("base-*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+        kept = sorted(folder.glob("encoder-*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in kept[CACHE_KEEP:]:
+            old.unlink(missing_ok=True)
+        for old in folder.glob("base-*.onnx"):  # the whole base networks that earlier versions cached
             old.unlink(missing_ok=True)
     except (BgMattingError, OSError):
         pass
     return data
 
 
-class OnnxCoarse:
-    """The base network of ``model`` run by ONNX Runtime: ``(src, bgr) -> (pha, fgr_res, err, hid)``, or with
-    ``features`` :class:`~bgmatting.models.fast.SplitCoarse`'s ``low`` in place of ``hid`` (for
-    :attr:`FastMatting.sparse_hid`).
+class OnnxEncoder:
+    """The backbone and ASPP of ``model`` run by ONNX Runtime: ``(src, bgr) -> (aspp(x4), x3, x2, x1)``, for
+    ``FastMatting(encoder=...)`` (the decoder and refiner stay in PyTorch).
 
-    The network is exported to ONNX (dynamic batch and size; cached on disk, see :func:`cached_base_onnx`) and
+    The network is exported to ONNX (dynamic batch and size; cached on disk, see :func:`cached_encoder_onnx`) and
     loaded into an ``InferenceSession`` on the CPU with ``threads`` intra-op threads (default:
     ``torch.get_num_threads()``).
     """
 
-    def __init__(self, model: MattingBase, threads: int | None = None, cache: Path | None = None,
-                 features: bool = False):
+    def __init__(self, model: MattingBase, threads: int | None = None, cache: Path | None = None):
         import onnxruntime as ort
 
-        data = cached_base_onnx(model, cache, features)
+        data = cached_encoder_onnx(model, cache)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -217,9 +215,7 @@ def make_runner(model: MattingBase, backend: str, device: torch.device,
         return name, FastMatting(model, channels_last=device.type == "cpu" or precision != "fp32")
     if name == "onnxruntime":
         threads = int(os.environ.get("BGMATTING_ORT_THREADS", "0")) or None
-        fast = FastMatting(model, channels_last=False)
-        fast.base_runner = OnnxCoarse(model, threads, features=fast.sparse_hid)
-        return name, fast
+        return name, FastMatting(model, channels_last=False, encoder=OnnxEncoder(model, threads))
     if isinstance(model, MattingRefine) and model.refiner.mode == "thresholding":
         if backend == "auto":  # a data-dependent number of patches cannot be captured
             return "eager", FastMatting(model, channels_last=True)

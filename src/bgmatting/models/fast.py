@@ -21,16 +21,19 @@ within float rounding (≤ 1e-4 in fp32), by doing less:
   network at HD) makes 5 output channels that are needed everywhere (alpha, foreground, error) and 32 hidden ones
   that only the refiner reads, around the selected patches. The 5 are computed densely; the 32 only on the 8×8
   blocks of the coarse grid that the refiner's crops touch (about a seventh of them at HD at the paper's
-  settings). The conv's input (the decoder's 48-channel features upsampled, plus ``[src, bgr]``) is never made
-  whole: each block's window of it is resampled from the low-resolution features.
+  settings), each from its window of the conv's input, resampled from the decoder's low-resolution features.
+* **Winograd convolutions** (NNPACK) for the decoder's first three 3×3 convs on the CPU: half the time of oneDNN's
+  or ONNX Runtime's, at a rounding error of about 1e-5 (:class:`WinogradConv2d`).
+* **The last conv's 5 output channels without the upsampled image**: where the decoder's last upsampling is by
+  exactly 2, the conv of the upsampled features is computed at their own resolution, one conv per output phase
+  (:func:`up2_conv3x3`: a third of the time of upsample, concatenate and convolve).
 * **Static shapes** (``static=True``, sampling mode): always ``sample_pixels // 16`` patches per image, found with
   top-k and no ``nonzero`` (no host synchronisation), so the whole pass can be captured in a CUDA graph. With
   ``prevent_oversampling`` the patches whose error is 0 are still computed but not pasted, which gives the same
   result as dropping them.
 
-``base_runner`` swaps the base network for another engine that computes the same function (ONNX Runtime in
-:mod:`bgmatting.backends`): a callable ``(src_sm, bgr_sm) -> (pha, fgr_residual, err, hid)``, or, when
-:attr:`FastMatting.sparse_hid` is on, the function of :class:`SplitCoarse` (``features`` in place of ``hid``).
+``encoder`` swaps the backbone and ASPP for another engine that computes the same function (ONNX Runtime in
+:mod:`bgmatting.backends`, faster than PyTorch there): a callable ``(src_sm, bgr_sm) -> (aspp(x4), x3, x2, x1)``.
 """
 
 from __future__ import annotations
@@ -48,9 +51,6 @@ from .matting import MattingBase, MattingRefine, _check_pair
 
 TILE = 4  # patches per side of the tiles stage 1 of the refiner runs on
 HID_BLOCK = 8  # side of the blocks of the coarse grid on which the hidden channels are computed
-
-CoarseFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
-
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
     """Fold every eval-mode BatchNorm2d into the Conv2d that feeds it, in place; returns ``module``.
@@ -73,6 +73,57 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
                 setattr(child, "conv" + suffix, fuse_conv_bn_eval(conv, bn))
                 setattr(child, "bn" + suffix, nn.Identity())
     return module
+
+
+# Bilinear 2x upsampling (align_corners=False) seen from a 3x3 conv on its output: for output phase a (row 2i + a),
+# _UP2_TAPS[a][d, e] is the weight of input row i + e - 1 in the upsampled row 2i + a + d - 1.
+_UP2_TAPS = torch.tensor([[[0.75, 0.25, 0.0], [0.25, 0.75, 0.0], [0.0, 0.75, 0.25]],
+                          [[0.25, 0.75, 0.0], [0.0, 0.75, 0.25], [0.0, 0.25, 0.75]]], dtype=torch.float64)
+
+
+def up2_conv3x3(x: torch.Tensor, weight: torch.Tensor, polyphase: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.conv2d(F.interpolate(x, scale 2, bilinear), weight, padding=1)`` without the upsampled image.
+
+    Upsampling and the conv are both linear, so each of the 4 output phases (row and column parity) is a 3×3 conv
+    of ``x`` itself (edge-replicated, as the upsampling clamps at the border): one conv with 4 × ``C_out``
+    channels at the input's resolution (:func:`up2_polyphase` makes its weight; pass it as ``polyphase`` to reuse
+    it), interleaved by ``pixel_shuffle``. The one-pixel border of the output, where the conv's zero padding
+    differs from the edge-replicated upsampling, is corrected from thin strips. ``x`` ``(B, C, h, w)`` with
+    ``h, w >= 2`` → ``(B, C_out, 2h, 2w)``; within float rounding of the direct computation.
+    """
+    B, C, h, w = x.shape
+    if polyphase is None:
+        polyphase = up2_polyphase(weight)
+    xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    conv = WinogradConv2d.run if WinogradConv2d.usable(xp, polyphase) else F.conv2d
+    out = F.pixel_shuffle(conv(xp, polyphase.to(xp.dtype)), 2)  # (B, C_out, 2h, 2w), borders still wrong
+    H, W = 2 * h, 2 * w
+    wt = weight.to(x.dtype)
+    # The conv read an upsampled image extended by edge replication: frame[m, n] = up[clamp(m), clamp(n)].
+    # It should have read zeros there; subtract what the frame contributed to the border outputs.
+    for rows, out_row, frame_row in ((slice(0, 2), 0, 0), (slice(h - 2, h), H - 1, 2)):
+        up = F.interpolate(x[:, :, rows], size=(4, W), mode="bilinear", align_corners=False)
+        up = up[:, :, :2] if out_row == 0 else up[:, :, 2:]  # upsampled rows 0, 1 or H-2, H-1
+        strip = x.new_zeros(B, C, 3, W + 2)
+        strip[:, :, frame_row, 1:-1] = up[:, :, 0 if out_row == 0 else 1]
+        inner = slice(1, 3) if out_row == 0 else slice(0, 2)
+        strip[:, :, inner, 0], strip[:, :, inner, -1] = up[..., 0], up[..., -1]
+        strip[:, :, frame_row, 0], strip[:, :, frame_row, -1] = strip[:, :, frame_row, 1], strip[:, :, frame_row, -2]
+        out[:, :, out_row:out_row + 1] -= F.conv2d(strip, wt)
+    for cols, out_col, frame_col in ((slice(0, 2), 0, 0), (slice(w - 2, w), W - 1, 2)):
+        up = F.interpolate(x[:, :, :, cols], size=(H, 4), mode="bilinear", align_corners=False)
+        strip = x.new_zeros(B, C, H, 3)
+        strip[:, :, :, frame_col] = up[..., 0 if out_col == 0 else 3]
+        out[:, :, 1:H - 1, out_col:out_col + 1] -= F.conv2d(strip, wt)  # rows 0 and H-1 were done above
+    return out
+
+
+def up2_polyphase(weight: torch.Tensor) -> torch.Tensor:
+    """The weight of :func:`up2_conv3x3`'s conv: ``(4 C_out, C_in, 3, 3)``, channel ``4 o + 2 a + b`` for output
+    channel ``o`` at row phase ``a`` and column phase ``b`` (the order ``pixel_shuffle`` reads)."""
+    taps = _UP2_TAPS.to(weight.device)
+    k = torch.einsum("ade,bgf,ocdg->oabcef", taps, taps, weight.to(torch.float64))
+    return k.reshape(-1, weight.shape[1], 3, 3).to(weight.dtype)
 
 
 def _window_len(size: int, n_in: int, n_out: int) -> int:
@@ -143,24 +194,52 @@ def _windows(src: torch.Tensor, bgr: torch.Tensor, ib: torch.Tensor, top: torch.
     return (out * inside[..., None].to(out.dtype)).permute(0, 3, 1, 2)
 
 
-class SplitCoarse(nn.Module):
-    """The base network with its last convolution split: ``(src, bgr) -> (pha, fgr_residual, err, low)``.
+def nnpack_available() -> bool:
+    """Whether this PyTorch has NNPACK (Winograd convolutions on the CPU)."""
+    try:
+        return bool(torch._nnpack_available())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without it
+        return False
 
-    ``pha``, ``fgr_residual`` and ``err`` (5 of the last conv's 37 output channels) are computed everywhere;
-    ``low`` is the decoder's third conv output (about half the size of ``src``, 48 channels). The last conv's input
-    is ``low`` upsampled plus ``[src, bgr]``: from these :class:`FastMatting` computes the 32 hidden channels where
-    the refiner reads them. ``net`` is shared, not copied.
+
+class WinogradConv2d(nn.Conv2d):
+    """A 3×3, stride-1 ``Conv2d`` computed by NNPACK's Winograd convolution on the CPU in fp32 inference.
+
+    On one wide image (the decoder's convolutions) it does about half of oneDNN's or ONNX Runtime's work, at a
+    rounding error of about 1e-5 (fp32). Anywhere else (CUDA, other dtypes, autograd) it is a plain ``Conv2d``.
     """
 
-    def __init__(self, net: MattingBase):
-        super().__init__()
-        self.net = net
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> "WinogradConv2d":
+        if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1:
+            raise ValueError("WinogradConv2d computes 3x3 convolutions with stride 1, dilation 1 and one group")
+        new = cls(conv.in_channels, conv.out_channels, 3, padding=conv.padding, bias=True,
+                  device=conv.weight.device, dtype=conv.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(conv.weight)
+            new.bias.copy_(conv.bias if conv.bias is not None else torch.zeros_like(new.bias))
+        return new
 
-    def forward(self, src: torch.Tensor, bgr: torch.Tensor):
-        low, x0 = self.net._low_features(src, bgr)
-        feat = self.net.decoder._up_cat(low, x0)
-        conv = self.net.decoder.conv4
-        return (*self.net._outputs(F.conv2d(feat, conv.weight[:5], conv.bias[:5], padding=conv.padding)), low)
+    @staticmethod
+    def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+        """Whether NNPACK can compute a conv of ``x`` by ``weight`` (CPU, fp32, inference)."""
+        return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+                and not torch.is_grad_enabled() and nnpack_available())
+
+    @staticmethod
+    def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding=(0, 0)) -> torch.Tensor:
+        """NNPACK's 3×3 conv (stride 1); what ``F.conv2d`` computes, within float rounding."""
+        if bias is None:
+            bias = x.new_zeros(weight.shape[0])
+        return torch._nnpack_spatial_convolution(x.contiguous(), weight.contiguous(), bias, list(padding))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.usable(x, self.weight):
+            return self.run(x, self.weight, self.bias, self.padding)
+        return super().forward(x)
+
+
+EncoderFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
 
 
 class FastMatting(nn.Module):
@@ -170,15 +249,16 @@ class FastMatting(nn.Module):
         model: the trained network (copied; BatchNorm folded in the copy).
         static: sampling mode with a fixed number of patches and no host synchronisation (for CUDA graphs).
         channels_last: run the base network in channels_last layout (faster on CPU and on tensor cores).
-        base_runner: optional replacement for the base network, ``(src_sm, bgr_sm) -> (pha, fgr_res, err,
-            hid)`` at the size of its inputs (e.g. an ONNX Runtime session); with :attr:`sparse_hid` on, it
-            computes what :class:`SplitCoarse` computes instead.
+        encoder: optional replacement for the backbone and ASPP, ``(src_sm, bgr_sm) -> (aspp(x4), x3, x2, x1)``
+            (what ``MattingBase._encode`` computes, less ``x0``), e.g. an ONNX Runtime session.
         sparse_hid: compute the hidden channels only where the refiner reads them. Used when the patches are
             chosen per frame (sampling or thresholding mode, not ``static``); :attr:`sparse_hid` says whether.
+        winograd: compute the decoder's first three convolutions with :class:`WinogradConv2d` (NNPACK) where
+            it is available (CPU, fp32); ``False`` keeps oneDNN's.
     """
 
     def __init__(self, model: MattingBase, static: bool = False, channels_last: bool = True,
-                 base_runner: CoarseFn | None = None, sparse_hid: bool = True):
+                 encoder: EncoderFn | None = None, sparse_hid: bool = True, winograd: bool = True):
         super().__init__()
         if not isinstance(model, MattingBase):
             raise TypeError(f"FastMatting needs a MattingBase or MattingRefine, not {type(model).__name__}")
@@ -188,23 +268,49 @@ class FastMatting(nn.Module):
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.base_runner = base_runner
+        self.winograd = winograd and nnpack_available()
+        if self.winograd:
+            dec = self.net.decoder
+            dec.conv1, dec.conv2, dec.conv3 = (WinogradConv2d.from_conv(c) for c in (dec.conv1, dec.conv2, dec.conv3))
+        self.encoder = encoder
         self.sparse_hid = sparse_hid and self.is_refine and not self.static and model.refiner.mode != "full"
-        self.split = SplitCoarse(self.net)
+        conv4 = self.net.decoder.conv4
+        n_low = conv4.in_channels - self.net.backbone.channels[-1]
+        self.register_buffer("_out_polyphase", up2_polyphase(conv4.weight[:5, :n_low].detach()), persistent=False)
 
     @property
     def refiner(self):
         return self.net.refiner if self.is_refine else None
 
     def coarse(self, src: torch.Tensor, bgr: torch.Tensor):
-        """The base network: ``(pha, fgr_residual, err, hid)`` at the size of ``src`` (:class:`SplitCoarse`'s
-        ``low`` in place of ``hid`` when :attr:`sparse_hid` is on)."""
-        if self.base_runner is not None:
-            return self.base_runner(src, bgr)
-        if self.channels_last:
-            src = src.contiguous(memory_format=torch.channels_last)
-            bgr = bgr.contiguous(memory_format=torch.channels_last)
-        return self.split(src, bgr) if self.sparse_hid else self.net._coarse(src, bgr)
+        """The base network: ``(pha, fgr_residual, err, hid)`` at the size of ``src``.
+
+        With :attr:`sparse_hid` on, the last conv makes only its 5 output channels (alpha, foreground, error),
+        and ``hid`` is replaced by ``low``, the decoder's third conv output (48 channels at about half the size of
+        ``src``): the last conv's input is ``low`` upsampled plus ``[src, bgr]``, from which
+        :meth:`_coarse_where_read` makes the 32 hidden channels where the refiner reads them.
+        """
+        if self.encoder is not None:
+            enc = (*self.encoder(src, bgr), torch.cat([src, bgr], dim=1))
+        else:
+            if self.channels_last:
+                src = src.contiguous(memory_format=torch.channels_last)
+                bgr = bgr.contiguous(memory_format=torch.channels_last)
+            enc = self.net._encode(src, bgr)
+        dec = self.net.decoder
+        low, x0 = dec.low_features(*enc[:-1]), enc[-1]
+        if not self.sparse_hid:
+            x = dec.conv4(dec._up_cat(low, x0))
+            return (*self.net._outputs(x), x[:, 5:].relu())
+        conv = dec.conv4
+        if tuple(x0.shape[2:]) == (2 * low.shape[2], 2 * low.shape[3]) and min(low.shape[2:]) >= 2:
+            # the upsampled part of the conv's input at low resolution (up2_conv3x3), the [src, bgr] part directly
+            n_low = low.shape[1]
+            x = up2_conv3x3(low, conv.weight[:5, :n_low], self._out_polyphase) + F.conv2d(
+                x0, conv.weight[:5, n_low:].to(x0.dtype), conv.bias[:5].to(x0.dtype), padding=1)
+        else:
+            x = F.conv2d(dec._up_cat(low, x0), conv.weight[:5], conv.bias[:5], padding=conv.padding)
+        return (*self.net._outputs(x), low)
 
     def forward(self, src: torch.Tensor, bgr: torch.Tensor):
         if not self.is_refine:
@@ -284,7 +390,7 @@ class FastMatting(nn.Module):
         # stage 1 on the tiles' 1/2-resolution crops: coarse maps resampled, src/bgr as 2x2 means of full res
         s1 = 2 * tile + 2 * bh
         c_rows, c_cols, half = 2 * t_rows - bh, 2 * t_cols - bh, (H // 2, W // 2)
-        if self.sparse_hid:  # hid holds SplitCoarse's low: compute the hidden channels the crops read
+        if self.sparse_hid:  # hid holds the decoder's low features: compute the hidden channels the crops read
             coarse = self._coarse_where_read(hid, *small, pha, fgr, t_ib, c_rows, c_cols, half, s1)
         else:
             coarse = torch.cat([hid, pha, fgr], dim=1)
@@ -308,7 +414,7 @@ class FastMatting(nn.Module):
         (same ``ib, rows, cols, out_size, size``), with the hidden channels ``relu(conv4(feat))[:, 5:]`` computed
         only on the :data:`HID_BLOCK` blocks that the crops read (zero elsewhere).
 
-        ``feat``, the last conv's input, is ``[upsample(low), src, bgr]`` (:class:`SplitCoarse`); each block's
+        ``feat``, the last conv's input, is ``[upsample(low), src, bgr]`` (see :meth:`coarse`); each block's
         window of it is made by :func:`_sample_crops` and :func:`_windows`, so ``feat`` is never made whole.
         """
         conv = self.net.decoder.conv4

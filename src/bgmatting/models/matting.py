@@ -50,15 +50,10 @@ class MattingBase(nn.Module):
         self.aspp = ASPP(deep, [3, 6, 9])
         self.decoder = Decoder((256, 128, 64, 48, _OUT_CHANNELS), tuple(skips))
 
-    def _features(self, src: torch.Tensor, bgr: torch.Tensor) -> torch.Tensor:
-        """Backbone, ASPP and decoder up to its last conv: that conv's input."""
-        return self.decoder._up_cat(*self._low_features(src, bgr))
-
-    def _low_features(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(low, x0)``: the decoder's third conv output and ``cat([src, bgr])``; the last conv's input is
-        ``low`` upsampled to the size of ``src``, concatenated with ``x0``."""
+    def _encode(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Backbone and ASPP: the decoder's inputs ``(aspp(x4), x3, x2, x1, x0)``, ``x0`` = ``cat([src, bgr])``."""
         x, *skips = self.backbone(torch.cat([src, bgr], dim=1))
-        return self.decoder.low_features(self.aspp(x), *skips[:-1]), skips[-1]
+        return (self.aspp(x), *skips)
 
     @staticmethod
     def _outputs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,7 +62,7 @@ class MattingBase(nn.Module):
 
     def _coarse(self, src: torch.Tensor, bgr: torch.Tensor):
         """Base network: ``pha`` in [0, 1], foreground *residual*, ``err`` in [0, 1], ``hid`` ≥ 0."""
-        x = self.decoder.conv4(self._features(src, bgr))
+        x = self.decoder(*self._encode(src, bgr))
         return (*self._outputs(x), x[:, 5:].relu())
 
     def forward(self, src: torch.Tensor, bgr: torch.Tensor):
