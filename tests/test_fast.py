@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from bgmatting import BgMattingError, MattingBase, MattingRefine
 from bgmatting.backends import make_runner, onnxruntime_available, resolve_backend
 from bgmatting.models import BACKBONES
-from bgmatting.models.fast import (FastMatting, WinogradConv2d, _sample_crops, fold_batchnorm, nnpack_available,
-                                   up2_conv3x3)
+from bgmatting.models.fast import (FastMatting, WinogradConv2d, _fetched_crops, _sample_crops, fold_batchnorm,
+                                   nnpack_available, up2_conv3x3)
 from bgmatting.models.refiner import crop_patches
 from conftest import randomize_
 
@@ -98,26 +98,31 @@ def test_sparse_hid_is_used_when_patches_are_chosen_per_frame(mode, static):
     assert not FastMatting(MattingBase("mobilenetv2")).sparse_hid
 
 
-def test_coarse_where_read_equals_the_dense_coarse_maps_on_what_is_read(rng):
+@pytest.mark.parametrize("low_size,out_size", [((19, 15), (74, 58)), ((19, 15), (37, 29))])
+def test_coarse_where_read_equals_the_dense_coarse_maps_on_what_is_read(low_size, out_size, rng):
     """Blocks the crops read hold exactly the dense hidden channels (made from the low-resolution features, as
-    the base network does); a gap in the selection stays 0; pha and fgr are there whole."""
+    the base network does), with pha and fgr; a gap in the selection stays 0. Crops resampled by 2 (backbone
+    scale 1/4) and not resampled (1/2)."""
     model = randomize_(MattingRefine("mobilenetv2"))
     fast = FastMatting(model)
-    low = torch.rand(2, 48, 19, 15, generator=rng)
+    low = torch.rand(2, 48, *low_size, generator=rng)
     src, bgr, pha, fgr = (torch.rand(2, c, 37, 29, generator=rng) for c in (3, 3, 1, 3))
     conv = fast.net.decoder.conv4
     feat = fast.net.decoder._up_cat(low, torch.cat([src, bgr], 1))
     dense = torch.cat([F.conv2d(feat, conv.weight, conv.bias, padding=1)[:, 5:].relu(), pha, fgr], 1)
-    ib, rows, cols = torch.tensor([0, 1, 1]), torch.tensor([0, 40, 60]), torch.tensor([0, 10, 44])
-    size, out_size = 14, (74, 58)
+    scale = out_size[0] // 37
+    ib, rows, cols = torch.tensor([0, 1, 1]), torch.tensor([0, 20, 30]) * scale, torch.tensor([0, 5, 22]) * scale
+    size = 14
     with torch.no_grad():
-        coarse = fast._coarse_where_read(low, src, bgr, pha, fgr, ib, rows, cols, out_size, size)
-        crops = _sample_crops(coarse, ib, rows, cols, out_size, size)
-    assert coarse.shape == dense.shape and torch.equal(coarse[:, 32:], dense[:, 32:])
+        store = fast._coarse_where_read(low, src, bgr, pha, fgr, ib, rows, cols, out_size, size)
+        crops = _fetched_crops(store.fetch, (store.h, store.w), ib, rows, cols, out_size, size)
+        sparse = store.dense()
+    assert sparse.shape == dense.shape
     assert torch.allclose(crops, _sample_crops(dense, ib, rows, cols, out_size, size), atol=1e-5)
-    hid = coarse[:, :32]
-    assert float(hid[0, :, 20:, :].abs().max()) == 0  # item 0: only its top-left corner is read
-    assert 0 < int((hid != 0).any(1).sum()) < hid[:, 0].numel()
+    known = (sparse != 0).any(1, keepdim=True)
+    assert torch.allclose(sparse, dense * known, atol=1e-5)  # what is known is right
+    assert not bool(known[0, :, 20:, :].any())  # item 0: only its top-left corner is read
+    assert 0 < int(known.sum()) < known.numel() // 2
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 2, 3), (1, 7, 9, 12), (1, 3, 7, 2), (1, 48, 17, 30)])

@@ -19,9 +19,9 @@ within float rounding (≤ 1e-4 in fp32), by doing less:
   crop per patch at HD), and each patch takes its part of its tile's result.
 * **Hidden channels only where they are read**: the decoder's last convolution (a third of MobileNetV2's base
   network at HD) makes 5 output channels that are needed everywhere (alpha, foreground, error) and 32 hidden ones
-  that only the refiner reads, around the selected patches. The 5 are computed densely; the 32 only on the 8×8
-  blocks of the coarse grid that the refiner's crops touch (about a seventh of them at HD at the paper's
-  settings), each from its window of the conv's input, resampled from the decoder's low-resolution features.
+  that only the refiner reads, around the selected patches. The 5 are computed densely; the 32 only on the 4×4
+  blocks of the coarse grid that the refiner's crops touch, each from its window of the conv's input (resampled
+  from the decoder's low-resolution features), and kept compactly (:class:`_BlockStore`: no coarse-sized map).
 * **Winograd convolutions** (NNPACK) for the decoder's first three 3×3 convs on the CPU: half the time of oneDNN's
   or ONNX Runtime's, at a rounding error of about 1e-5 (:class:`WinogradConv2d`).
 * **The last conv's 5 output channels without the upsampled image**: where the decoder's last upsampling is by
@@ -50,7 +50,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .matting import MattingBase, MattingRefine, _check_pair
 
 TILE = 4  # patches per side of the tiles stage 1 of the refiner runs on
-HID_BLOCK = 8  # side of the blocks of the coarse grid on which the hidden channels are computed
+HID_BLOCK = 4  # side of the blocks of the coarse grid on which the hidden channels are computed
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
     """Fold every eval-mode BatchNorm2d into the Conv2d that feeds it, in place; returns ``module``.
@@ -157,6 +157,9 @@ def _interp_matrix(start: torch.Tensor, size: int, n_in: int, n_out: int, k: int
     return first, m
 
 
+Fetch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def _sample_crops(x: torch.Tensor, ib: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
                   out_size: tuple[int, int], size: int) -> torch.Tensor:
     """Crops of ``x`` ``(B, C, h, w)`` as if it were first resized to ``out_size`` (bilinear, ``align_corners=False``).
@@ -165,17 +168,64 @@ def _sample_crops(x: torch.Tensor, ib: torch.Tensor, rows: torch.Tensor, cols: t
     (``0 <= a, b < size``) of the resized image of batch item ``ib[n]``; pixels outside it are 0 (the refiner's
     zero padding). Only the crops are computed: a small window of ``x`` per crop, resampled by two matrix products.
     """
-    _, _, h, w = x.shape
+    def fetch(ib_, ry, rx):
+        return x.permute(0, 2, 3, 1)[ib_[:, None, None], ry[:, :, None], rx[:, None, :]]
+
+    return _fetched_crops(fetch, tuple(x.shape[2:]), ib, rows, cols, out_size, size)
+
+
+def _fetched_crops(fetch: Fetch, in_size: tuple[int, int], ib: torch.Tensor, rows: torch.Tensor,
+                   cols: torch.Tensor, out_size: tuple[int, int], size: int) -> torch.Tensor:
+    """:func:`_sample_crops` of an image of ``in_size`` ``(h, w)`` that is read through ``fetch(ib, ry, rx)``:
+    ``ry`` ``(N, k_y)`` and ``rx`` ``(N, k_x)`` are pixel rows and columns (inside the image) of item ``ib`` ``(N,)``;
+    it returns their ``(N, k_y, k_x, C)`` values. An axis that is not resized is cropped without resampling."""
+    h, w = in_size
+    device = ib.device
+    if (h, w) == tuple(out_size):  # no resizing: the crops themselves, zero outside the image
+        off = torch.arange(size, device=device)
+        ry, rx = rows[:, None] + off, cols[:, None] + off
+        inside = ((ry >= 0) & (ry < h))[:, :, None] & ((rx >= 0) & (rx < w))[:, None, :]
+        win = fetch(ib, ry.clamp(0, h - 1), rx.clamp(0, w - 1))
+        return (win * inside[..., None].to(win.dtype)).permute(0, 3, 1, 2)
     k_y, k_x = _window_len(size, h, out_size[0]), _window_len(size, w, out_size[1])
     y0, my = _interp_matrix(rows, size, h, out_size[0], k_y)
     x0, mx = _interp_matrix(cols, size, w, out_size[1], k_x)
-    ry = (y0[:, None] + torch.arange(k_y, device=x.device)).clamp(max=h - 1)
-    rx = (x0[:, None] + torch.arange(k_x, device=x.device)).clamp(max=w - 1)
-    win = x.permute(0, 2, 3, 1)[ib[:, None, None], ry[:, :, None], rx[:, None, :]]  # (N, k_y, k_x, C)
+    ry = (y0[:, None] + torch.arange(k_y, device=device)).clamp(max=h - 1)
+    rx = (x0[:, None] + torch.arange(k_x, device=device)).clamp(max=w - 1)
+    win = fetch(ib, ry, rx)  # (N, k_y, k_x, C)
     n, c = win.shape[0], win.shape[3]
     t = torch.bmm(my.to(win.dtype), win.reshape(n, k_y, k_x * c)).view(n, size, k_x, c)  # rows resampled
     out = torch.matmul(mx.to(win.dtype)[:, None], t)  # (N, size, size, C): columns resampled
     return out.permute(0, 3, 1, 2)
+
+
+class _BlockStore:
+    """An image ``(B, C, h, w)`` of which only some ``bs × bs`` blocks are known, stored compactly.
+
+    ``blocks`` ``(nb, bs, bs, C)`` are the blocks ``(b_ib, b_y, b_x)`` (block rows and columns); reading any
+    other block gives zeros. ``fetch`` reads pixels as :func:`_fetched_crops` asks.
+    """
+
+    def __init__(self, blocks: torch.Tensor, b_ib: torch.Tensor, b_y: torch.Tensor, b_x: torch.Tensor,
+                 image_size: tuple[int, int, int]):
+        B, self.h, self.w = image_size
+        self.bs = blocks.shape[1]
+        nby, nbx = -(-self.h // self.bs), -(-self.w // self.bs)
+        self.store = torch.cat([blocks.new_zeros(1, *blocks.shape[1:]), blocks])  # block 0: zeros
+        self.table = torch.zeros(B, nby, nbx, dtype=torch.long, device=blocks.device)
+        self.table[b_ib, b_y, b_x] = torch.arange(1, blocks.shape[0] + 1, device=blocks.device)
+
+    def fetch(self, ib: torch.Tensor, ry: torch.Tensor, rx: torch.Tensor) -> torch.Tensor:
+        bs = self.bs
+        ry, rx = ry[:, :, None], rx[:, None, :]
+        return self.store[self.table[ib[:, None, None], ry // bs, rx // bs], ry % bs, rx % bs]
+
+    def dense(self) -> torch.Tensor:
+        """The whole image ``(B, C, h, w)``, zeros where no block is known (for tests)."""
+        B, nby, nbx = self.table.shape
+        img = self.store[self.table]  # (B, nby, nbx, bs, bs, C)
+        img = img.permute(0, 5, 1, 3, 2, 4).reshape(B, -1, nby * self.bs, nbx * self.bs)
+        return img[:, :, :self.h, :self.w]
 
 
 def _windows(src: torch.Tensor, bgr: torch.Tensor, ib: torch.Tensor, top: torch.Tensor,
@@ -391,12 +441,12 @@ class FastMatting(nn.Module):
         s1 = 2 * tile + 2 * bh
         c_rows, c_cols, half = 2 * t_rows - bh, 2 * t_cols - bh, (H // 2, W // 2)
         if self.sparse_hid:  # hid holds the decoder's low features: compute the hidden channels the crops read
-            coarse = self._coarse_where_read(hid, *small, pha, fgr, t_ib, c_rows, c_cols, half, s1)
+            store = self._coarse_where_read(hid, *small, pha, fgr, t_ib, c_rows, c_cols, half, s1)
+            crops = _fetched_crops(store.fetch, (store.h, store.w), t_ib, c_rows, c_cols, half, s1)
         else:
-            coarse = torch.cat([hid, pha, fgr], dim=1)
+            crops = _sample_crops(torch.cat([hid, pha, fgr], dim=1), t_ib, c_rows, c_cols, half, s1)
         win = _windows(src, bgr, t_ib, 4 * t_rows - 2 * bh, 4 * t_cols - 2 * bh, 2 * s1)
-        x = torch.cat([_sample_crops(coarse, t_ib, c_rows, c_cols, half, s1),
-                       F.avg_pool2d(win, 2).to(coarse.dtype)], dim=1)
+        x = torch.cat([crops, F.avg_pool2d(win, 2).to(crops.dtype)], dim=1)
         x = r._stage1(x)  # (Nt, 16, so, so): half-resolution pixels from 2 * t_rows - bh + (2 if k3 else 0)
         # stage 2 on the tiles too: each patch's stage-2 input is its part of the tile's (every patch's crop
         # holds the same stage-1 values as the tile there), so the tile's result holds every patch's result
@@ -409,10 +459,10 @@ class FastMatting(nn.Module):
         dr, dc = rows - t_rows[inv], cols - t_cols[inv]
         return out.view(out.shape[0], out.shape[1], tile, 4, tile, 4)[inv, :, dr, :, dc, :]
 
-    def _coarse_where_read(self, low, src, bgr, pha, fgr, ib, rows, cols, out_size, size) -> torch.Tensor:
-        """``[hid, pha, fgr]`` ``(B, 36, h, w)`` (channels-last memory) for the crops of :func:`_sample_crops`
-        (same ``ib, rows, cols, out_size, size``), with the hidden channels ``relu(conv4(feat))[:, 5:]`` computed
-        only on the :data:`HID_BLOCK` blocks that the crops read (zero elsewhere).
+    def _coarse_where_read(self, low, src, bgr, pha, fgr, ib, rows, cols, out_size, size) -> _BlockStore:
+        """``[hid, pha, fgr]`` (36 channels at the size of ``src``) on the :data:`HID_BLOCK` blocks that the crops
+        of :func:`_sample_crops` (same ``ib, rows, cols, out_size, size``) read, with the hidden channels
+        ``relu(conv4(feat))[:, 5:]`` computed there only.
 
         ``feat``, the last conv's input, is ``[upsample(low), src, bgr]`` (see :meth:`coarse`); each block's
         window of it is made by :func:`_sample_crops` and :func:`_windows`, so ``feat`` is never made whole.
@@ -424,9 +474,12 @@ class FastMatting(nn.Module):
         mark = torch.zeros(B, nby, nbx, dtype=torch.bool, device=src.device)
         spans = []
         for start, n_in, n_out in ((rows, h, out_size[0]), (cols, w, out_size[1])):
-            k = _window_len(size, n_in, n_out)
-            first = _source_pos(start, n_in, n_out).floor().long().clamp(max=n_in - 1)  # as in _interp_matrix
-            last = (first + k - 1).clamp(max=n_in - 1)
+            if n_in == n_out:  # _fetched_crops reads the crop itself (clamped to the image)
+                k, first, last = size, start.clamp(0, n_in - 1), (start + size - 1).clamp(0, n_in - 1)
+            else:  # the window that _interp_matrix resamples
+                k = _window_len(size, n_in, n_out)
+                first = _source_pos(start, n_in, n_out).floor().long().clamp(max=n_in - 1)
+                last = (first + k - 1).clamp(max=n_in - 1)
             spans.append([torch.minimum(first // bs + d, last // bs) for d in range((k - 1) // bs + 2)])
         for by in spans[0]:
             for bx in spans[1]:
@@ -435,9 +488,8 @@ class FastMatting(nn.Module):
         top, left = b_y * bs - 1, b_x * bs - 1  # the conv's 3x3 windows: one pixel of (zero) padding around
         win = torch.cat([_sample_crops(low, b_ib, top, left, (h, w), bs + 2),
                          _windows(src, bgr, b_ib, top, left, bs + 2).to(low.dtype)], dim=1)
-        blocks = F.conv2d(win, conv.weight[5:].to(win.dtype), conv.bias[5:].to(win.dtype)).relu_()
-        n_hid = blocks.shape[1]
-        out = pha.new_zeros(B, nby * bs, nbx * bs, n_hid + 4)  # channels last
-        out.view(B, nby, bs, nbx, bs, -1)[b_ib, b_y, :, b_x, :, :n_hid] = blocks.permute(0, 2, 3, 1).to(out.dtype)
-        out[:, :h, :w, n_hid:] = torch.cat([pha, fgr.to(pha.dtype)], dim=1).permute(0, 2, 3, 1)
-        return out[:, :h, :w].permute(0, 3, 1, 2)
+        hid = F.conv2d(win, conv.weight[5:].to(win.dtype), conv.bias[5:].to(win.dtype)).relu_()
+        pf = F.pad(torch.cat([pha, fgr.to(pha.dtype)], dim=1), (0, nbx * bs - w, 0, nby * bs - h))
+        pf = pf.view(B, -1, nby, bs, nbx, bs)[b_ib, :, b_y, :, b_x, :]  # (nb, 4, bs, bs)
+        blocks = torch.cat([hid.to(pf.dtype), pf], dim=1).permute(0, 2, 3, 1)  # (nb, bs, bs, 36)
+        return _BlockStore(blocks, b_ib, b_y, b_x, (B, h, w))
