@@ -13,7 +13,8 @@ within float rounding (≤ 1e-4 in fp32), by doing less:
     exactly 2 with ``align_corners=False`` *is* the 2×2 mean), and the stage-2 crops are parts of the same windows;
   - the 1/2-resolution coarse crops are resampled from a small window of the coarse maps by two small matrix
     products (the bilinear weights ``F.interpolate`` uses, clamped at the border as it does);
-  - refined patches are written in place into the upsampled coarse result.
+  - refined patches are written in place into the upsampled coarse result; on CUDA, one Triton kernel upsamples,
+    pastes, clamps and adds ``src`` in a single pass (:mod:`bgmatting.models.compose`).
 * **The refiner on tiles**: selected patches cluster along the subject's outline and their crops overlap, so
   both stages run densely on 4×4-patch tiles that hold any selected patch (stage 1: about half the work of one
   crop per patch at HD), and each patch takes its part of its tile's result.
@@ -47,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .compose import compose
 from .matting import MattingBase, MattingRefine, _check_pair
 
 TILE = 4  # patches per side of the tiles stage 1 of the refiner runs on
@@ -398,22 +400,15 @@ class FastMatting(nn.Module):
 
     def _refine(self, src, bgr, pha, fgr, err, hid, small):
         r = self.net.refiner
-        B, _, H, W = src.shape
+        H, W = src.shape[2:]
         if r.mode == "full":  # dense: nothing to skip
             pha, fgr, ref = r(src, bgr, pha, fgr, err, hid)
             return pha.clamp_(0.0, 1.0), (fgr + src).clamp_(0.0, 1.0), ref
         err4 = F.interpolate(err, size=(H // 4, W // 4), mode="bilinear", align_corners=False)
         ib, rows, cols, valid, ref = self._select(err4)
-        out = F.interpolate(torch.cat([pha, fgr], dim=1), size=(H, W), mode="bilinear", align_corners=False)
-        if ib.shape[0] > 0:
-            patches = self._refine_patches(src, bgr, hid, pha, fgr, ib, rows, cols, small)
-            grid = out.view(B, 4, H // 4, 4, W // 4, 4)
-            if valid is not None:  # static mode: patches with zero error keep the coarse values
-                keep = grid[ib, :, rows, :, cols, :]
-                patches = torch.where(valid[:, None, None, None], patches.to(keep.dtype), keep)
-            grid[ib, :, rows, :, cols, :] = patches.to(grid.dtype)
-        pha_out = out[:, :1].clamp_(0.0, 1.0)
-        fgr_out = (out[:, 1:] + src).clamp_(0.0, 1.0)
+        patches = self._refine_patches(src, bgr, hid, pha, fgr, ib, rows, cols, small) if ib.shape[0] else None
+        # static mode: patches with zero error (not valid) keep the coarse values
+        pha_out, fgr_out = compose(torch.cat([pha, fgr], dim=1), src, patches, ib, rows, cols, valid)
         return pha_out, fgr_out, ref
 
     def _refine_patches(self, src, bgr, hid, pha, fgr, ib, rows, cols, small) -> torch.Tensor:
