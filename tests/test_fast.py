@@ -10,7 +10,7 @@ from bgmatting import BgMattingError, MattingBase, MattingRefine
 from bgmatting.backends import make_runner, onnxruntime_available, resolve_backend
 from bgmatting.models import BACKBONES
 from bgmatting.models.fast import (FastMatting, WinogradConv2d, _fetched_crops, _sample_crops, fold_batchnorm,
-                                   nnpack_available, up2_conv3x3)
+                                   nearest2_polyphase, nnpack_available, up2_conv3x3)
 from bgmatting.models.refiner import crop_patches
 from conftest import randomize_
 
@@ -135,6 +135,16 @@ def test_up2_conv3x3_equals_upsample_then_conv(shape, rng):
         got = up2_conv3x3(x, weight)
     assert got.shape == expected.shape
     assert float((got.double() - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+
+
+@pytest.mark.parametrize("size", (4, 10))
+def test_nearest2_polyphase_equals_nearest_upsample_then_valid_conv(size, rng):
+    x = torch.rand(3, 16, size, size, generator=rng)
+    weight = torch.randn(12, 16, 3, 3, generator=rng)
+    expected = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), weight)
+    got = F.pixel_shuffle(F.conv2d(x, nearest2_polyphase(weight)), 2)
+    assert got.shape == expected.shape == (3, 12, 2 * size - 2, 2 * size - 2)
+    assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_fast_matting_computes_the_last_conv_at_low_resolution_where_it_can(rng, monkeypatch):

@@ -17,7 +17,9 @@ within float rounding (≤ 1e-4 in fp32), by doing less:
     pastes, clamps and adds ``src`` in a single pass (:mod:`bgmatting.models.compose`).
 * **The refiner on tiles**: selected patches cluster along the subject's outline and their crops overlap, so
   both stages run densely on 4×4-patch tiles that hold any selected patch (stage 1: about half the work of one
-  crop per patch at HD), and each patch takes its part of its tile's result.
+  crop per patch at HD), and each patch takes its part of its tile's result. Stage 2's first conv reads stage 1's
+  output upsampled ×2 (nearest): it is computed as one 2×2 conv per output phase at half resolution
+  (:func:`nearest2_polyphase`), with no upsampled copy.
 * **Hidden channels only where they are read**: the decoder's last convolution (a third of MobileNetV2's base
   network at HD) makes 5 output channels that are needed everywhere (alpha, foreground, error) and 32 hidden ones
   that only the refiner reads, around the selected patches. The 5 are computed densely; the 32 only on the 4×4
@@ -118,6 +120,20 @@ def up2_conv3x3(x: torch.Tensor, weight: torch.Tensor, polyphase: torch.Tensor |
         strip[:, :, :, frame_col] = up[..., 0 if out_col == 0 else 3]
         out[:, :, 1:H - 1, out_col:out_col + 1] -= F.conv2d(strip, wt)  # rows 0 and H-1 were done above
     return out
+
+
+# Nearest 2x upsampling seen from a 3x3 conv on its output: for output phase a, _NEAREST2_TAPS[a][d, e] says
+# whether tap d (row 2i + a + d - 1 of the upsampled image) reads input row i + e.
+_NEAREST2_TAPS = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]],
+                               [[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]], dtype=torch.float64)
+
+
+def nearest2_polyphase(weight: torch.Tensor) -> torch.Tensor:
+    """``(4 C_out, C_in, 2, 2)``: a valid 3×3 conv by ``weight`` of an image upsampled ×2 (nearest) is
+    ``pixel_shuffle(conv2d(image, this), 2)``, one 2×2 conv per output phase (channel ``4 o + 2 a + b``)."""
+    taps = _NEAREST2_TAPS.to(weight.device)
+    k = torch.einsum("ade,bgf,ocdg->oabcef", taps, taps, weight.to(torch.float64))
+    return k.reshape(-1, weight.shape[1], 2, 2).to(weight.dtype)
 
 
 def up2_polyphase(weight: torch.Tensor) -> torch.Tensor:
@@ -329,6 +345,11 @@ class FastMatting(nn.Module):
         conv4 = self.net.decoder.conv4
         n_low = conv4.in_channels - self.net.backbone.channels[-1]
         self.register_buffer("_out_polyphase", up2_polyphase(conv4.weight[:5, :n_low].detach()), persistent=False)
+        if self.is_refine and self.net.refiner.kernel_size == 3:
+            c3 = self.net.refiner.conv3
+            n_x = c3.in_channels - 6  # stage 1's channels; the last 6 are [src, bgr]
+            self.register_buffer("_stage2_polyphase", nearest2_polyphase(c3.weight[:, :n_x].detach()),
+                                 persistent=False)
 
     @property
     def refiner(self):
@@ -446,9 +467,14 @@ class FastMatting(nn.Module):
         # stage 2 on the tiles too: each patch's stage-2 input is its part of the tile's (every patch's crop
         # holds the same stage-1 values as the tile there), so the tile's result holds every patch's result
         so, o = x.shape[-1], (4 if k3 else 0)  # full-resolution pixels from 4 * t_rows - 2 * bh + o
-        x = torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"),
-                       win[:, :, o:o + 2 * so, o:o + 2 * so].to(x.dtype)], dim=1)
-        out = r._stage2(x)  # (Nt, 4, 4 * tile, 4 * tile): the tile's patches
+        y = win[:, :, o:o + 2 * so, o:o + 2 * so].to(x.dtype)
+        if k3:  # conv3 of the nearest-upsampled stage-1 output: one 2x2 conv per output phase, at half resolution
+            c3 = r.conv3
+            z = F.pixel_shuffle(F.conv2d(x, self._stage2_polyphase.to(x.dtype)), 2)
+            z = z + F.conv2d(y, c3.weight[:, x.shape[1]:].to(x.dtype), c3.bias.to(x.dtype))
+            out = r.conv4(r.relu(z))  # (Nt, 4, 4 * tile, 4 * tile): the tile's patches (bn3 is folded)
+        else:
+            out = r._stage2(torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), y], dim=1))
         if inv is None:
             return out
         dr, dc = rows - t_rows[inv], cols - t_cols[inv]
