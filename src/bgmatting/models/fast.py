@@ -131,17 +131,21 @@ _NEAREST2_TAPS = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]],
 def nearest2_polyphase(weight: torch.Tensor) -> torch.Tensor:
     """``(4 C_out, C_in, 2, 2)``: a valid 3×3 conv by ``weight`` of an image upsampled ×2 (nearest) is
     ``pixel_shuffle(conv2d(image, this), 2)``, one 2×2 conv per output phase (channel ``4 o + 2 a + b``)."""
-    taps = _NEAREST2_TAPS.to(weight.device)
-    k = torch.einsum("ade,bgf,ocdg->oabcef", taps, taps, weight.to(torch.float64))
-    return k.reshape(-1, weight.shape[1], 2, 2).to(weight.dtype)
+    return _polyphase(weight, _NEAREST2_TAPS)
 
 
 def up2_polyphase(weight: torch.Tensor) -> torch.Tensor:
     """The weight of :func:`up2_conv3x3`'s conv: ``(4 C_out, C_in, 3, 3)``, channel ``4 o + 2 a + b`` for output
     channel ``o`` at row phase ``a`` and column phase ``b`` (the order ``pixel_shuffle`` reads)."""
-    taps = _UP2_TAPS.to(weight.device)
-    k = torch.einsum("ade,bgf,ocdg->oabcef", taps, taps, weight.to(torch.float64))
-    return k.reshape(-1, weight.shape[1], 3, 3).to(weight.dtype)
+    return _polyphase(weight, _UP2_TAPS)
+
+
+def _polyphase(weight: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """The per-phase kernels of a 3×3 ``weight`` applied after an upsampling ×2 whose rows are ``taps``
+    ``(2, 3, k)`` (phase, conv tap, input offset), as one ``(4 C_out, C_in, k, k)`` weight for ``pixel_shuffle``."""
+    t = taps.to(weight.device)
+    k = torch.einsum("ade,bgf,ocdg->oabcef", t, t, weight.to(torch.float64))
+    return k.reshape(-1, weight.shape[1], t.shape[2], t.shape[2]).to(weight.dtype)
 
 
 def _window_len(size: int, n_in: int, n_out: int) -> int:
