@@ -179,6 +179,23 @@ def test_winograd_conv_equals_conv_and_serves_the_decoder(rng):
         WinogradConv2d.from_conv(torch.nn.Conv2d(4, 4, 1))
 
 
+def test_winograd_conv_falls_back_to_onednn_if_nnpack_fails(rng, monkeypatch):
+    from bgmatting.models import fast as fast_module
+
+    def broken(*args):
+        raise RuntimeError("NNPACK SpatialConvolution_updateOutput failed")
+
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", broken)
+    monkeypatch.setattr(fast_module, "nnpack_available", lambda: True)
+    monkeypatch.setattr(fast_module, "_nnpack_failed", False)
+    x, w, b = torch.rand(1, 8, 9, 9, generator=rng), torch.rand(4, 8, 3, 3, generator=rng), torch.rand(4, generator=rng)
+    with torch.no_grad(), pytest.warns(UserWarning, match="NNPACK failed"):
+        got = fast_module.winograd_conv(x, w, b, (1, 1))
+    assert torch.allclose(got, F.conv2d(x, w, b, padding=1)) and fast_module._nnpack_failed
+    with torch.no_grad():  # no second try, no second warning
+        assert torch.allclose(fast_module.winograd_conv(x, w, b, (1, 1)), F.conv2d(x, w, b, padding=1))
+
+
 @pytest.mark.parametrize("preset", (None, "ACTIVE"))
 def test_import_asks_openmp_not_to_spin_unless_told_otherwise(preset):
     import os

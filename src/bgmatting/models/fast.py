@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -99,8 +100,7 @@ def up2_conv3x3(x: torch.Tensor, weight: torch.Tensor, polyphase: torch.Tensor |
     if polyphase is None:
         polyphase = up2_polyphase(weight)
     xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    conv = WinogradConv2d.run if WinogradConv2d.usable(xp, polyphase) else F.conv2d
-    out = F.pixel_shuffle(conv(xp, polyphase.to(xp.dtype)), 2)  # (B, C_out, 2h, 2w), borders still wrong
+    out = F.pixel_shuffle(winograd_conv(xp, polyphase.to(xp.dtype)), 2)  # (B, C_out, 2h, 2w), borders still wrong
     H, W = 2 * h, 2 * w
     wt = weight.to(x.dtype)
     # The conv read an upsampled image extended by edge replication: frame[m, n] = up[clamp(m), clamp(n)].
@@ -292,23 +292,27 @@ class WinogradConv2d(nn.Conv2d):
             new.bias.copy_(conv.bias if conv.bias is not None else torch.zeros_like(new.bias))
         return new
 
-    @staticmethod
-    def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-        """Whether NNPACK can compute a conv of ``x`` by ``weight`` (CPU, fp32, inference)."""
-        return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-                and not torch.is_grad_enabled() and nnpack_available())
-
-    @staticmethod
-    def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding=(0, 0)) -> torch.Tensor:
-        """NNPACK's 3×3 conv (stride 1); what ``F.conv2d`` computes, within float rounding."""
-        if bias is None:
-            bias = x.new_zeros(weight.shape[0])
-        return torch._nnpack_spatial_convolution(x.contiguous(), weight.contiguous(), bias, list(padding))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.usable(x, self.weight):
-            return self.run(x, self.weight, self.bias, self.padding)
-        return super().forward(x)
+        return winograd_conv(x, self.weight, self.bias, self.padding)
+
+
+_nnpack_failed = False  # set when NNPACK raised once: from then on oneDNN computes these convs
+
+
+def winograd_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  padding=(0, 0)) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=padding)`` (3×3, stride 1) by NNPACK's Winograd convolution where it
+    can run (CPU, fp32, inference); elsewhere, or if NNPACK fails (a warning, once), by ``F.conv2d``."""
+    global _nnpack_failed
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and not torch.is_grad_enabled() and not _nnpack_failed and nnpack_available()):
+        b = bias if bias is not None else x.new_zeros(weight.shape[0])
+        try:
+            return torch._nnpack_spatial_convolution(x.contiguous(), weight.contiguous(), b, list(padding))
+        except RuntimeError as e:
+            _nnpack_failed = True
+            warnings.warn(f"NNPACK failed ({e}); using oneDNN's convolutions instead", stacklevel=2)
+    return F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), padding=tuple(padding))
 
 
 EncoderFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
