@@ -70,3 +70,20 @@ def test_run_bench_compares_with_a_given_alpha():
         expected = float(model(src, bgr)[0].abs().max())
     assert [r.max_diff for r in rows] == pytest.approx([expected, expected], abs=1e-4)
     assert math.isnan(rows[0].speedup) and rows[1].speedup > 0
+
+
+def test_runners_are_timed_in_interleaved_rotating_rounds():
+    from bgmatting.bench import time_runners
+
+    log = []
+
+    def runner(name):
+        def run(src, bgr):
+            log.append(name)
+            return (src,)
+        return run
+
+    src = torch.zeros(1, 3, 4, 4)
+    timed = time_runners([runner("a"), runner("b"), runner("c")], src, src, "fp32", frames=3, warmup=1)
+    assert log == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]  # warm-ups alone, then the rounds
+    assert len(timed) == 3 and all(ms >= 0 and peak is None and out[0] is src for ms, peak, out in timed)

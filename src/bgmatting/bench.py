@@ -6,7 +6,8 @@ the same alpha as the reference, and returns :class:`BenchRow` s; :func:`format_
 ``bgmatting bench`` is the command-line front end.
 
 Inputs are the shipped example pair resized to the benchmark resolution, so the refiner selects patches along a
-real subject's outline, as it does on real footage.
+real subject's outline, as it does on real footage. The runners are timed in interleaved rounds
+(:func:`time_runners`), so that a drift in the machine's speed does not favour one of them.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ RESOLUTIONS = {"hd": ((1080, 1920), 1 / 4, 80_000), "4k": ((2160, 3840), 1 / 8, 
 
 @dataclass
 class BenchRow:
-    """One measured configuration. ``ms`` is the median time per frame; ``max_diff`` the largest alpha
-    difference from the reference row (``nan`` for the reference itself); ``speedup`` = reference ms / ms."""
+    """One measured configuration. ``ms`` is the median time per frame; ``peak_mb`` the CUDA memory a call
+    needs beyond the weights (``None`` on the CPU); ``max_diff`` the largest alpha difference from the reference
+    row (``nan`` for the reference itself); ``speedup`` = reference ms / ms."""
 
     backbone: str
     size: tuple[int, int]
@@ -85,28 +87,46 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_runner(run: Callable, src: torch.Tensor, bgr: torch.Tensor, precision: str, frames: int,
-                warmup: int) -> tuple[float, float | None, tuple]:
-    """Median milliseconds per call of ``run(src, bgr)`` over ``frames`` calls after ``warmup`` ones.
+def _call_ms(run: Callable, src: torch.Tensor, bgr: torch.Tensor) -> tuple[float, tuple]:
+    """Milliseconds of one call of ``run(src, bgr)`` (the device synchronised around it) and its outputs."""
+    _sync(src.device)
+    t0 = time.perf_counter()
+    out = run(src, bgr)
+    _sync(src.device)
+    return (time.perf_counter() - t0) * 1000.0, out
 
-    Returns ``(ms, peak_mb, outputs)``: peak CUDA memory (``None`` on the CPU) and the outputs of the last call.
+
+def time_runners(runs: Sequence[Callable], src: torch.Tensor, bgr: torch.Tensor, precision: str, frames: int,
+                 warmup: int) -> list[tuple[float, float | None, tuple]]:
+    """Median milliseconds per call of each ``run(src, bgr)``, timed in interleaved rounds.
+
+    Each runner is first warmed up alone (``warmup`` calls, at least one), which measures its peak CUDA memory:
+    the most it allocated beyond what was allocated before it started (its weights and the other runners' are
+    not counted; its CUDA graphs' memory is). Then ``frames`` rounds call every runner once each, in an order that
+    rotates from round to round, so that a machine whose speed drifts (other jobs, clocks) slows them all alike
+    and their ratios stay fair. Returns ``(ms, peak_mb, outputs)`` per runner: peak is ``None`` on the CPU,
+    outputs those of the last call.
     """
     device = src.device
     dtype = PRECISIONS[precision]
-    times = []
+    peaks, outs, times = [], [], [[] for _ in runs]
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        for i in range(warmup + frames):
-            _sync(device)
-            t0 = time.perf_counter()
-            out = run(src, bgr)
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
-    return statistics.median(times) * 1000.0, peak, out
+        for run in runs:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+                before = torch.cuda.memory_allocated(device)
+            for _ in range(max(warmup, 1)):
+                out = _call_ms(run, src, bgr)[1]
+            cuda = device.type == "cuda"
+            peaks.append((torch.cuda.max_memory_allocated(device) - before) / 2 ** 20 if cuda else None)
+            outs.append(out)
+        for r in range(frames):
+            for k in range(len(runs)):
+                i = (r + k) % len(runs)
+                ms, outs[i] = _call_ms(runs[i], src, bgr)
+                times[i].append(ms)
+    return [(statistics.median(t), peak, out) for t, peak, out in zip(times, peaks, outs)]
 
 
 def run_bench(model: MattingBase, size: tuple[int, int], backends: Sequence[str], *, device: torch.device,
@@ -132,13 +152,14 @@ def run_bench(model: MattingBase, size: tuple[int, int], backends: Sequence[str]
     mode = model.refiner.mode if isinstance(model, MattingRefine) else "base"
     rows: list[BenchRow] = []
     base_pha = None
-    candidates = [(name, lambda n=name, f=fn: (n, f)) for name, fn in (references or {}).items()]
-    candidates += [(name, lambda n=name: make_runner(model, n, device, precision)) for name in backends]
-    for label, build in candidates:
-        if progress:
-            progress(f"{label} {size[1]}x{size[0]} {precision} batch {batch}")
-        name, run = build()
-        ms, peak, out = time_runner(run, src, bgr, precision, frames, warmup)
+    runners = list((references or {}).items())
+    for name in backends:
+        runners.append(make_runner(model, name, device, precision))
+    if progress:
+        progress(f"{', '.join(n for n, _ in runners)}: {size[1]}x{size[0]} {precision} batch {batch}, "
+                 f"{frames} interleaved rounds")
+    timed = time_runners([run for _, run in runners], src, bgr, precision, frames, warmup)
+    for (name, _), (ms, peak, out) in zip(runners, timed):
         refined = int(out[5].float().sum()) * 16 // batch if isinstance(model, MattingRefine) else 0
         row = BenchRow(model.backbone_name, size, mode, precision, batch, name, ms / batch, peak, refined)
         pha = out[0].float()
@@ -154,7 +175,6 @@ def run_bench(model: MattingBase, size: tuple[int, int], backends: Sequence[str]
         elif not first:
             row.max_diff = float((pha - base_pha).abs().max())
         rows.append(row)
-        del run, out
     return rows
 
 
