@@ -329,8 +329,8 @@ class FastMatting(nn.Module):
             (what ``MattingBase._encode`` computes, less ``x0``), e.g. an ONNX Runtime session.
         sparse_hid: compute the hidden channels only where the refiner reads them. Used when the patches are
             chosen per frame (sampling or thresholding mode, not ``static``); :attr:`sparse_hid` says whether.
-        winograd: compute the decoder's first three convolutions with :class:`WinogradConv2d` (NNPACK) where
-            it is available (CPU, fp32); ``False`` keeps oneDNN's.
+        winograd: compute the decoder's first three convolutions with :class:`WinogradConv2d` (NNPACK) when
+            the model is on the CPU and NNPACK is available; ``False`` keeps oneDNN's.
     """
 
     def __init__(self, model: MattingBase, static: bool = False, channels_last: bool = True,
@@ -344,7 +344,8 @@ class FastMatting(nn.Module):
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.winograd = winograd and nnpack_available()
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        self.winograd = winograd and on_cpu and nnpack_available()  # on CUDA the convs stay cuDNN's
         if self.winograd:
             dec = self.net.decoder
             dec.conv1, dec.conv2, dec.conv3 = (WinogradConv2d.from_conv(c) for c in (dec.conv1, dec.conv2, dec.conv3))
