@@ -57,3 +57,15 @@ def test_compose_picks_pytorch_on_the_cpu_and_pastes_only_valid_patches(monkeypa
     assert torch.allclose(fgr[0, :, 4:, 4:], (0.5 + src[0, :, 4:, 4:]).clamp(0, 1))
     monkeypatch.setenv("BGMATTING_TRITON", "0")
     assert not triton_usable(src)
+
+
+def test_compose_benchmark_runs_the_pytorch_route_on_the_cpu():
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "compose.py"
+    out = subprocess.run([sys.executable, str(script), "--device", "cpu", "--resolutions", "64x48",
+                          "--frames", "1", "--warmup", "0"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| 64x48")]
+    assert len(rows) == 1 and "| pytorch |" in rows[0] and "| 192 |" in rows[0]  # 12 patches of 16 px
+    assert "CUDA only" in out.stderr

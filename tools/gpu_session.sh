@@ -5,7 +5,8 @@
 #
 #   check  the CUDA tests (tests/test_cuda.py) and the backends' parity tests
 #   bench  benchmarks/speed.py --device cuda --save: HD and 4K, fp32 and fp16, MobileNetV2 and ResNet-50,
-#          the original implementation first in each block (its wheel must travel in .whl/)
+#          the original implementation first in each block (its wheel must travel in .whl/); then
+#          benchmarks/compose.py: the full-resolution composition, PyTorch against the Triton kernel
 #   train  configs/gpu_refine.toml for TRAIN_MINUTES minutes; the weights come back as fp16 safetensors
 #   eval   the held-out accuracy of the new weights next to the shipped ones, and the example pair matted
 #
@@ -54,6 +55,8 @@ for step in "${steps[@]}"; do
             for f in benchmarks/results/*.md; do
                 grep -qxF "$(basename "$f")" <<<"$before" || cp "$f" "$OUT/bench.md"
             done
+            echo "composition (upsample, paste, clamp): PyTorch against the Triton kernel" | tee -a "$OUT/bench.md"
+            $PY benchmarks/compose.py --device "$DEVICE" | tee -a "$OUT/bench.md" || status=1
         else
             echo "the original implementation is not importable: carry its wheel in .whl/ (tools/README.md)"
             $PY -m bgmatting bench --device "$DEVICE" --resolution hd,4k --precision fp32,fp16 \

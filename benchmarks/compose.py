@@ -1,0 +1,85 @@
+"""Speed of the refiner's last step, the full-resolution composition: PyTorch's four passes against the one-pass
+Triton kernel (:mod:`bgmatting.models.compose`), at the paper's settings.
+
+    python benchmarks/compose.py --device cuda          # HD (80 000 refined pixels) and 4K (320 000)
+    python benchmarks/compose.py --device cpu           # the PyTorch route only (the kernel needs CUDA)
+
+Both routes get the same inputs: coarse maps at the backbone scale, random patches at random cells (valid in
+sampling mode's static form, with a quarter of them marked invalid as zero-error patches are). Prints a table with
+the median time of each and the largest difference between their outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from bgmatting.bench import RESOLUTIONS, parse_resolution
+from bgmatting.models.compose import compose_torch, compose_triton, triton
+from bgmatting.pipeline import resolve_device
+
+
+def inputs(size: tuple[int, int], scale: float, pixels: int, device: torch.device, seed: int = 0):
+    """Coarse maps, ``src``, patches and their cells for one frame of ``size`` ``(H, W)``."""
+    g = torch.Generator().manual_seed(seed)
+    H, W = size
+    h, w = int(H * scale), int(W * scale)
+    n = min(pixels // 16, (H // 4) * (W // 4))
+    cells = torch.randperm((H // 4) * (W // 4), generator=g)[:n]
+    tensors = dict(coarse=torch.rand(1, 4, h, w, generator=g) * 1.4 - 0.2, src=torch.rand(1, 3, H, W, generator=g),
+                   patches=torch.rand(n, 4, 4, 4, generator=g), ib=torch.zeros(n, dtype=torch.long),
+                   rows=cells // (W // 4), cols=cells % (W // 4), valid=torch.rand(n, generator=g) > 0.25)
+    return {k: v.to(device) for k, v in tensors.items()}
+
+
+def time_ms(fn, args: dict, device: torch.device, frames: int, warmup: int) -> tuple[float, tuple]:
+    times = []
+    for i in range(warmup + frames):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        out = fn(args["coarse"].clone(), args["src"], args["patches"], args["ib"], args["rows"], args["cols"],
+                 args["valid"])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--resolutions", default="hd,4k", help="hd, 4k or WxH, comma-separated")
+    p.add_argument("--frames", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    routes = [("pytorch", compose_torch)]
+    if device.type == "cuda" and triton is not None:
+        routes.append(("triton", compose_triton))
+    else:
+        print("(the Triton kernel runs on CUDA only: timing the PyTorch route alone)", file=sys.stderr)
+    print("| resolution | refined px | route | ms | max diff | speed-up |")
+    print("|---|---|---|---|---|---|")
+    with torch.inference_mode():
+        for res in args.resolutions.split(","):
+            size = parse_resolution(res)
+            _, scale, pixels = RESOLUTIONS.get(res.strip().lower(), (None, 1 / 4, 80_000))
+            data = inputs(size, scale, pixels, device)
+            base_ms, base_out = None, None
+            for name, fn in routes:
+                ms, out = time_ms(fn, data, device, args.frames, args.warmup)
+                diff = "-" if base_out is None else f"{max(float((a - b).abs().max()) for a, b in zip(out, base_out)):.1e}"
+                speedup = "1.00x" if base_ms is None else f"{base_ms / ms:.2f}x"
+                if base_ms is None:
+                    base_ms, base_out = ms, out
+                print(f"| {size[1]}x{size[0]} | {len(data['ib']) * 16} | {name} | {ms:.3f} | {diff} | {speedup} |")
+
+
+if __name__ == "__main__":
+    main()
