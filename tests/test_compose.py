@@ -67,5 +67,5 @@ def test_compose_benchmark_runs_the_pytorch_route_on_the_cpu():
                           "--frames", "1", "--warmup", "0"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| 64x48")]
-    assert len(rows) == 1 and "| pytorch |" in rows[0] and "| 192 |" in rows[0]  # 12 patches of 16 px
+    assert len(rows) == 1 and "| pytorch |" in rows[0] and "| 3072 |" in rows[0]  # all 16 x 12 cells of 16 px
     assert "CUDA only" in out.stderr
