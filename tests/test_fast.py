@@ -72,6 +72,15 @@ def test_prevent_oversampling_drops_zero_error_patches(static, rng):
     assert _max_diff(expected, got) <= TOL
 
 
+def test_nothing_to_refine_gives_the_upsampled_coarse_result(rng):
+    model = randomize_(MattingRefine("mobilenetv2", refine_mode="thresholding", refine_threshold=2.0))
+    src, bgr = _pair(rng)
+    with torch.no_grad():
+        expected, got = model(src, bgr), FastMatting(model)(src, bgr)
+    assert int(expected[5].sum()) == 0 and torch.equal(expected[5], got[5])
+    assert _max_diff(expected, got) <= TOL
+
+
 @pytest.mark.parametrize("sparse_hid", (False, True))
 def test_encoder_replaces_the_backbone_and_aspp(sparse_hid, rng):
     model = randomize_(MattingRefine("mobilenetv2"))
