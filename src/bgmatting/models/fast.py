@@ -54,8 +54,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .compose import compose
 from .matting import MattingBase, MattingRefine, _check_pair
 
-TILE = 4  # patches per side of the tiles stage 1 of the refiner runs on
+TILE = 4  # patches per side of the tiles both stages of the refiner run on
 HID_BLOCK = 4  # side of the blocks of the coarse grid on which the hidden channels are computed
+
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
     """Fold every eval-mode BatchNorm2d into the Conv2d that feeds it, in place; returns ``module``.
@@ -158,25 +159,37 @@ def _source_pos(pos: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
     return ((pos.to(torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
 
 
-def _interp_matrix(start: torch.Tensor, size: int, n_in: int, n_out: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _interp_matrix(start: torch.Tensor, size: int, n_in: int, n_out: int, window: torch.Tensor) -> torch.Tensor:
     """1-D bilinear resampling as a matrix, per crop.
 
     For crops of ``size`` pixels starting at ``start`` ``(N,)`` on an axis resized from ``n_in`` to ``n_out``
-    (``F.interpolate``, ``align_corners=False``), returns the first input pixel ``first`` ``(N,)`` and ``M``
-    ``(N, size, k)`` such that crop pixel ``a`` = ``sum_j M[n, a, j] * input[first[n] + j]`` (input indices
-    clamped to ``n_in - 1``). Crop pixels outside ``[0, n_out)`` get a zero row (zero padding).
+    (``F.interpolate``, ``align_corners=False``) that read the input pixels ``window`` ``(N, k)``
+    (:func:`_crop_window`), returns ``M`` ``(N, size, k)`` such that crop pixel ``a`` =
+    ``sum_j M[n, a, j] * input[window[n, 0] + j]`` (input indices clamped to ``n_in - 1``). Crop pixels outside
+    ``[0, n_out)`` get a zero row (zero padding).
     """
     pos = start[:, None] + torch.arange(size, device=start.device)  # (N, size) output pixels
     src = _source_pos(pos, n_in, n_out)
     i0 = src.floor().long().clamp(max=n_in - 1)
     w1 = (src - i0).to(torch.float32)
     i1 = (i0 + 1).clamp(max=n_in - 1)
-    first = i0[:, 0]
+    first, k = window[:, 0], window.shape[1]
     inside = ((pos >= 0) & (pos < n_out)).to(torch.float32)
     m = torch.zeros(pos.shape[0], size, k, device=start.device)
     m.scatter_add_(2, (i0 - first[:, None])[..., None], ((1 - w1) * inside)[..., None])
     m.scatter_add_(2, (i1 - first[:, None])[..., None], (w1 * inside)[..., None])
-    return first, m
+    return m
+
+
+def _crop_window(start: torch.Tensor, size: int, n_in: int, n_out: int, resized: bool) -> torch.Tensor:
+    """The input pixels ``(N, k)`` (clamped into ``[0, n_in)``) that :func:`_fetched_crops` reads for crops of
+    ``size`` pixels starting at ``start``, on an axis of ``n_in`` pixels resized to ``n_out``: the crop itself
+    when the image is not ``resized``, else the window that :func:`_interp_matrix` resamples."""
+    if not resized:
+        return (start[:, None] + torch.arange(size, device=start.device)).clamp(0, n_in - 1)
+    k = _window_len(size, n_in, n_out)
+    first = _source_pos(start, n_in, n_out).floor().long().clamp(max=n_in - 1)
+    return (first[:, None] + torch.arange(k, device=start.device)).clamp(max=n_in - 1)
 
 
 Fetch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -202,19 +215,16 @@ def _fetched_crops(fetch: Fetch, in_size: tuple[int, int], ib: torch.Tensor, row
     ``ry`` ``(N, k_y)`` and ``rx`` ``(N, k_x)`` are pixel rows and columns (inside the image) of item ``ib`` ``(N,)``;
     it returns their ``(N, k_y, k_x, C)`` values. An axis that is not resized is cropped without resampling."""
     h, w = in_size
-    device = ib.device
-    if (h, w) == tuple(out_size):  # no resizing: the crops themselves, zero outside the image
-        off = torch.arange(size, device=device)
+    resized = (h, w) != tuple(out_size)
+    ry, rx = _crop_window(rows, size, h, out_size[0], resized), _crop_window(cols, size, w, out_size[1], resized)
+    win = fetch(ib, ry, rx)  # (N, k_y, k_x, C)
+    if not resized:  # the crops themselves, zero outside the image
+        off = torch.arange(size, device=ib.device)
         ry, rx = rows[:, None] + off, cols[:, None] + off
         inside = ((ry >= 0) & (ry < h))[:, :, None] & ((rx >= 0) & (rx < w))[:, None, :]
-        win = fetch(ib, ry.clamp(0, h - 1), rx.clamp(0, w - 1))
         return (win * inside[..., None].to(win.dtype)).permute(0, 3, 1, 2)
-    k_y, k_x = _window_len(size, h, out_size[0]), _window_len(size, w, out_size[1])
-    y0, my = _interp_matrix(rows, size, h, out_size[0], k_y)
-    x0, mx = _interp_matrix(cols, size, w, out_size[1], k_x)
-    ry = (y0[:, None] + torch.arange(k_y, device=device)).clamp(max=h - 1)
-    rx = (x0[:, None] + torch.arange(k_x, device=device)).clamp(max=w - 1)
-    win = fetch(ib, ry, rx)  # (N, k_y, k_x, C)
+    k_y, k_x = ry.shape[1], rx.shape[1]
+    my, mx = _interp_matrix(rows, size, h, out_size[0], ry), _interp_matrix(cols, size, w, out_size[1], rx)
     n, c = win.shape[0], win.shape[3]
     t = torch.bmm(my.to(win.dtype), win.reshape(n, k_y, k_x * c)).view(n, size, k_x, c)  # rows resampled
     out = torch.matmul(mx.to(win.dtype)[:, None], t)  # (N, size, size, C): columns resampled
@@ -502,18 +512,9 @@ class FastMatting(nn.Module):
         bs = HID_BLOCK
         nby, nbx = -(-h // bs), -(-w // bs)
         mark = torch.zeros(B, nby, nbx, dtype=torch.bool, device=src.device)
-        spans = []
-        for start, n_in, n_out in ((rows, h, out_size[0]), (cols, w, out_size[1])):
-            if n_in == n_out:  # _fetched_crops reads the crop itself (clamped to the image)
-                k, first, last = size, start.clamp(0, n_in - 1), (start + size - 1).clamp(0, n_in - 1)
-            else:  # the window that _interp_matrix resamples
-                k = _window_len(size, n_in, n_out)
-                first = _source_pos(start, n_in, n_out).floor().long().clamp(max=n_in - 1)
-                last = (first + k - 1).clamp(max=n_in - 1)
-            spans.append([torch.minimum(first // bs + d, last // bs) for d in range((k - 1) // bs + 2)])
-        for by in spans[0]:
-            for bx in spans[1]:
-                mark[ib, by, bx] = True
+        resized = (h, w) != tuple(out_size)  # the pixels _fetched_crops reads for these crops
+        ry, rx = _crop_window(rows, size, h, out_size[0], resized), _crop_window(cols, size, w, out_size[1], resized)
+        mark[ib[:, None, None], (ry // bs)[:, :, None], (rx // bs)[:, None, :]] = True
         b_ib, b_y, b_x = torch.nonzero(mark, as_tuple=True)
         top, left = b_y * bs - 1, b_x * bs - 1  # the conv's 3x3 windows: one pixel of (zero) padding around
         win = torch.cat([_sample_crops(low, b_ib, top, left, (h, w), bs + 2),
