@@ -6,19 +6,18 @@ Triton kernel (:mod:`bgmatting.models.compose`), at the paper's settings.
 
 Both routes get the same inputs: coarse maps at the backbone scale, random patches at random cells (valid in
 sampling mode's static form, with a quarter of them marked invalid as zero-error patches are). Prints a table with
-the median time of each and the largest difference between their outputs.
+the median time of each (timed in interleaved rounds, as ``bgmatting bench`` times) and the largest difference
+between their outputs.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 
-from bgmatting.bench import RESOLUTIONS, parse_resolution
+from bgmatting.bench import RESOLUTIONS, parse_resolution, time_runners
 from bgmatting.models.compose import compose_torch, compose_triton, triton
 from bgmatting.pipeline import resolve_device
 
@@ -34,21 +33,6 @@ def inputs(size: tuple[int, int], scale: float, pixels: int, device: torch.devic
                    patches=torch.rand(n, 4, 4, 4, generator=g), ib=torch.zeros(n, dtype=torch.long),
                    rows=cells // (W // 4), cols=cells % (W // 4), valid=torch.rand(n, generator=g) > 0.25)
     return {k: v.to(device) for k, v in tensors.items()}
-
-
-def time_ms(fn, args: dict, device: torch.device, frames: int, warmup: int) -> tuple[float, tuple]:
-    times = []
-    for i in range(warmup + frames):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        out = fn(args["coarse"].clone(), args["src"], args["patches"], args["ib"], args["rows"], args["cols"],
-                 args["valid"])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times), out
 
 
 def main() -> None:
@@ -70,15 +54,17 @@ def main() -> None:
         for res in args.resolutions.split(","):
             size = parse_resolution(res)
             _, scale, pixels = RESOLUTIONS.get(res.strip().lower(), (None, 1 / 4, 80_000))
-            data = inputs(size, scale, pixels, device)
+            d = inputs(size, scale, pixels, device)
+            runs = [lambda s, _, fn=fn: fn(d["coarse"].clone(), s, d["patches"], d["ib"], d["rows"], d["cols"],
+                                           d["valid"]) for _, fn in routes]
+            timed = time_runners(runs, d["src"], d["src"], "fp32", args.frames, args.warmup)
             base_ms, base_out = None, None
-            for name, fn in routes:
-                ms, out = time_ms(fn, data, device, args.frames, args.warmup)
+            for (name, _), (ms, _, out) in zip(routes, timed):
                 diff = "-" if base_out is None else f"{max(float((a - b).abs().max()) for a, b in zip(out, base_out)):.1e}"
                 speedup = "1.00x" if base_ms is None else f"{base_ms / ms:.2f}x"
                 if base_ms is None:
                     base_ms, base_out = ms, out
-                print(f"| {size[1]}x{size[0]} | {len(data['ib']) * 16} | {name} | {ms:.3f} | {diff} | {speedup} |")
+                print(f"| {size[1]}x{size[0]} | {len(d['ib']) * 16} | {name} | {ms:.3f} | {diff} | {speedup} |")
 
 
 if __name__ == "__main__":

@@ -109,16 +109,16 @@ def time_runners(runs: Sequence[Callable], src: torch.Tensor, bgr: torch.Tensor,
     """
     device = src.device
     dtype = PRECISIONS[precision]
+    cuda = device.type == "cuda"
     peaks, outs, times = [], [], [[] for _ in runs]
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         for run in runs:
-            if device.type == "cuda":
+            if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
                 before = torch.cuda.memory_allocated(device)
             for _ in range(max(warmup, 1)):
                 out = _call_ms(run, src, bgr)[1]
-            cuda = device.type == "cuda"
             peaks.append((torch.cuda.max_memory_allocated(device) - before) / 2 ** 20 if cuda else None)
             outs.append(out)
         for r in range(frames):

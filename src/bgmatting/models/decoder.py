@@ -43,9 +43,5 @@ class Decoder(nn.Module):
         x = self.relu(self.bn2(self.conv2(self._up_cat(x, x2))))
         return self.relu(self.bn3(self.conv3(self._up_cat(x, x1))))
 
-    def features(self, x4, x3, x2, x1, x0) -> torch.Tensor:
-        """The input of the last conv, ``(B, c3 + s3, H, W)``: for computing that conv in parts."""
-        return self._up_cat(self.low_features(x4, x3, x2, x1), x0)
-
     def forward(self, x4, x3, x2, x1, x0) -> torch.Tensor:
-        return self.conv4(self.features(x4, x3, x2, x1, x0))
+        return self.conv4(self._up_cat(self.low_features(x4, x3, x2, x1), x0))
