@@ -218,10 +218,11 @@ def test_video_command(tmp_path, weights, capsys):
     _img(tmp_path / "plate.png", 32, 48, seed=1)
     out = tmp_path / "out"
     assert run("video", tmp_path / "clip.mp4", "--bgr", tmp_path / "plate.png", "-o", out, "--outputs", "com,pha",
-               "--weights", weights, "--batch", "2", "-q") == 0
+               "--weights", weights, "--batch", "2", "--preset", "ultrafast", "-q") == 0
     with VideoReader(out / "pha.mp4") as reader:
         frames = list(reader)
     assert len(frames) == 5 and frames[0].image.shape[:2] == (32, 48)
+    assert all(b"subme=0" in (out / f).read_bytes() for f in ("pha.mp4", "com.mp4"))  # x264's ultrafast settings
     assert run("video", tmp_path / "clip.mp4", "--bgr", tmp_path / "plate.png", "-o", out, "--weights", weights) == 2
     assert "overwrite" in capsys.readouterr().err
 

@@ -188,6 +188,24 @@ def test_winograd_conv_equals_conv_and_serves_the_decoder(rng):
         WinogradConv2d.from_conv(torch.nn.Conv2d(4, 4, 1))
 
 
+@pytest.mark.skipif(not nnpack_available(), reason="this PyTorch has no NNPACK")
+def test_winograd_conv_gives_nnpack_one_image_per_call(rng, monkeypatch):
+    from bgmatting.models import fast as fast_module
+
+    batches, real = [], torch._nnpack_spatial_convolution
+
+    def spy(x, *args):
+        batches.append(x.shape[0])
+        return real(x, *args)
+
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", spy)
+    x, w, b = torch.rand(3, 8, 9, 11, generator=rng), torch.rand(4, 8, 3, 3, generator=rng), torch.rand(4, generator=rng)
+    with torch.no_grad():
+        got = fast_module.winograd_conv(x, w, b, (1, 1))
+    assert batches == [1, 1, 1]
+    assert float((got - F.conv2d(x, w, b, padding=1)).abs().max()) <= 1e-4
+
+
 def test_winograd_conv_falls_back_to_onednn_if_nnpack_fails(rng, monkeypatch):
     from bgmatting.models import fast as fast_module
 

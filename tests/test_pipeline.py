@@ -115,3 +115,20 @@ def test_base_model_and_precision(refine_model):
     if not torch.cuda.is_available():
         with pytest.raises(BgMattingError, match="no CUDA GPU"):
             Matter(refine_model, device="cuda")
+
+
+@pytest.mark.parametrize("arch", ["refine", "base"])
+def test_forward_tensors_makes_only_the_outputs_asked_for(refine_model, arch):
+    model = refine_model if arch == "refine" else randomize_(MattingBase("mobilenetv2"))
+    matter = Matter(model, device="cpu", backend="eager")
+    gen = torch.Generator().manual_seed(3)
+    src, bgr = torch.rand(2, 3, 30, 42, generator=gen), torch.rand(2, 3, 30, 42, generator=gen)
+    full = matter.forward_tensors(src, bgr)
+    assert list(full) == ["pha", "fgr", "err", "ref"]
+    for outputs in (("pha",), ("fgr", "pha"), ("ref",), ("err", "fgr")):
+        part = matter.forward_tensors(src, bgr, outputs=outputs)
+        assert set(part) == set(outputs)
+        for k, v in part.items():
+            assert v.shape == full[k].shape and torch.equal(v, full[k]), k
+    with pytest.raises(BgMattingError, match="unknown output.*com"):
+        matter.forward_tensors(src, bgr, outputs=("pha", "com"))

@@ -27,6 +27,7 @@ from bgmatting import BgMattingError, Matter, MattingRefine
 from bgmatting import video as vmod
 from bgmatting.io import video as vio
 from bgmatting.io.video import VideoReader, VideoWriter
+from bgmatting.pipeline import TENSOR_OUTPUTS
 from bgmatting.video import VideoReport, convert_video, plan_video_outputs
 
 
@@ -152,6 +153,22 @@ def test_real_model_runs_with_a_partial_last_batch(clip, tmp_path):
                            progress=False)
     assert report.frames == 8
     assert len(read_all(tmp_path / "pha.mp4")) == 8
+
+
+def test_a_real_matter_makes_only_the_outputs_written(clip, tmp_path, monkeypatch):
+    src, plate = clip
+    matter = Matter(randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=320)), device="cpu")
+    asked, forward = [], matter.forward_tensors
+
+    def spy(s, b, outputs=TENSOR_OUTPUTS):
+        asked.append(set(outputs))
+        return forward(s, b, outputs=outputs)
+
+    monkeypatch.setattr(matter, "forward_tensors", spy)
+    convert_video(matter, src, plate, tmp_path / "out", outputs="com,err", target_bgr="#0000ff", end=0.16,
+                  progress=False)
+    assert asked and all(a == {"pha", "fgr", "err"} for a in asked)
+    assert len(read_all(tmp_path / "out" / "err.mp4")) == len(read_all(tmp_path / "out" / "com.mp4")) == 4
 
 
 # --------------------------------------------------------------------------------------------- timing & audio
@@ -419,3 +436,27 @@ def test_missing_encoder_is_reported_before_matting(clip, tmp_path, monkeypatch)
     monkeypatch.setattr(vio, "has_encoder", lambda name: name != "libvpx-vp9")
     with pytest.raises(BgMattingError, match="no 'libvpx-vp9' encoder"):
         convert_video(lambda: pytest.fail("model made"), src, plate, tmp_path / "a.webm", progress=False)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("high_bit", [False, True])
+def test_to_numpy_rounds_into_contiguous_rows_and_leaves_its_input(channels, high_bit):
+    x = torch.tensor([-0.5, 0.0, 0.2, 1 / 510, 0.5, 1.0, 1.5]).repeat(2, channels, 3, 1)  # (2, C, 3, 7)
+    x[:, -1] += 0.25
+    before = x.clone()
+    got = vmod._to_numpy(x, high_bit)
+    top = 65535 if high_bit else 255
+    want = np.rint(np.clip(before.permute(0, 2, 3, 1).numpy(), 0, 1) * top)
+    assert got.dtype == (np.uint16 if high_bit else np.uint8) and got.flags.c_contiguous
+    assert got.shape == (2, 3, 7, channels) and np.array_equal(got, want)
+    assert torch.equal(x, before)
+
+
+def test_composite_output_is_alpha_blend():
+    gen = torch.Generator().manual_seed(0)
+    res = {"pha": torch.rand(2, 1, 5, 6, generator=gen), "fgr": torch.rand(2, 3, 5, 6, generator=gen)}
+    for target in (torch.rand(2, 3, 5, 6, generator=gen), torch.tensor([0.0, 1.0, 0.5]).view(1, 3, 1, 1)):
+        want = res["pha"] * res["fgr"] + (1 - res["pha"]) * target
+        got = vmod._output("com", res, target)
+        assert got.shape == (2, 3, 5, 6) and float((got - want).abs().max()) < 1e-6
+    assert torch.equal(vmod._output("com", res, None), torch.cat([res["fgr"], res["pha"]], dim=1))

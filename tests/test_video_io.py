@@ -395,6 +395,25 @@ def test_clear_errors_for_bad_inputs(tmp_path):
         VideoReader(tmp_path / "empty")
 
 
+@pytest.mark.parametrize("preset,settings", [(None, b"subme=7"), ("ultrafast", b"subme=0"), ("veryslow", b"subme=10")])
+def test_h264_preset_reaches_the_encoder(tmp_path, preset, settings):
+    with VideoWriter(tmp_path / "a.mp4", (H, W), rate=25, preset=preset) as wr:
+        for i in range(3):
+            wr.write(frame_image(i))
+    assert wr.preset == (preset or "medium")
+    assert settings in (tmp_path / "a.mp4").read_bytes()  # libx264 writes its settings into the stream
+    assert len(list(VideoReader(tmp_path / "a.mp4"))) == 3
+
+
+def test_preset_is_checked_and_only_for_h264(tmp_path):
+    with pytest.raises(BgMattingError, match="--preset must be one of ultrafast, .*got 'quick'"):
+        VideoWriter(tmp_path / "a.mp4", (H, W), preset="quick")
+    with pytest.warns(UserWarning, match="--preset has no effect with --format png"):
+        assert vio.check_preset("png", "fast") is None
+    assert vio.check_preset("webm-alpha", None) is None and vio.check_preset("mp4", "fast") == "fast"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_clear_errors_for_bad_formats(tmp_path, monkeypatch):
     with pytest.raises(BgMattingError, match="unknown video format 'avi'"):
         VideoWriter(tmp_path / "a.avi", (H, W), format="avi")

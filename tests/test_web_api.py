@@ -83,7 +83,7 @@ class SlowMatter(Matter):
         self.entered = threading.Event()
         self._count_lock = threading.Lock()
 
-    def forward_tensors(self, src, bgr):
+    def forward_tensors(self, src, bgr, **options):
         with self._count_lock:
             self.active += 1
             self.calls += 1
@@ -91,7 +91,7 @@ class SlowMatter(Matter):
         self.entered.set()
         try:
             time.sleep(self.delay)
-            return super().forward_tensors(src, bgr)
+            return super().forward_tensors(src, bgr, **options)
         finally:
             with self._count_lock:
                 self.active -= 1
@@ -304,7 +304,7 @@ def test_errors_inside_the_model_are_json_without_trace(matter, pair):
         def __init__(self):
             self.__dict__.update(matter.__dict__)
 
-        def forward_tensors(self, src, bgr):
+        def forward_tensors(self, src, bgr, **options):
             raise RuntimeError("secret internals /home/user/x.py line 3")
 
     src, bgr = pair

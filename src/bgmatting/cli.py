@@ -80,7 +80,8 @@ def _cmd_video(args) -> int:
     from .video import convert_video
 
     report = convert_video(lambda: _matter(args), args.src, args.bgr, args.output, outputs=args.outputs,
-                           target_bgr=args.target_bgr, format=args.format, crf=args.crf, batch=args.batch,
+                           target_bgr=args.target_bgr, format=args.format, crf=args.crf, preset=args.preset,
+                           batch=args.batch,
                            start=args.start, end=args.end, fps=args.fps, overwrite=args.overwrite,
                            audio=not args.no_audio, progress=not args.quiet, align=args.align,
                            check_bgr=not args.no_bgr_check, plate_frames=args.plate_frames)
@@ -249,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=_cmd_matte)
 
-    from .io.video import FORMATS
+    from .io.video import FORMATS, X264_PRESETS
 
     p = sub.add_parser("video", help="matte a video given a shot (or video) of the empty background",
                        description="Matte a video: streaming decode, model and encode; keeps the frame rate, "
@@ -265,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", choices=("auto",) + tuple(FORMATS),
                    help="mp4 (H.264), mov-prores4444 and webm-alpha keep transparency, png: RGBA frames")
     p.add_argument("--crf", type=int, help="quality for mp4/webm (lower is better; default 18/24)")
+    p.add_argument("--preset", choices=X264_PRESETS, metavar="PRESET",
+                   help="H.264 encoder speed for mp4: ultrafast ... veryslow (default medium); faster presets leave "
+                        "more CPU to the model and write larger files")
     p.add_argument("--batch", type=int, default=4, help="frames per forward pass (default 4)")
     p.add_argument("--start", metavar="T", help="start time (seconds or [h:]m:s)")
     p.add_argument("--end", metavar="T", help="end time (seconds or [h:]m:s)")

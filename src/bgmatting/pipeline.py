@@ -11,6 +11,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
+from collections.abc import Collection
 from typing import Any, Union
 
 import numpy as np
@@ -23,6 +24,8 @@ from .errors import BgMattingError
 from .models import MattingBase, MattingRefine
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TENSOR_OUTPUTS = ("pha", "fgr", "err", "ref")
+"""What :meth:`Matter.forward_tensors` can return: alpha, foreground, error map and refined-patch map."""
 SIZE_MULTIPLE = 4  # the refiner works on 4×4 patches of the full image
 
 ImageLike = Union[np.ndarray, torch.Tensor, "PIL.Image.Image"]  # noqa: F821
@@ -276,16 +279,23 @@ class Matter:
         return self._runner
 
     @torch.inference_mode()
-    def forward_tensors(self, src: torch.Tensor, bgr: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_tensors(self, src: torch.Tensor, bgr: torch.Tensor,
+                        outputs: Collection[str] = TENSOR_OUTPUTS) -> dict[str, torch.Tensor]:
         """Run the model on a batch of any size.
 
         Args:
             src, bgr: ``(B, 3, H, W)`` float in [0, 1], same shape (any H, W).
+            outputs: the kinds to return, among :data:`TENSOR_OUTPUTS` (default: all); the others are not made
+                (``err`` and ``ref`` are resampled to full resolution only when asked for).
 
         Returns:
             dict of float32 tensors on the model's device, at ``(H, W)``: ``pha`` ``(B, 1, H, W)``, ``fgr``
             ``(B, 3, H, W)``, ``err`` ``(B, 1, H, W)``, ``ref`` ``(B, 1, H, W)``.
         """
+        unknown = set(outputs) - set(TENSOR_OUTPUTS)
+        if unknown:
+            raise BgMattingError(f"unknown output(s) {', '.join(sorted(unknown))}; choose from "
+                                 f"{', '.join(TENSOR_OUTPUTS)}")
         h, w = src.shape[2:]
         src = pad_to_multiple(src.to(self.device, torch.float32))
         bgr = pad_to_multiple(bgr.to(self.device, torch.float32))
@@ -296,14 +306,17 @@ class Matter:
         H, W = src.shape[2:]
         if self.is_refine:
             pha, fgr, _pha_sm, _fgr_sm, err, ref = out
-            ref = F.interpolate(ref.float(), size=(H, W), mode="nearest")
         else:
             pha, fgr, err, _hid = out
-            ref = torch.zeros_like(pha)
-        if err.shape[2:] != (H, W):
-            err = F.interpolate(err.float(), size=(H, W), mode="bilinear", align_corners=False)
+            ref = None
+        res = {"pha": pha, "fgr": fgr}
+        if "err" in outputs:
+            res["err"] = err if err.shape[2:] == (H, W) else \
+                F.interpolate(err.float(), size=(H, W), mode="bilinear", align_corners=False)
+        if "ref" in outputs:
+            res["ref"] = torch.zeros_like(pha) if ref is None else F.interpolate(ref.float(), size=(H, W), mode="nearest")
         crop = (slice(None), slice(None), slice(0, h), slice(0, w))
-        return {k: v[crop].float().clamp(0, 1) for k, v in (("pha", pha), ("fgr", fgr), ("err", err), ("ref", ref))}
+        return {k: res[k][crop].float().clamp(0, 1) for k in TENSOR_OUTPUTS if k in outputs}
 
     def __call__(self, src: ImageLike, bgr: ImageLike) -> MatteResult:
         """Matte one image.

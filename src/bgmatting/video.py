@@ -41,6 +41,7 @@ from .io.video import (
     VideoReader,
     VideoWriter,
     check_crf,
+    check_preset,
     check_format,
     format_from_path,
     parse_time,
@@ -348,7 +349,7 @@ def _auto_plate(src: Path, matter: Any, align: bool, frames: int, start, end, pr
 
 
 def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.PathLike, *, outputs: str | Sequence[str] = ("com",), target_bgr: Any = None, format: str = "auto",
-                  crf: int | None = None, batch: int = 4, start: float | str | None = None,
+                  crf: int | None = None, preset: str | None = None, batch: int = 4, start: float | str | None = None,
                   end: float | str | None = None, fps: float | None = None, overwrite: bool = False,
                   audio: bool = True, progress: bool = True, bgr_transform: BgrTransform | None = None,
                   check_bgr: bool = True, align: bool = False, plate_frames: int = 60) -> VideoReport:
@@ -380,6 +381,8 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
         format: ``'auto'`` (from the suffix of ``out``, else ``mp4``), ``'mp4'`` (H.264), ``'mov-prores4444'``,
             ``'webm-alpha'`` (VP9) or ``'png'``.
         crf: quality for mp4 (0–51, default 18) and webm-alpha (0–63, default 24); lower is better and larger.
+        preset: libx264's speed for mp4, ``'ultrafast'`` … ``'veryslow'`` (default ``'medium'``): a faster one
+            frees CPU time for the model at the cost of a larger file.
         batch: frames per model call.
         start, end: seconds (or ``'MM:SS'``, ``'HH:MM:SS.ms'``) of the source to matte, ``end`` exclusive.
             The output starts at time 0.
@@ -422,7 +425,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
         raise BgMattingError(f"--end ({end:g} s) must come after --start ({start:g} s)")
     fmt, paths = plan_video_outputs(out, kinds, format)
     check_format(fmt)
-    crf = check_crf(fmt, crf)
+    crf, preset = check_crf(fmt, crf), check_preset(fmt, preset)
     src_path = Path(src)
     if not src_path.exists():
         raise BgMattingError(f"source video '{src_path}' does not exist")
@@ -488,7 +491,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
         offset = float(info.first_pts * info.time_base)
         for kind, path in paths.items():
             writers[kind] = VideoWriter(path, size, format=fmt, channels=channels[kind], rate=info.rate,
-                                        time_base=info.time_base, crf=crf, overwrite=overwrite,
+                                        time_base=info.time_base, crf=crf, preset=preset, overwrite=overwrite,
                                         audio=audio_plan if kind in ("com", "fgr") else None, audio_offset=offset)
 
         bgr_still = None
@@ -526,11 +529,13 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
             s = _batch_tensor([f.image for f, _, _ in frames], device)
             b = bgr_still.expand(len(frames), -1, -1, -1) if bgr_still is not None else \
                 _batch_tensor([x for _, x, _ in frames], device)
-            res = matter.forward_tensors(s, b)
+            res = matter.forward_tensors(s, b, outputs=needed) if isinstance(matter, Matter) else \
+                matter.forward_tensors(s, b)
             tgt = target_const if target_frames is None else _batch_tensor([x for _, _, x in frames], device)
             arrays = {k: _to_numpy(_output(k, res, tgt if composite else None), high_bit) for k in kinds}
             send(([f.pts - info.first_pts for f, _, _ in frames], arrays))
 
+        needed = {x for k in kinds for x in (("pha", "fgr") if k == "com" else (k,))}  # model outputs to make
         n = 0
         pending: list = []
         while True:
@@ -590,13 +595,14 @@ def _output(kind: str, res: dict[str, torch.Tensor], target: torch.Tensor | None
         pha, fgr = res["pha"], res["fgr"]
         if target is None:
             return torch.cat([fgr, pha], dim=1)  # straight (un-premultiplied) alpha
-        return pha * fgr + (1 - pha) * target
+        return torch.lerp(target, fgr, pha)  # pha * fgr + (1 - pha) * target, in one pass
     return res[kind]
 
 
 def _to_numpy(x: torch.Tensor, high_bit: bool) -> np.ndarray:
-    """``(B, C, H, W)`` float in [0, 1] → ``(B, H, W, C)`` uint8 (or uint16) numpy, rounded."""
+    """``(B, C, H, W)`` float in [0, 1] → contiguous ``(B, H, W, C)`` uint8 (or uint16) numpy, rounded."""
     top = 65535.0 if high_bit else 255.0
-    x = (x.clamp(0, 1) * top).round_()
-    x = x.to(torch.int32 if high_bit else torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    # a copy in the writer's layout (whole rows), never the caller's tensor: one output can feed another
+    x = x.cpu().permute(0, 2, 3, 1).clone(memory_format=torch.contiguous_format).clamp_(0, 1).mul_(top).round_()
+    x = x.to(torch.int32 if high_bit else torch.uint8).numpy()
     return x.astype(np.uint16) if high_bit else x

@@ -316,9 +316,11 @@ def winograd_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     global _nnpack_failed
     if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and not torch.is_grad_enabled() and not _nnpack_failed and nnpack_available()):
-        b = bias if bias is not None else x.new_zeros(weight.shape[0])
-        try:
-            return torch._nnpack_spatial_convolution(x.contiguous(), weight.contiguous(), b, list(padding))
+        b, w, pad = bias if bias is not None else x.new_zeros(weight.shape[0]), weight.contiguous(), list(padding)
+        try:  # one image per call: NNPACK's batched algorithm is 1.1 to 2.7 times slower per image
+            if x.shape[0] == 1:
+                return torch._nnpack_spatial_convolution(x.contiguous(), w, b, pad)
+            return torch.cat([torch._nnpack_spatial_convolution(xi.contiguous(), w, b, pad) for xi in x.split(1)])
         except RuntimeError as e:
             _nnpack_failed = True
             warnings.warn(f"NNPACK failed ({e}); using oneDNN's convolutions instead", stacklevel=2)

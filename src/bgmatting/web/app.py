@@ -358,7 +358,7 @@ class _LiveSession:
             bgr = self._resized(self._bgr_cache, self.bgr, size, match_background)
         except BgMattingError as e:
             raise WebError(f"the frame does not fit the background: {e}; capture the background again") from None
-        out = matter.forward_tensors(frame, bgr)
+        out = matter.forward_tensors(frame, bgr, outputs=("pha", "fgr"))
         pha = out["pha"]
         if self.output == "pha":
             image = pha
