@@ -50,7 +50,7 @@ if triton is not None:
     @triton.jit
     def _compose_kernel(coarse, src, patches, idmap, pha_out, fgr_out, h, w, H, W, scale_h, scale_w,
                         BLOCK: tl.constexpr):
-        b = tl.program_id(1)
+        b = tl.program_id(1).to(tl.int64)  # image offsets b·3·H·W pass 2³¹ for batches of about 85 4K frames
         o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         m = o < H * W
         y = o // W
