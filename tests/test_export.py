@@ -319,6 +319,14 @@ def test_matter_runs_an_exported_onnx_file(tmp_path, models):
         assert float((got[k] - want[k]).abs().max()) <= 1e-4, k
     with pytest.raises(BgMattingError, match="fixed"):
         Matter(path, device="cpu", refine_mode="full")
+    loaded = load_model(path)  # the same file through load_model: called like the PyTorch model
+    assert isinstance(loaded, OnnxModel) and loaded.config["refine_mode"] == "sampling"
+    src4, bgr4 = example_pair((64, 96), 2, seed=4)
+    with torch.no_grad():
+        for a, b in zip(loaded(src4, bgr4), model(src4, bgr4)):
+            assert a.shape == b.shape and float((a.float() - b.float()).abs().max()) <= 1e-4
+    with pytest.raises(BgMattingError, match="fixed.*refine_mode given"):
+        load_model(path, refine_mode="full")
     with pytest.raises(BgMattingError, match="onnxruntime backend"):
         Matter(path, device="cpu", backend="eager")
     with pytest.raises(BgMattingError, match="exported in fp32"):

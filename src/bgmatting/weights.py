@@ -319,7 +319,9 @@ def load_model(source: str | os.PathLike | None = None, **overrides) -> nn.Modul
         source: ``None`` for the default model of the zoo; a zoo name (see :func:`list_models`); or the
             path of an original BGMv2 ``.pth`` state_dict, an original TorchScript export, or one of our
             ``.safetensors`` files. The architecture (``MattingBase``/``MattingRefine``) and backbone are
-            detected from the weights.
+            detected from the weights. An ``.onnx`` file written by ``bgmatting export`` gives an
+            :class:`~bgmatting.export.OnnxModel` instead: called like the model (same outputs), run by ONNX
+            Runtime on the CPU, in the precision and refine options it was exported with.
         **overrides: ``MattingRefine`` options to use instead of the file's defaults: ``backbone_scale``,
             ``refine_mode``, ``refine_sample_pixels``, ``refine_threshold``, ``refine_prevent_oversampling``.
 
@@ -330,6 +332,13 @@ def load_model(source: str | os.PathLike | None = None, **overrides) -> nn.Modul
     unknown = sorted(set(overrides) - set(REFINE_OPTIONS))
     if unknown:
         raise BgMattingError(f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(REFINE_OPTIONS)}")
+    if isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".onnx"):
+        from .export import OnnxModel
+
+        if overrides:
+            raise BgMattingError(f"the refiner options of an exported ONNX file are fixed; export it again to change "
+                                 f"them ({', '.join(sorted(overrides))} given)")
+        return OnnxModel(source)
     if source is None or (isinstance(source, str) and source in _REGISTRY):
         info = _REGISTRY[DEFAULT_MODEL if source is None else source]
         if not info.available:
