@@ -38,6 +38,19 @@ def test_bench_model_uses_the_papers_settings_and_worst_case_random_weights():
         bench_model("mobilenetv2", "resnet50", "hd")
 
 
+def test_bench_and_export_refuse_an_onnx_file_as_weights(tmp_path, capsys):
+    from bgmatting.cli import main
+
+    path = tmp_path / "bgm.onnx"
+    path.write_bytes(b"not read")
+    with pytest.raises(BgMattingError, match="bgmatting bench needs PyTorch weights .*'.*bgm.onnx'"):
+        bench_model(str(path), None, "hd")
+    assert main(["export", "--weights", str(path), "--format", "onnx", "-o", str(tmp_path / "out.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "bgmatting export needs PyTorch weights" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def test_run_bench_rows(monkeypatch):
     model = randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=16 * 40))
     calls = []

@@ -201,7 +201,7 @@ def bench_model(weights: str | None, backbone: str | None, resolution: str, *, b
     everywhere (and varied: no ties), so sampling mode always refines its full ``sample_pixels`` (the worst case
     for speed).
     """
-    from .weights import build_model, load_model
+    from .weights import build_model, load_model, pytorch_weights
 
     size = parse_resolution(resolution)
     scale, pixels = RESOLUTIONS.get(resolution.strip().lower(), (None, 1 / 4, 80_000))[1:]
@@ -219,4 +219,4 @@ def bench_model(weights: str | None, backbone: str | None, resolution: str, *, b
         with torch.no_grad():  # error in (0, 1) everywhere and spread out, so that top-k has no near-ties to break
             model.decoder.conv4.bias[4] = 0.5
         return model.eval(), size
-    return load_model(weights, **options).float().eval(), size
+    return load_model(pytorch_weights(weights, "bgmatting bench"), **options).float().eval(), size

@@ -40,7 +40,7 @@ from .io.atomic import atomic_path
 from .models import MattingBase, MattingRefine
 from .models.matting import _check_pair
 from .models.refiner import Refiner, _resize
-from .weights import FORMAT_TAG, load_model, model_config
+from .weights import FORMAT_TAG, load_model, model_config, pytorch_weights
 
 INPUT_NAMES = ("src", "bgr")
 OUTPUT_NAMES = {"MattingBase": ("pha", "fgr", "err", "hid"),
@@ -640,6 +640,6 @@ def export_model(source: str | os.PathLike | None, path: str | os.PathLike, *, f
                                  "export (--format onnx)")
         export_options = {k: v for k, v in export_options.items() if k not in ("opset", "topk_free")}
     export_options = {k: v for k, v in export_options.items() if v is not None}
-    model = load_model(source, **(model_options or {}))
+    model = load_model(pytorch_weights(source, "bgmatting export"), **(model_options or {}))
     exporter = export_onnx if format == "onnx" else export_torchscript
     return exporter(model, out, **export_options)

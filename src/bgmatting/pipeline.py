@@ -238,12 +238,12 @@ class Matter:
             raise BgMattingError("fp16 needs a CUDA GPU; on the CPU use --precision fp32 or bf16")
         self.precision = precision
         self._runner = None
-        if isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx"):
+        from .weights import is_onnx_file, load_model
+
+        if is_onnx_file(model):
             self._use_onnx_file(model, backend, model_options)
             return
         if not isinstance(model, nn.Module):
-            from .weights import load_model
-
             model = load_model(model, **model_options)
         elif model_options:
             raise BgMattingError("model options can only be given when Matter loads the model itself")

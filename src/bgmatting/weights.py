@@ -312,6 +312,19 @@ def build_model(architecture: str, backbone: str, **options) -> nn.Module:
     return MattingRefine(backbone, **options)
 
 
+def is_onnx_file(source: Any) -> bool:
+    """Whether ``source`` names an ONNX file (``.onnx``), which runs as exported rather than as PyTorch weights."""
+    return isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".onnx")
+
+
+def pytorch_weights(source: Any, command: str) -> Any:
+    """``source``, refused with a clear error if it is an ONNX file: ``command`` needs PyTorch weights."""
+    if is_onnx_file(source):
+        raise BgMattingError(f"{command} needs PyTorch weights (.pth, TorchScript, .safetensors or a model name), "
+                             f"not the exported ONNX file '{source}'")
+    return source
+
+
 def load_model(source: str | os.PathLike | None = None, **overrides) -> nn.Module:
     """Load a matting model, ready for inference (eval mode, float32, CPU).
 
@@ -332,7 +345,7 @@ def load_model(source: str | os.PathLike | None = None, **overrides) -> nn.Modul
     unknown = sorted(set(overrides) - set(REFINE_OPTIONS))
     if unknown:
         raise BgMattingError(f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(REFINE_OPTIONS)}")
-    if isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".onnx"):
+    if is_onnx_file(source):
         from .export import OnnxModel
 
         if overrides:
