@@ -460,3 +460,64 @@ def test_composite_output_is_alpha_blend():
         got = vmod._output("com", res, target)
         assert got.shape == (2, 3, 5, 6) and float((got - want).abs().max()) < 1e-6
     assert torch.equal(vmod._output("com", res, None), torch.cat([res["fgr"], res["pha"]], dim=1))
+
+
+class JitteryMatter(StubMatter):
+    """The stub, thread-safe, taking a different time per batch: later batches can finish first."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock, self.threads, self.active, self.most = threading.Lock(), set(), 0, 0
+
+    def forward_tensors(self, src, bgr):
+        with self.lock:
+            self.threads.add(threading.get_ident())
+            self.active += 1
+            self.most = max(self.most, self.active)
+            n = len(self.batches)
+            self.batches.append(src.shape[0])
+        time.sleep(0.03 if n % 2 == 0 else 0.0)
+        out = StubMatter().forward_tensors(src, bgr)
+        with self.lock:
+            self.active -= 1
+        return out
+
+
+def test_parallel_workers_keep_the_frame_order_and_the_thread_count(clip, tmp_path):
+    src, plate = clip
+    threads_before = torch.get_num_threads()
+    one = convert_video(StubMatter(), src, plate, tmp_path / "one", outputs="pha", format="png", batch=2,
+                        progress=False)
+    stub = JitteryMatter()
+    three = convert_video(stub, src, plate, tmp_path / "three", outputs="pha", format="png", batch=2, workers=3,
+                          progress=False)
+    assert one.frames == three.frames == 12 and stub.most == 3 and len(stub.threads) == 3
+    for a, b in zip(read_all(tmp_path / "one" / "pha", "gray"), read_all(tmp_path / "three" / "pha", "gray")):
+        assert np.array_equal(a.image, b.image)  # lossless frames, in the source's order
+    assert torch.get_num_threads() == threads_before
+    with pytest.raises(KeyboardInterrupt):  # an error in one worker stops the run and leaves nothing
+        convert_video(StubMatter(fail_at=3), src, plate, tmp_path / "broken", outputs="pha", format="png", batch=2,
+                      workers=2, progress=False)
+    assert list((tmp_path / "broken").iterdir()) == [] and torch.get_num_threads() == threads_before
+
+
+def test_a_real_matter_on_the_cpu_gets_two_workers_with_the_same_result(clip, tmp_path, monkeypatch):
+    src, plate = clip
+    matter = Matter(randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=320)), device="cpu")
+    seen = []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)  # a 4-thread machine
+    real_set = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real_set(min(n, 2))))
+    assert vmod._model_workers(None, matter, torch.device("cpu")) == 2
+    assert vmod._model_workers(None, StubMatter(), torch.device("cpu")) == 1  # not known to be thread-safe
+    assert vmod._model_workers(None, matter, torch.device("cuda")) == 1
+    with pytest.raises(BgMattingError, match="--workers 2: parallel model calls are for the CPU"):
+        vmod._model_workers(2, matter, torch.device("cuda"))
+    for w in (1, None):
+        convert_video(matter, src, plate, tmp_path / f"w{w}", outputs="pha", format="png", workers=w, end=0.32,
+                      progress=False)
+    assert seen == [2, 4]  # 4 threads shared by 2 workers, then given back
+    for a, b in zip(read_all(tmp_path / "w1" / "pha", "gray"), read_all(tmp_path / "wNone" / "pha", "gray")):
+        assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1  # float rounding of 1 vs 2 threads
+    with pytest.raises(BgMattingError, match="workers must be a positive integer"):
+        convert_video(matter, src, plate, tmp_path / "x", workers=0, progress=False)

@@ -81,7 +81,7 @@ def _cmd_video(args) -> int:
 
     report = convert_video(lambda: _matter(args), args.src, args.bgr, args.output, outputs=args.outputs,
                            target_bgr=args.target_bgr, format=args.format, crf=args.crf, preset=args.preset,
-                           batch=args.batch,
+                           batch=args.batch, workers=args.workers,
                            start=args.start, end=args.end, fps=args.fps, overwrite=args.overwrite,
                            audio=not args.no_audio, progress=not args.quiet, align=args.align,
                            check_bgr=not args.no_bgr_check, plate_frames=args.plate_frames)
@@ -270,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="H.264 encoder speed for mp4: ultrafast ... veryslow (default medium); faster presets leave "
                         "more CPU to the model and write larger files")
     p.add_argument("--batch", type=int, default=4, help="frames per forward pass (default 4)")
+    p.add_argument("--workers", type=int, help="forward passes at the same time, each on its share of the threads "
+                                               "(CPU only; default 2 on a CPU, 1 on a GPU)")
     p.add_argument("--start", metavar="T", help="start time (seconds or [h:]m:s)")
     p.add_argument("--end", metavar="T", help="end time (seconds or [h:]m:s)")
     p.add_argument("--fps", type=float, help="frame rate of a folder of frames (default 25)")

@@ -19,7 +19,9 @@ import queue
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -349,7 +351,8 @@ def _auto_plate(src: Path, matter: Any, align: bool, frames: int, start, end, pr
 
 
 def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.PathLike, *, outputs: str | Sequence[str] = ("com",), target_bgr: Any = None, format: str = "auto",
-                  crf: int | None = None, preset: str | None = None, batch: int = 4, start: float | str | None = None,
+                  crf: int | None = None, preset: str | None = None, batch: int = 4, workers: int | None = None,
+                  start: float | str | None = None,
                   end: float | str | None = None, fps: float | None = None, overwrite: bool = False,
                   audio: bool = True, progress: bool = True, bgr_transform: BgrTransform | None = None,
                   check_bgr: bool = True, align: bool = False, plate_frames: int = 60) -> VideoReport:
@@ -384,6 +387,9 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
         preset: libx264's speed for mp4, ``'ultrafast'`` … ``'veryslow'`` (default ``'medium'``): a faster one
             frees CPU time for the model at the cost of a larger file.
         batch: frames per model call.
+        workers: model calls that run at the same time, each on its share of the threads (CPU only): on a CPU,
+            two single-threaded calls get more done than one call on two threads. ``None``: 2 for a
+            :class:`Matter` on a CPU with 2 threads or more, else 1 (other objects may not be thread-safe).
         start, end: seconds (or ``'MM:SS'``, ``'HH:MM:SS.ms'``) of the source to matte, ``end`` exclusive.
             The output starts at time 0.
         fps: the frame rate of image-sequence inputs (default 25); video files keep their own timing.
@@ -420,6 +426,8 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
     kinds = parse_video_outputs(outputs)
     if not isinstance(batch, (int, np.integer)) or batch < 1:
         raise BgMattingError(f"batch must be a positive integer, got {batch}")
+    if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 1):
+        raise BgMattingError(f"workers must be a positive integer, got {workers}")
     start, end = parse_time(start), parse_time(end)
     if start is not None and end is not None and end <= start:
         raise BgMattingError(f"--end ({end:g} s) must come after --start ({start:g} s)")
@@ -438,6 +446,8 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
     stop = threading.Event()
     threads: list[threading.Thread] = []
     bar = None
+    pool: ThreadPoolExecutor | None = None
+    torch_threads = None  # the thread count to give back, once the workers have shared it
     try:
         reader = VideoReader(src_path, start=start, end=end, fps=fps)
         closers.append(reader.close)
@@ -485,6 +495,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
         if not isinstance(matter, Matter) and not hasattr(matter, "forward_tensors"):
             matter = matter()
         device = torch.device(getattr(matter, "device", "cpu"))
+        workers = _model_workers(workers, matter, device)
 
         channels = {"com": 3 if composite else 4, "fgr": 3, "pha": 1, "err": 1, "ref": 1}
         high_bit = fmt == "mov-prores4444"
@@ -525,7 +536,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
                 except queue.Full:
                     continue
 
-        def run(frames: list[tuple[Frame, np.ndarray, np.ndarray | None]]) -> None:
+        def run(frames: list[tuple[Frame, np.ndarray, np.ndarray | None]]) -> tuple[list[int], dict]:
             s = _batch_tensor([f.image for f, _, _ in frames], device)
             b = bgr_still.expand(len(frames), -1, -1, -1) if bgr_still is not None else \
                 _batch_tensor([x for _, x, _ in frames], device)
@@ -533,9 +544,25 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
                 matter.forward_tensors(s, b)
             tgt = target_const if target_frames is None else _batch_tensor([x for _, _, x in frames], device)
             arrays = {k: _to_numpy(_output(k, res, tgt if composite else None), high_bit) for k in kinds}
-            send(([f.pts - info.first_pts for f, _, _ in frames], arrays))
+            return [f.pts - info.first_pts for f, _, _ in frames], arrays
+
+        in_model: deque[Future] = deque()  # batches in the workers, oldest first
+
+        def submit(frames) -> None:
+            if pool is None:
+                send(run(frames))
+                return
+            in_model.append(pool.submit(run, frames))
+            while len(in_model) >= workers:  # all workers busy: hand the oldest batch on, in order
+                send(in_model.popleft().result())
 
         needed = {x for k in kinds for x in (("pha", "fgr") if k == "com" else (k,))}  # model outputs to make
+        if workers > 1:
+            torch_threads = torch.get_num_threads()
+            torch.set_num_threads(max(1, torch_threads // workers))  # read by each worker thread as it starts
+            if isinstance(matter, Matter):
+                matter.runner  # noqa: B018  (built once, here, with the workers' thread count)
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="bgmatting-model")
         n = 0
         pending: list = []
         while True:
@@ -551,12 +578,14 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
                 raise item.exc
             pending.append(item)
             if len(pending) == batch:
-                run(pending)
+                submit(pending)
                 n += len(pending)
                 pending = []
         if pending:
-            run(pending)
+            submit(pending)
             n += len(pending)
+        while in_model:
+            send(in_model.popleft().result())
         send(_END)
         threads[1].join()
         if errors:
@@ -570,6 +599,10 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
     finally:
         if not finished:
             stop.set()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # lets the batches in the model finish, drops the rest
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
         for t in threads:
             t.join()
         if not finished:
@@ -581,6 +614,16 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
             close()
     return VideoReport(outputs=dict(paths), format=fmt, frames=n, size=size, seconds=seconds,
                        audio=audio_plan.describe(), background=bgr_desc, notes=notes)
+
+
+def _model_workers(workers: int | None, matter: Any, device: torch.device) -> int:
+    """How many model calls run at once (see :func:`convert_video`'s ``workers``)."""
+    if workers is None:
+        return 2 if isinstance(matter, Matter) and device.type == "cpu" and torch.get_num_threads() >= 2 else 1
+    if workers > 1 and device.type != "cpu":
+        raise BgMattingError(f"--workers {workers}: parallel model calls are for the CPU; on {device.type} use 1 "
+                             "(a larger --batch instead)")
+    return int(workers)
 
 
 def _batch_tensor(images: list[np.ndarray], device: torch.device) -> torch.Tensor:
