@@ -93,3 +93,10 @@ def test_written_files_have_ordinary_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+
+
+def test_png_is_written_with_fast_compression(tmp_path):
+    write_image(tmp_path / "fast.png", np.random.default_rng(0).random((32, 32, 3)))
+    data = (tmp_path / "fast.png").read_bytes()
+    idat = data.index(b"IDAT") + 4
+    assert data[idat] & 0x0F == 8 and data[idat + 1] >> 6 == 0  # zlib stream, FLEVEL 0: compress_level 1

@@ -76,6 +76,10 @@ def test_composites(refine_model):
     result = Matter(refine_model, device="cpu")(np.full((8, 8, 3), 0.5, np.float32), np.zeros((8, 8, 3), np.float32))
     rgba = result.composite()
     assert rgba.shape == (8, 8, 4) and np.array_equal(rgba[..., 3], result.pha)
+    result.pha[:2] = 0.0  # fully transparent rows: no colour; the others keep the foreground's
+    rgba = result.composite()
+    assert not rgba[:2, :, :3].any() and np.array_equal(rgba[2:, :, :3], result.fgr[2:] * (result.pha[2:, :, None] > 0))
+    assert result.fgr[:2].any()
     green = result.composite("#00ff00")
     expected = result.pha[..., None] * result.fgr + (1 - result.pha[..., None]) * np.array([0, 1, 0], np.float32)
     assert np.allclose(green, expected, atol=1e-6)

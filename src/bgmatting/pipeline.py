@@ -162,13 +162,14 @@ class MatteResult:
         """Composite the foreground over ``target``.
 
         Args:
-            target: ``None`` → RGBA ``(H, W, 4)`` with straight (un-premultiplied) alpha; a colour
+            target: ``None`` → RGBA ``(H, W, 4)`` with straight (un-premultiplied) alpha, RGB 0 where alpha is 0
+                (fully transparent pixels carry no colour: files stay small; :attr:`fgr` keeps it); a colour
                 (``'#RRGGBB'`` or an RGB tuple in [0, 1]) or an image (array/PIL/tensor, resized to cover the frame)
                 → RGB ``(H, W, 3)`` = ``pha·fgr + (1 − pha)·target``. All float32 in [0, 1].
         """
         pha = self.pha[..., None]
         if target is None:
-            return np.concatenate([self.fgr, pha], axis=2).astype(np.float32)
+            return np.concatenate([self.fgr * (pha > 0), pha], axis=2).astype(np.float32)
         if isinstance(target, str):
             target = parse_colour(target)
         if isinstance(target, (tuple, list)) and len(target) == 3 and all(np.isscalar(v) for v in target):

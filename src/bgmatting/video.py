@@ -637,7 +637,7 @@ def _output(kind: str, res: dict[str, torch.Tensor], target: torch.Tensor | None
     if kind == "com":
         pha, fgr = res["pha"], res["fgr"]
         if target is None:
-            return torch.cat([fgr, pha], dim=1)  # straight (un-premultiplied) alpha
+            return torch.cat([fgr * (pha > 0), pha], dim=1)  # straight alpha; no colour where fully transparent
         return torch.lerp(target, fgr, pha)  # pha * fgr + (1 - pha) * target, in one pass
     return res[kind]
 

