@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -298,3 +299,18 @@ def test_bench_prints_a_table_with_every_backend(weights, capsys):
     assert rows[0][-3] == "(reference)" and float(rows[1][-3]) <= 1e-4 and rows[1][-1].endswith("x")
     assert rows[1][-2] == "0"  # the same patches refined
     assert all(float(r[7]) > 0 for r in rows)  # fps
+
+
+def test_help_and_usage_errors_do_not_load_pytorch():
+    code = textwrap.dedent("""
+        import sys
+        import bgmatting, bgmatting.cli
+        rcs = [bgmatting.cli.main(a) for a in (["--help"], ["video", "--help"], ["matte", "x.png"],
+                                            ["video", "a.mp4", "--bgr", "b.png", "-o", "c.mp4", "--preset", "no"])]
+        print(rcs, "torch" in sys.modules)
+        print(bgmatting.Matter.__name__, bgmatting.video.convert_video is bgmatting.convert_video, "torch" in sys.modules)
+        print("matte_images" in dir(bgmatting), hasattr(bgmatting, "no_such_name"))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-3:] == ["[0, 0, 2, 2] False", "Matter True True", "True False"]

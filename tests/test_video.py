@@ -465,24 +465,23 @@ def test_composite_output_is_alpha_blend():
 
 
 class JitteryMatter(StubMatter):
-    """The stub, thread-safe, taking a different time per batch: later batches can finish first."""
+    """The stub, thread-safe: its first ``workers`` calls wait for each other (they must run at the same time),
+    and the later ones take a different time per batch, so that later batches can finish first."""
 
-    def __init__(self):
+    def __init__(self, workers: int):
         super().__init__()
-        self.lock, self.threads, self.active, self.most = threading.Lock(), set(), 0, 0
+        self.lock, self.threads = threading.Lock(), set()
+        self.together = threading.Barrier(workers, timeout=20)
 
     def forward_tensors(self, src, bgr):
         with self.lock:
             self.threads.add(threading.get_ident())
-            self.active += 1
-            self.most = max(self.most, self.active)
             n = len(self.batches)
             self.batches.append(src.shape[0])
+        if n < self.together.parties:
+            self.together.wait()  # BrokenBarrierError unless the calls overlap
         time.sleep(0.03 if n % 2 == 0 else 0.0)
-        out = StubMatter().forward_tensors(src, bgr)
-        with self.lock:
-            self.active -= 1
-        return out
+        return StubMatter().forward_tensors(src, bgr)
 
 
 def test_parallel_workers_keep_the_frame_order_and_the_thread_count(clip, tmp_path):
@@ -490,10 +489,10 @@ def test_parallel_workers_keep_the_frame_order_and_the_thread_count(clip, tmp_pa
     threads_before = torch.get_num_threads()
     one = convert_video(StubMatter(), src, plate, tmp_path / "one", outputs="pha", format="png", batch=2,
                         progress=False)
-    stub = JitteryMatter()
+    stub = JitteryMatter(workers=3)
     three = convert_video(stub, src, plate, tmp_path / "three", outputs="pha", format="png", batch=2, workers=3,
                           progress=False)
-    assert one.frames == three.frames == 12 and stub.most == 3 and len(stub.threads) == 3
+    assert one.frames == three.frames == 12 and len(stub.threads) == 3
     for a, b in zip(read_all(tmp_path / "one" / "pha", "gray"), read_all(tmp_path / "three" / "pha", "gray")):
         assert np.array_equal(a.image, b.image)  # lossless frames, in the source's order
     assert torch.get_num_threads() == threads_before

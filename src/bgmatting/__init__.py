@@ -13,15 +13,38 @@ if "torch" not in _sys.modules:
     # path uses (NNPACK's, ONNX Runtime's): read once, when PyTorch loads OpenMP; a value set by the user wins.
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .batch import matte_images
+from importlib import import_module as _import_module
+
 from .errors import BgMattingError
-from .export import OnnxModel, export_onnx, export_torchscript
-from .models import MattingBase, MattingRefine
-from .pipeline import Matter, MatteResult
-from .video import VideoReport, convert_video
-from .weights import ModelInfo, list_models, load_model, read_state_dict, save_weights
 
 __version__ = "0.1.0"
 
+# The rest loads on first use (PEP 562), so that ``import bgmatting`` — and the command line's ``--help`` and
+# argument errors — do not wait seconds for PyTorch and torchvision.
+_LAZY = {
+    "matte_images": ".batch", "OnnxModel": ".export", "export_onnx": ".export", "export_torchscript": ".export",
+    "MattingBase": ".models", "MattingRefine": ".models", "Matter": ".pipeline", "MatteResult": ".pipeline",
+    "VideoReport": ".video", "convert_video": ".video", "ModelInfo": ".weights", "list_models": ".weights",
+    "load_model": ".weights", "read_state_dict": ".weights", "save_weights": ".weights",
+}
+
 __all__ = ["BgMattingError", "MattingBase", "MattingRefine", "MatteResult", "Matter", "ModelInfo", "OnnxModel", "VideoReport", "__version__", "convert_video",
            "export_onnx", "export_torchscript", "list_models", "load_model", "matte_images", "read_state_dict", "save_weights"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(_import_module(_LAZY[name], __name__), name)
+    else:  # a submodule, as ``bgmatting.video`` was before these names were lazy
+        try:
+            value = _import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'bgmatting' has no attribute '{name}'") from None
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -31,8 +31,8 @@ from .io.atomic import atomic_write_bytes
 from .io.cache import cache_dir
 from .models import MattingBase, MattingRefine
 from .models.fast import FastMatting
+from .names import BACKENDS
 
-BACKENDS = ("auto", "reference", "eager", "onnxruntime", "graph")
 
 
 def onnxruntime_available() -> bool:

@@ -8,8 +8,8 @@ import warnings
 from fractions import Fraction
 
 from . import __version__
-from .backends import BACKENDS
 from .errors import BgMattingError
+from .names import BACKENDS
 
 
 class _Parser(argparse.ArgumentParser):
