@@ -314,3 +314,45 @@ def test_help_and_usage_errors_do_not_load_pytorch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-3:] == ["[0, 0, 2, 2] False", "Matter True True", "True False"]
+
+
+def test_matte_runs_images_on_parallel_workers_with_the_same_result(tmp_path, weights):
+    import threading
+
+    from bgmatting import matte_images
+    from bgmatting.pipeline import MatteResult
+
+    for i in range(5):
+        _img(tmp_path / "src" / f"{i}.jpg", seed=0)
+    _img(tmp_path / "plate.png", seed=1)
+    for w in ("1", "2"):
+        assert run("matte", tmp_path / "src", "--bgr", tmp_path / "plate.png", "-o", tmp_path / f"w{w}", "--weights",
+                   weights, "--workers", w, "-q") == 0
+    for i in range(5):
+        a, b = (np.asarray(Image.open(tmp_path / f"w{w}" / "pha" / f"{i}.png")).astype(int) for w in ("1", "2"))
+        assert np.abs(a - b).max() <= 1  # float rounding of one thread against two
+
+    class Overlapping:  # its first two calls must overlap: each waits for the other
+        device = torch.device("cpu")
+
+        def __init__(self):
+            self.together, self.lock = threading.Barrier(2, timeout=20), threading.Lock()
+            self.threads, self.calls = set(), 0
+
+        def __call__(self, src, bgr):
+            with self.lock:
+                self.threads.add(threading.get_ident())
+                self.calls += 1
+                first_two = self.calls <= 2
+            if first_two:
+                self.together.wait()  # BrokenBarrierError (after 20 s) unless the two calls overlap
+            pha = np.ones(src.shape[:2], np.float32)
+            return MatteResult(pha=pha, fgr=src / 255.0, err=0 * pha, ref=0 * pha)
+
+    stub = Overlapping()
+    jobs = matte_images([tmp_path / "src"], [tmp_path / "plate.png"], tmp_path / "stub", lambda: stub,
+                        outputs="pha", check_bgr=False, progress=False, workers=2)
+    assert len(jobs) == 5 and stub.calls == 5 and len(stub.threads) == 2
+    assert all((tmp_path / "stub" / "pha" / f"{i}.png").exists() for i in range(5))
+    assert run("matte", tmp_path / "src", "--bgr", tmp_path / "plate.png", "-o", tmp_path / "w0", "--workers", "0",
+               "-q") == 2

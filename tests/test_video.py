@@ -27,7 +27,7 @@ from bgmatting import BgMattingError, Matter, MattingRefine
 from bgmatting import video as vmod
 from bgmatting.io import video as vio
 from bgmatting.io.video import VideoReader, VideoWriter
-from bgmatting.pipeline import TENSOR_OUTPUTS
+from bgmatting.pipeline import TENSOR_OUTPUTS, ModelWorkers
 from bgmatting.video import VideoReport, convert_video, plan_video_outputs
 
 
@@ -509,11 +509,11 @@ def test_a_real_matter_on_the_cpu_gets_two_workers_with_the_same_result(clip, tm
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)  # a 4-thread machine
     real_set = torch.set_num_threads
     monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real_set(min(n, 2))))
-    assert vmod._model_workers(None, matter, torch.device("cpu")) == 2
-    assert vmod._model_workers(None, StubMatter(), torch.device("cpu")) == 1  # not known to be thread-safe
-    assert vmod._model_workers(None, matter, torch.device("cuda")) == 1
+    assert ModelWorkers(None, matter, torch.device("cpu")).workers == 2
+    assert ModelWorkers(None, StubMatter(), torch.device("cpu")).workers == 1  # not known to be thread-safe
+    assert ModelWorkers(None, matter, torch.device("cuda")).workers == 1
     with pytest.raises(BgMattingError, match="--workers 2: parallel model calls are for the CPU"):
-        vmod._model_workers(2, matter, torch.device("cuda"))
+        ModelWorkers(2, matter, torch.device("cuda"))
     for w in (1, None):
         convert_video(matter, src, plate, tmp_path / f"w{w}", outputs="pha", format="png", workers=w, end=0.32,
                       progress=False)

@@ -6,16 +6,26 @@ mistake in the arguments costs nothing, and every file is written atomically.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+import torch
 
 from .errors import BgMattingError
 from .io import check_writable_folder, image_size, is_image_path, list_images, read_image, write_image
-from .pipeline import MatteResult, Matter, check_background_size, match_background, parse_colour, to_tensor
+from .pipeline import (
+    MatteResult,
+    Matter,
+    ModelWorkers,
+    check_background_size,
+    match_background,
+    parse_colour,
+    to_tensor,
+)
 
 OUTPUT_KINDS = ("com", "pha", "fgr", "err", "ref", "mask")
 
@@ -187,7 +197,8 @@ def write_outputs(result: MatteResult, outputs: dict[str, Path], target: Any = N
 def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                  matter: Matter | Callable[[], Matter], outputs: str | Sequence[str] = ("com", "pha"), target_bgr: str | None = None,
                  overwrite: bool = False, pha_16bit: bool = False, mask_threshold: float = 0.5,
-                 align: bool = False, check_bgr: bool = True, progress: bool = True) -> list[Job]:
+                 align: bool = False, check_bgr: bool = True, progress: bool = True,
+                 workers: int | None = None) -> list[Job]:
     """Matte image files and write the outputs under ``out_dir/<kind>/<relative path>.png``.
 
     Args:
@@ -203,6 +214,8 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
         align: align each background to its source first (hand-held shots; see :mod:`bgmatting.align`).
         check_bgr: stop with an explanation when a background does not show the source's scene (e.g. the new
             background passed as ``bgr`` instead of ``target_bgr``).
+        workers: images in the works at once (read, model, written), each model call on its share of the
+            threads; ``None``: 2 on a CPU, 1 on a GPU (see :class:`~bgmatting.pipeline.ModelWorkers`).
 
     Returns:
         the jobs done, with their output paths.
@@ -210,6 +223,7 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
     from tqdm import tqdm
 
     kinds = parse_outputs(outputs)
+    ModelWorkers.check(workers)
     if not 0.0 <= mask_threshold <= 1.0:
         raise BgMattingError(f"mask threshold must be in [0, 1], got {mask_threshold}")
     jobs = pair_inputs(srcs, bgrs)
@@ -220,13 +234,10 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
         matter = matter()
     if align or check_bgr:
         from .align import align_background, check_background_matches
-    bgr_cache: dict[Path, np.ndarray] = {}
-    for job in tqdm(jobs, desc="matting", unit="img", disable=not progress):
+
+    def matte(job: Job) -> None:
         src = read_image(job.src)
-        if job.bgr not in bgr_cache:
-            bgr_cache.clear()  # keep at most one background in memory
-            bgr_cache[job.bgr] = read_image(job.bgr)
-        bgr = bgr_cache[job.bgr]
+        bgr = read_bgr(job.bgr)
         if align or check_bgr:
             bgr = match_background(to_tensor(bgr), src.shape[:2])[0].permute(1, 2, 0).numpy()
         if align:
@@ -236,6 +247,12 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
                 check_background_matches(src, bgr)
             except BgMattingError as e:
                 raise BgMattingError(f"{job.src}: {e}") from None
-        result = matter(src, bgr)
-        write_outputs(result, job.outputs, target, pha_16bit, mask_threshold)
+        write_outputs(matter(src, bgr), job.outputs, target, pha_16bit, mask_threshold)
+
+    model = ModelWorkers(workers, matter, torch.device(getattr(matter, "device", "cpu")))
+    read_bgr = functools.lru_cache(maxsize=model.workers)(read_image)  # one background per image in the works
+    with model, tqdm(total=len(jobs), desc="matting", unit="img", disable=not progress) as bar:
+        for job in jobs:
+            bar.update(len(model.submit(matte, job)))
+        bar.update(len(model.drain()))
     return jobs

@@ -27,6 +27,11 @@ def _scale(text: str) -> float:
     return value
 
 
+def _add_workers_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, help="model calls at the same time, each on its share of the threads "
+                                               "(CPU only; default 2 on a CPU, 1 on a GPU)")
+
+
 def _add_model_args(p: argparse.ArgumentParser, runtime: bool = True) -> None:
     """The weights and refiner options; ``runtime`` adds --device and --precision (inference commands)."""
     g = p.add_argument_group("model")
@@ -70,7 +75,7 @@ def _cmd_matte(args) -> int:
     jobs = matte_images(args.src, args.bgr, args.output, lambda: _matter(args), outputs=args.outputs,
                         target_bgr=args.target_bgr, overwrite=args.overwrite, pha_16bit=args.pha_16bit,
                         mask_threshold=args.mask_threshold, align=args.align, check_bgr=not args.no_bgr_check,
-                        progress=not args.quiet)
+                        progress=not args.quiet, workers=args.workers)
     if not args.quiet:
         print(f"matted {len(jobs)} image(s) into {args.output}", file=sys.stderr)
     return 0
@@ -245,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pha-16bit", action="store_true", help="write alpha as 16-bit PNG")
     p.add_argument("--mask-threshold", type=float, default=0.5, metavar="T", help="alpha threshold of 'mask'")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _add_workers_arg(p)
     _add_bgr_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_model_args(p)
@@ -270,8 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="H.264 encoder speed for mp4: ultrafast ... veryslow (default medium); faster presets leave "
                         "more CPU to the model and write larger files")
     p.add_argument("--batch", type=int, default=4, help="frames per forward pass (default 4)")
-    p.add_argument("--workers", type=int, help="forward passes at the same time, each on its share of the threads "
-                                               "(CPU only; default 2 on a CPU, 1 on a GPU)")
+    _add_workers_arg(p)
     p.add_argument("--start", metavar="T", help="start time (seconds or [h:]m:s)")
     p.add_argument("--end", metavar="T", help="end time (seconds or [h:]m:s)")
     p.add_argument("--fps", type=float, help="frame rate of a folder of frames (default 25)")

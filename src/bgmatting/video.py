@@ -19,9 +19,7 @@ import queue
 import threading
 import time
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +47,7 @@ from .io.video import (
     parse_time,
     plan_audio,
 )
-from .pipeline import Matter, check_background_size, cover_resize, parse_colour
+from .pipeline import Matter, ModelWorkers, check_background_size, cover_resize, parse_colour
 
 OUTPUT_KINDS = ("com", "pha", "fgr", "err", "ref")
 """Outputs of :func:`convert_video`: composite, alpha, foreground, error map, refined-patch map."""
@@ -426,8 +424,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
     kinds = parse_video_outputs(outputs)
     if not isinstance(batch, (int, np.integer)) or batch < 1:
         raise BgMattingError(f"batch must be a positive integer, got {batch}")
-    if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 1):
-        raise BgMattingError(f"workers must be a positive integer, got {workers}")
+    ModelWorkers.check(workers)
     start, end = parse_time(start), parse_time(end)
     if start is not None and end is not None and end <= start:
         raise BgMattingError(f"--end ({end:g} s) must come after --start ({start:g} s)")
@@ -446,8 +443,6 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
     stop = threading.Event()
     threads: list[threading.Thread] = []
     bar = None
-    pool: ThreadPoolExecutor | None = None
-    torch_threads = None  # the thread count to give back, once the workers have shared it
     try:
         reader = VideoReader(src_path, start=start, end=end, fps=fps)
         closers.append(reader.close)
@@ -495,7 +490,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
         if not isinstance(matter, Matter) and not hasattr(matter, "forward_tensors"):
             matter = matter()
         device = torch.device(getattr(matter, "device", "cpu"))
-        workers = _model_workers(workers, matter, device)
+        model = ModelWorkers(workers, matter, device)
 
         channels = {"com": 3 if composite else 4, "fgr": 3, "pha": 1, "err": 1, "ref": 1}
         high_bit = fmt == "mov-prores4444"
@@ -546,23 +541,13 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
             arrays = {k: _to_numpy(_output(k, res, tgt if composite else None), high_bit) for k in kinds}
             return [f.pts - info.first_pts for f, _, _ in frames], arrays
 
-        in_model: deque[Future] = deque()  # batches in the workers, oldest first
-
-        def submit(frames) -> None:
-            if pool is None:
-                send(run(frames))
-                return
-            in_model.append(pool.submit(run, frames))
-            while len(in_model) >= workers:  # all workers busy: hand the oldest batch on, in order
-                send(in_model.popleft().result())
+        def submit(frames) -> None:  # to the model's workers; what they have done goes on to the writer, in order
+            for item in model.submit(run, frames):
+                send(item)
 
         needed = {x for k in kinds for x in (("pha", "fgr") if k == "com" else (k,))}  # model outputs to make
-        if workers > 1:
-            torch_threads = torch.get_num_threads()
-            torch.set_num_threads(max(1, torch_threads // workers))  # read by each worker thread as it starts
-            if isinstance(matter, Matter):
-                matter.runner  # noqa: B018  (built once, here, with the workers' thread count)
-            pool = ThreadPoolExecutor(workers, thread_name_prefix="bgmatting-model")
+        model.__enter__()
+        closers.append(model.__exit__)  # cancels the batches not started, gives the threads back
         n = 0
         pending: list = []
         while True:
@@ -584,8 +569,8 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
         if pending:
             submit(pending)
             n += len(pending)
-        while in_model:
-            send(in_model.popleft().result())
+        for item in model.drain():
+            send(item)
         send(_END)
         threads[1].join()
         if errors:
@@ -599,10 +584,6 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
     finally:
         if not finished:
             stop.set()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)  # lets the batches in the model finish, drops the rest
-        if torch_threads is not None:
-            torch.set_num_threads(torch_threads)
         for t in threads:
             t.join()
         if not finished:
@@ -614,16 +595,6 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
             close()
     return VideoReport(outputs=dict(paths), format=fmt, frames=n, size=size, seconds=seconds,
                        audio=audio_plan.describe(), background=bgr_desc, notes=notes)
-
-
-def _model_workers(workers: int | None, matter: Any, device: torch.device) -> int:
-    """How many model calls run at once (see :func:`convert_video`'s ``workers``)."""
-    if workers is None:
-        return 2 if isinstance(matter, Matter) and device.type == "cpu" and torch.get_num_threads() >= 2 else 1
-    if workers > 1 and device.type != "cpu":
-        raise BgMattingError(f"--workers {workers}: parallel model calls are for the CPU; on {device.type} use 1 "
-                             "(a larger --batch instead)")
-    return int(workers)
 
 
 def _batch_tensor(images: list[np.ndarray], device: torch.device) -> torch.Tensor:
