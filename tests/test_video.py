@@ -522,3 +522,12 @@ def test_a_real_matter_on_the_cpu_gets_two_workers_with_the_same_result(clip, tm
         assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1  # float rounding of 1 vs 2 threads
     with pytest.raises(BgMattingError, match="workers must be a positive integer"):
         convert_video(matter, src, plate, tmp_path / "x", workers=0, progress=False)
+
+
+def test_default_batch_on_the_cpu_is_one_frame(clip, tmp_path):
+    src, plate = clip
+    stub = StubMatter()
+    convert_video(stub, src, plate, tmp_path / "pha.mp4", outputs="pha", progress=False)
+    assert stub.batches == [1] * 12
+    with pytest.raises(BgMattingError, match="batch must be a positive integer"):
+        convert_video(stub, src, plate, tmp_path / "x.mp4", outputs="pha", batch=0, progress=False)

@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=X264_PRESETS, metavar="PRESET",
                    help="H.264 encoder speed for mp4: ultrafast ... veryslow (default medium); faster presets leave "
                         "more CPU to the model and write larger files")
-    p.add_argument("--batch", type=int, default=4, help="frames per forward pass (default 4)")
+    p.add_argument("--batch", type=int, help="frames per forward pass (default 1 on a CPU, 4 on a GPU)")
     _add_workers_arg(p)
     p.add_argument("--start", metavar="T", help="start time (seconds or [h:]m:s)")
     p.add_argument("--end", metavar="T", help="end time (seconds or [h:]m:s)")

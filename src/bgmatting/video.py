@@ -349,7 +349,7 @@ def _auto_plate(src: Path, matter: Any, align: bool, frames: int, start, end, pr
 
 
 def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.PathLike, *, outputs: str | Sequence[str] = ("com",), target_bgr: Any = None, format: str = "auto",
-                  crf: int | None = None, preset: str | None = None, batch: int = 4, workers: int | None = None,
+                  crf: int | None = None, preset: str | None = None, batch: int | None = None, workers: int | None = None,
                   start: float | str | None = None,
                   end: float | str | None = None, fps: float | None = None, overwrite: bool = False,
                   audio: bool = True, progress: bool = True, bgr_transform: BgrTransform | None = None,
@@ -384,7 +384,8 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
         crf: quality for mp4 (0–51, default 18) and webm-alpha (0–63, default 24); lower is better and larger.
         preset: libx264's speed for mp4, ``'ultrafast'`` … ``'veryslow'`` (default ``'medium'``): a faster one
             frees CPU time for the model at the cost of a larger file.
-        batch: frames per model call.
+        batch: frames per model call; ``None``: 4 on a GPU, 1 on a CPU (where two workers with one frame each
+            run fastest: 3.0 fps against 2.6 with 4 frames, on a 2-core machine at HD, and 0.9 GB less memory).
         workers: model calls that run at the same time, each on its share of the threads (CPU only): on a CPU,
             two single-threaded calls get more done than one call on two threads. ``None``: 2 for a
             :class:`Matter` on a CPU with 2 threads or more, else 1 (other objects may not be thread-safe).
@@ -422,7 +423,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
         model = matter
         matter = lambda: Matter(model)  # noqa: E731  (made after the checks)
     kinds = parse_video_outputs(outputs)
-    if not isinstance(batch, (int, np.integer)) or batch < 1:
+    if batch is not None and (not isinstance(batch, (int, np.integer)) or batch < 1):
         raise BgMattingError(f"batch must be a positive integer, got {batch}")
     ModelWorkers.check(workers)
     start, end = parse_time(start), parse_time(end)
@@ -491,6 +492,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
             matter = matter()
         device = torch.device(getattr(matter, "device", "cpu"))
         model = ModelWorkers(workers, matter, device)
+        batch = batch or (1 if device.type == "cpu" else 4)
 
         channels = {"com": 3 if composite else 4, "fgr": 3, "pha": 1, "err": 1, "ref": 1}
         high_bit = fmt == "mov-prores4444"
