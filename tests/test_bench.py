@@ -100,3 +100,20 @@ def test_runners_are_timed_in_interleaved_rotating_rounds():
     timed = time_runners([runner("a"), runner("b"), runner("c")], src, src, "fp32", frames=3, warmup=1)
     assert log == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]  # warm-ups alone, then the rounds
     assert len(timed) == 3 and all(ms >= 0 and peak is None and out[0] is src for ms, peak, out in timed)
+
+
+def test_memory_benchmark_measures_each_path_in_its_own_process():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "memory.py"
+    out = subprocess.run([sys.executable, str(script), "--resolutions", "512x384", "--backbones", "mobilenetv2",
+                          "--paths", "original,static"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| mobilenetv2")]
+    assert [r[2].strip() for r in rows] == ["original", "static"]
+    peaks = [float(r[3]) for r in rows]
+    assert all(p > 1 for p in peaks) and rows[0][4].strip() == "1.00×"
+    bad = subprocess.run([sys.executable, str(script), "--paths", "fast"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "unknown path(s) fast" in bad.stderr
