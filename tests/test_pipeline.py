@@ -136,3 +136,18 @@ def test_forward_tensors_makes_only_the_outputs_asked_for(refine_model, arch):
             assert v.shape == full[k].shape and torch.equal(v, full[k]), k
     with pytest.raises(BgMattingError, match="unknown output.*com"):
         matter.forward_tensors(src, bgr, outputs=("pha", "com"))
+
+
+def test_model_workers_give_the_threads_back_even_if_the_model_fails_to_build(refine_model, monkeypatch):
+    from bgmatting.pipeline import ModelWorkers
+
+    before = torch.get_num_threads()
+    matter = Matter(refine_model, device="cpu")
+    monkeypatch.setattr(Matter, "runner", property(lambda self: (_ for _ in ()).throw(BgMattingError("no runner"))))
+    with pytest.raises(BgMattingError, match="no runner"):
+        with ModelWorkers(2, matter, torch.device("cpu")):
+            pass
+    assert torch.get_num_threads() == before
+    with ModelWorkers(3, object(), torch.device("cpu")) as calls:  # results in submission order
+        got = [r for i in range(7) for r in calls.submit(lambda i: i * i, i)] + calls.drain()
+    assert got == [i * i for i in range(7)] and torch.get_num_threads() == before

@@ -379,12 +379,17 @@ class ModelWorkers:
                                     or workers < 1):
             raise BgMattingError(f"workers must be a positive integer, got {workers}")
 
-    def __enter__(self) -> "ModelWorkers":
-        if self.workers > 1:
+    def start(self) -> "ModelWorkers":
+        """Share the threads and start the workers (what ``with`` does on entry)."""
+        if self.workers > 1 and self._pool is None:
             self._threads = torch.get_num_threads()
             torch.set_num_threads(max(1, self._threads // self.workers))
-            if isinstance(self.matter, Matter):
-                self.matter.runner  # noqa: B018  (built here, once, with the workers' thread count)
+            try:
+                if isinstance(self.matter, Matter):
+                    self.matter.runner  # noqa: B018  (built here, once, with the workers' thread count)
+            except BaseException:
+                self.close()
+                raise
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="bgmatting-model")
         return self
 
@@ -406,7 +411,14 @@ class ModelWorkers:
             done.append(self._queue.popleft().result())
         return done
 
+    def __enter__(self) -> "ModelWorkers":
+        return self.start()
+
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Cancel the calls not started, wait for the running ones, give the threads back (idempotent)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

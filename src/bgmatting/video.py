@@ -491,7 +491,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
         if not isinstance(matter, Matter) and not hasattr(matter, "forward_tensors"):
             matter = matter()
         device = torch.device(getattr(matter, "device", "cpu"))
-        model = ModelWorkers(workers, matter, device)
+        calls = ModelWorkers(workers, matter, device)
         batch = batch or (1 if device.type == "cpu" else 4)
 
         channels = {"com": 3 if composite else 4, "fgr": 3, "pha": 1, "err": 1, "ref": 1}
@@ -544,12 +544,12 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
             return [f.pts - info.first_pts for f, _, _ in frames], arrays
 
         def submit(frames) -> None:  # to the model's workers; what they have done goes on to the writer, in order
-            for item in model.submit(run, frames):
+            for item in calls.submit(run, frames):
                 send(item)
 
         needed = {x for k in kinds for x in (("pha", "fgr") if k == "com" else (k,))}  # model outputs to make
-        model.__enter__()
-        closers.append(model.__exit__)  # cancels the batches not started, gives the threads back
+        closers.append(calls.close)  # cancels the batches not started, gives the threads back
+        calls.start()
         n = 0
         pending: list = []
         while True:
@@ -571,7 +571,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
         if pending:
             submit(pending)
             n += len(pending)
-        for item in model.drain():
+        for item in calls.drain():
             send(item)
         send(_END)
         threads[1].join()
