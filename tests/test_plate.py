@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("cv2")
 
 from bgmatting import BgMattingError
+from bgmatting import plate as plate_module
 from bgmatting.plate import _masked_median, estimate_plate, sample_frames, save_plate
 
 H, W, T = 48, 64, 21
@@ -128,7 +129,10 @@ def test_estimate_plate_limits_frames():
     assert result.frames_used <= 10 and result.frame_indices[0] == 0
 
 
-def test_masked_median_matches_numpy():
+@pytest.mark.parametrize("chunk", [None, 7 * 6 * 3 * 2])  # one band, or bands of 2 rows
+def test_masked_median_matches_numpy(chunk, monkeypatch):
+    if chunk:
+        monkeypatch.setattr(plate_module, "_MEDIAN_CHUNK", chunk)
     rng = np.random.default_rng(0)
     stack = rng.integers(0, 256, (7, 5, 6, 3), dtype=np.uint8)
     valid = rng.random((7, 5, 6)) < 0.6

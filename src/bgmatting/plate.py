@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .errors import BgMattingError
 
@@ -148,14 +149,14 @@ def _masked_median(stack: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndar
         block = stack[:, r0:r1]
         if valid is None:
             med = np.median(block, axis=0)
-        else:
-            data = block.astype(np.uint16)
-            data[~valid[:, r0:r1]] = 256  # invalid samples sort after every valid one
-            data.sort(axis=0)
-            k = count[r0:r1][None, ..., None]  # (1, rows, W, 1)
-            lo = np.take_along_axis(data, np.maximum(k - 1, 0) // 2 * np.ones_like(data[:1]), axis=0)[0]
-            hi = np.take_along_axis(data, np.minimum(k // 2, n - 1) * np.ones_like(data[:1]), axis=0)[0]
-            med = (lo.astype(np.float32) + hi.astype(np.float32)) / 2
+        else:  # frames last and contiguous: torch sorts these short rows about 1.5 times faster than numpy
+            data = torch.from_numpy(np.ascontiguousarray(np.moveaxis(block, 0, -1))).to(torch.int16)  # (rows, W, 3, n)
+            invalid = torch.from_numpy(np.ascontiguousarray(np.moveaxis(~valid[:, r0:r1], 0, -1)))[:, :, None]
+            data = data.masked_fill_(invalid, 256).sort(dim=-1).values  # invalid samples after every valid one
+            k = torch.from_numpy(count[r0:r1])[..., None, None].expand(-1, -1, 3, 1)  # (rows, W, 3, 1)
+            lo = data.gather(-1, (k - 1).clamp(min=0) // 2)[..., 0]
+            hi = data.gather(-1, (k // 2).clamp(max=n - 1))[..., 0]
+            med = ((lo.float() + hi.float()) / 2).numpy()
             med[count[r0:r1] == 0] = 0
         out[r0:r1] = np.asarray(med, np.float32) / 255.0
     return out, count
