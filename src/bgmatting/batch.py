@@ -249,10 +249,10 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
                 raise BgMattingError(f"{job.src}: {e}") from None
         write_outputs(matter(src, bgr), job.outputs, target, pha_16bit, mask_threshold)
 
-    model = ModelWorkers(workers, matter, torch.device(getattr(matter, "device", "cpu")))
-    read_bgr = functools.lru_cache(maxsize=model.workers)(read_image)  # one background per image in the works
-    with model, tqdm(total=len(jobs), desc="matting", unit="img", disable=not progress) as bar:
+    calls = ModelWorkers(workers, matter, torch.device(getattr(matter, "device", "cpu")))
+    read_bgr = functools.lru_cache(maxsize=calls.workers)(read_image)  # one background per image in the works
+    with calls, tqdm(total=len(jobs), desc="matting", unit="img", disable=not progress) as bar:
         for job in jobs:
-            bar.update(len(model.submit(matte, job)))
-        bar.update(len(model.drain()))
+            bar.update(len(calls.submit(matte, job)))
+        bar.update(len(calls.drain()))
     return jobs
