@@ -260,10 +260,9 @@ class Matter:
     def _use_onnx_file(self, path, backend: str | None, model_options: dict) -> None:
         """Run a file written by ``bgmatting export --format onnx`` with ONNX Runtime (its options are fixed)."""
         from .export import OnnxModel
+        from .weights import check_onnx_options
 
-        if model_options:
-            raise BgMattingError("the refiner options of an exported ONNX file are fixed; export it again to change "
-                                 f"them ({', '.join(model_options)} given)")
+        check_onnx_options(model_options)
         if backend not in (None, "auto", "onnxruntime"):
             raise BgMattingError(f"an exported ONNX file runs with the onnxruntime backend, not '{backend}'")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device.type == "cuda" else None

@@ -317,6 +317,13 @@ def is_onnx_file(source: Any) -> bool:
     return isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".onnx")
 
 
+def check_onnx_options(options: dict) -> None:
+    """Refuse refiner ``options`` for an exported ONNX file: they were fixed when it was exported."""
+    if options:
+        raise BgMattingError(f"the refiner options of an exported ONNX file are fixed; export it again to change "
+                             f"them ({', '.join(sorted(options))} given)")
+
+
 def pytorch_weights(source: Any, command: str) -> Any:
     """``source``, refused with a clear error if it is an ONNX file: ``command`` needs PyTorch weights."""
     if is_onnx_file(source):
@@ -348,9 +355,7 @@ def load_model(source: str | os.PathLike | None = None, **overrides) -> nn.Modul
     if is_onnx_file(source):
         from .export import OnnxModel
 
-        if overrides:
-            raise BgMattingError(f"the refiner options of an exported ONNX file are fixed; export it again to change "
-                                 f"them ({', '.join(sorted(overrides))} given)")
+        check_onnx_options(overrides)
         return OnnxModel(source)
     if source is None or (isinstance(source, str) and source in _REGISTRY):
         info = _REGISTRY[DEFAULT_MODEL if source is None else source]
