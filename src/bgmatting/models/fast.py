@@ -394,8 +394,7 @@ class FastMatting(nn.Module):
         dec = self.net.decoder
         low, x0 = dec.low_features(*enc[:-1]), enc[-1]
         if not self.sparse_hid:
-            x = dec.conv4(dec._up_cat(low, x0))
-            return (*self.net._outputs(x), x[:, 5:].relu())
+            return self.net._heads(dec.conv4(dec._up_cat(low, x0)))
         conv = dec.conv4
         if tuple(x0.shape[2:]) == (2 * low.shape[2], 2 * low.shape[3]) and min(low.shape[2:]) >= 2:
             # the upsampled part of the conv's input at low resolution (up2_conv3x3), the [src, bgr] part directly

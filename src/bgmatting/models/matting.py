@@ -60,10 +60,14 @@ class MattingBase(nn.Module):
         """The first 5 channels of the last conv: ``pha`` in [0, 1], foreground *residual*, ``err`` in [0, 1]."""
         return x[:, 0:1].clamp(0.0, 1.0), x[:, 1:4], x[:, 4:5].clamp(0.0, 1.0)
 
+    @classmethod
+    def _heads(cls, x: torch.Tensor):
+        """All the last conv's channels: :meth:`_outputs` and the hidden channels ``hid`` ≥ 0."""
+        return (*cls._outputs(x), x[:, 5:].relu())
+
     def _coarse(self, src: torch.Tensor, bgr: torch.Tensor):
         """Base network: ``pha`` in [0, 1], foreground *residual*, ``err`` in [0, 1], ``hid`` ≥ 0."""
-        x = self.decoder(*self._encode(src, bgr))
-        return (*self._outputs(x), x[:, 5:].relu())
+        return self._heads(self.decoder(*self._encode(src, bgr)))
 
     def forward(self, src: torch.Tensor, bgr: torch.Tensor):
         _check_pair(src, bgr)
