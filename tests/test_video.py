@@ -27,7 +27,7 @@ from bgmatting import BgMattingError, Matter, MattingRefine
 from bgmatting import video as vmod
 from bgmatting.io import video as vio
 from bgmatting.io.video import VideoReader, VideoWriter
-from bgmatting.pipeline import TENSOR_OUTPUTS, ModelWorkers
+from bgmatting.pipeline import TENSOR_OUTPUTS, ModelWorkers, tensor_to_uint
 from bgmatting.video import VideoReport, convert_video, plan_video_outputs
 
 
@@ -446,7 +446,7 @@ def test_to_numpy_rounds_into_contiguous_rows_and_leaves_its_input(channels, hig
     x = torch.tensor([-0.5, 0.0, 0.2, 1 / 510, 0.5, 1.0, 1.5]).repeat(2, channels, 3, 1)  # (2, C, 3, 7)
     x[:, -1] += 0.25
     before = x.clone()
-    got = vmod._to_numpy(x, high_bit)
+    got = tensor_to_uint(x, high_bit)
     top = 65535 if high_bit else 255
     want = np.rint(np.clip(before.permute(0, 2, 3, 1).numpy(), 0, 1) * top)
     assert got.dtype == (np.uint16 if high_bit else np.uint8) and got.flags.c_contiguous

@@ -343,6 +343,15 @@ class Matter:
                            ref=arr["ref"][..., 0])
 
 
+def tensor_to_uint(x: torch.Tensor, high_bit: bool = False) -> np.ndarray:
+    """``(B, C, H, W)`` float in [0, 1] → contiguous ``(B, H, W, C)`` uint8 (or uint16) numpy, rounded."""
+    top = 65535.0 if high_bit else 255.0
+    # a copy in row order (as encoders take images), never the caller's tensor: one output can feed another
+    x = x.cpu().permute(0, 2, 3, 1).clone(memory_format=torch.contiguous_format).clamp_(0, 1).mul_(top).round_()
+    x = x.to(torch.int32 if high_bit else torch.uint8).numpy()
+    return x.astype(np.uint16) if high_bit else x
+
+
 class ModelWorkers:
     """Calls of the model on up to ``workers`` threads at once, handed back in the order they were submitted.
 

@@ -47,7 +47,7 @@ from .io.video import (
     parse_time,
     plan_audio,
 )
-from .pipeline import Matter, ModelWorkers, check_background_size, cover_resize, parse_colour
+from .pipeline import Matter, ModelWorkers, check_background_size, cover_resize, parse_colour, tensor_to_uint
 
 OUTPUT_KINDS = ("com", "pha", "fgr", "err", "ref")
 """Outputs of :func:`convert_video`: composite, alpha, foreground, error map, refined-patch map."""
@@ -540,7 +540,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
             res = matter.forward_tensors(s, b, outputs=needed) if isinstance(matter, Matter) else \
                 matter.forward_tensors(s, b)
             tgt = target_const if target_frames is None else _batch_tensor([x for _, _, x in frames], device)
-            arrays = {k: _to_numpy(_output(k, res, tgt if composite else None), high_bit) for k in kinds}
+            arrays = {k: tensor_to_uint(_output(k, res, tgt if composite else None), high_bit) for k in kinds}
             return [f.pts - info.first_pts for f, _, _ in frames], arrays
 
         def submit(frames) -> None:  # to the model's workers; what they have done goes on to the writer, in order
@@ -613,12 +613,3 @@ def _output(kind: str, res: dict[str, torch.Tensor], target: torch.Tensor | None
             return torch.cat([fgr * (pha > 0), pha], dim=1)  # straight alpha; no colour where fully transparent
         return torch.lerp(target, fgr, pha)  # pha * fgr + (1 - pha) * target, in one pass
     return res[kind]
-
-
-def _to_numpy(x: torch.Tensor, high_bit: bool) -> np.ndarray:
-    """``(B, C, H, W)`` float in [0, 1] → contiguous ``(B, H, W, C)`` uint8 (or uint16) numpy, rounded."""
-    top = 65535.0 if high_bit else 255.0
-    # a copy in the writer's layout (whole rows), never the caller's tensor: one output can feed another
-    x = x.cpu().permute(0, 2, 3, 1).clone(memory_format=torch.contiguous_format).clamp_(0, 1).mul_(top).round_()
-    x = x.to(torch.int32 if high_bit else torch.uint8).numpy()
-    return x.astype(np.uint16) if high_bit else x

@@ -94,6 +94,7 @@ from ..pipeline import (
     cover_resize,
     match_background,
     parse_colour,
+    tensor_to_uint,
     to_tensor,
 )
 
@@ -179,7 +180,7 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def _tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
     """``(1, C, H, W)`` float in [0, 1] → ``(H, W)`` or ``(H, W, 3)`` uint8."""
-    arr = (x[0].clamp(0, 1) * 255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    arr = tensor_to_uint(x)[0]
     return arr[..., 0] if arr.shape[2] == 1 else arr
 
 
