@@ -360,3 +360,32 @@ def test_cuda_graph_runner_logic_with_a_fake_graph(monkeypatch, rng):
         runner(*frames[2])
         runner(*frames[3])
     assert len(runner.graphs) == 2 and (1, 3, 64, 48) not in {k[0] for k in runner.graphs}  # oldest dropped
+
+
+def _capture(fast, src, bgr):
+    """Trace ``fast`` whole with TorchDynamo (no compiler): it raises at any op whose result depends on the data
+    (``nonzero``, ``unique``, ``.item()``, a Python branch on a tensor), which a CUDA graph cannot capture either."""
+    torch._dynamo.reset()
+    try:
+        traced = torch.compile(fast, backend="eager", fullgraph=True, dynamic=False)
+        with torch.no_grad():
+            return traced(src, bgr)
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("options", [dict(refine_sample_pixels=16 * 100),
+                                     dict(refine_sample_pixels=16 * 100, refine_kernel_size=1,
+                                          refine_prevent_oversampling=False),
+                                     dict(refine_mode="full"), None])
+def test_graph_backend_module_has_no_host_synchronisation(options, rng):
+    """What the CUDA graph backend captures (the static twin, models as ``make_runner`` builds it on CUDA) traces
+    as one graph with fixed shapes; the per-frame twin, with its data-dependent patch count, does not."""
+    model = randomize_(MattingBase("mobilenetv2") if options is None else MattingRefine("mobilenetv2", **options))
+    fast = FastMatting(model, static=True, channels_last=True, winograd=False)  # winograd is CPU-only
+    src, bgr = _pair(rng, 2, 64, 48)
+    with torch.no_grad():
+        assert _max_diff(_capture(fast, src, bgr), model(src, bgr)) <= TOL
+    if options is not None and "refine_mode" not in options:
+        with pytest.raises(torch._dynamo.exc.Unsupported):
+            _capture(FastMatting(model, static=False, winograd=False), src, bgr)
