@@ -389,3 +389,15 @@ def test_graph_backend_module_has_no_host_synchronisation(options, rng):
     if options is not None and "refine_mode" not in options:
         with pytest.raises(torch._dynamo.exc.Unsupported):
             _capture(FastMatting(model, static=False, winograd=False), src, bgr)
+
+
+@pytest.mark.parametrize("mode,static", [("sampling", True), ("sampling", False), ("full", True)])
+def test_twin_under_fp16_autocast_follows_the_model_under_it(mode, static, rng):
+    """The dtype plumbing of ``--precision fp16`` (autocast, as on CUDA), checked with the CPU's autocast."""
+    model = randomize_(MattingRefine("mobilenetv2", refine_mode=mode, refine_sample_pixels=16 * 100))
+    fast = FastMatting(model, static=static, winograd=False)
+    src, bgr = _pair(rng, 2, 64, 48)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        expected, got = model(src, bgr), fast(src, bgr)
+    assert torch.equal(expected[5], got[5])  # the same patches refined
+    assert _max_diff(expected, got) <= 2e-3
