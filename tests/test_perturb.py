@@ -7,11 +7,15 @@ from bgmatting.data.perturb import (
     _affine_grid,
     _warp,
     add_noise,
+    camouflage,
     cast_shadow,
     composite,
+    compress,
     jitter_background_colour,
     make_pair,
     misalign_background,
+    motion_blur,
+    shift_white_balance,
 )
 
 N, H, W = 3, 40, 56
@@ -35,6 +39,11 @@ PERTURBATIONS = {
     "noise": lambda fgr, pha, bgr, g, p: add_noise(bgr, g, p=p),
     "colour": lambda fgr, pha, bgr, g, p: jitter_background_colour(bgr, g, p=p),
     "misalign": lambda fgr, pha, bgr, g, p: misalign_background(bgr, g, p=p),
+    "perspective": lambda fgr, pha, bgr, g, p: misalign_background(bgr, g, p=p, perspective=0.02),
+    "compress": lambda fgr, pha, bgr, g, p: compress(bgr, g, p=p),
+    "white_balance": lambda fgr, pha, bgr, g, p: shift_white_balance(bgr, g, p=p),
+    "camouflage": lambda fgr, pha, bgr, g, p: camouflage(bgr, fgr, pha, g, p=p),
+    "motion_blur": lambda fgr, pha, bgr, g, p: motion_blur(bgr, pha, g, p=p)[0],
 }
 
 
@@ -195,3 +204,68 @@ def test_half_precision_stays_finite(dtype):
     assert src.dtype == shot.dtype == dtype
     assert torch.isfinite(src).all() and torch.isfinite(shot).all()
     assert src.min() >= 0 and src.max() <= 1 and shot.min() >= 0 and shot.max() <= 1
+
+
+# ------------------------------------------------------------------------------------------------ beyond BGMv2
+
+
+def test_compress_quantises_and_quality_orders_the_error():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 64, 64, generator=g).repeat(2, 1, 1, 1)
+    x = torch.nn.functional.avg_pool2d(x, 3, 1, 1)  # some structure for the codec
+    low = compress(x, _gen(), quality=(10, 10))
+    high = compress(x, _gen(), quality=(95, 95))
+    assert torch.equal((low * 255).round(), low * 255)  # 8-bit levels
+    assert (low - x).abs().mean() > 2 * (high - x).abs().mean() > 0
+
+
+def test_white_balance_changes_the_cast_not_the_grey_luma():
+    grey = torch.full((4, 3, 8, 8), 0.5)
+    out = shift_white_balance(grey, _gen(), amount=0.08)
+    luma = torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]
+    assert torch.allclose((out * luma).sum(1), torch.full((4, 8, 8), 0.5), atol=1e-5)
+    assert (out.amax(1) - out.amin(1)).min() > 0.005  # a colour cast on every sample
+    assert (out - 0.5).abs().max() <= 0.5 * 0.08 / (1 - 0.08) + 1e-5
+
+
+def test_camouflage_gives_the_background_the_subjects_colour():
+    fgr, pha, bgr = _inputs()
+    colour = torch.tensor([0.3, 0.6, 0.2])
+    fgr = colour[None, :, None, None].expand_as(fgr)  # a green subject
+    out = camouflage(bgr, fgr, pha, _gen(), strength=(1.0, 1.0))
+    assert torch.allclose(out.mean((2, 3)), colour.expand(N, 3), atol=0.03)
+    assert (bgr.mean((2, 3)) - colour).abs().max() > 0.15  # it was not that colour before
+    # texture kept: pixels keep their order within each channel
+    i = bgr[0, 1].flatten().argsort()
+    assert torch.equal(out[0, 1].flatten()[i], out[0, 1].flatten()[i].sort().values)
+
+
+def test_motion_blur_spreads_the_subject_along_a_line_and_keeps_its_mass():
+    fgr = torch.ones(1, 3, 64, 64)
+    pha = torch.zeros(1, 1, 64, 64)
+    pha[:, :, 28:36, 28:36] = 1
+    f, a = motion_blur(fgr, pha, _gen(3), length=(120, 120))  # 15 px at 64 px
+    assert abs(float(a.sum() - pha.sum())) < 1e-3  # same alpha mass, spread
+    assert float(a.max()) < 1 and float((a > 0.01).sum()) > 1.3 * float((pha > 0).sum())
+    assert torch.allclose(f[(a > 1e-3).expand_as(f)], torch.ones(1))  # a white subject stays white
+    f0, a0 = motion_blur(fgr, pha, _gen(3), p=0)
+    assert torch.equal(f0, fgr) and torch.equal(a0, pha)
+
+
+def test_perspective_changes_the_warp():
+    x = torch.linspace(0, 1, 64).expand(1, 3, 64, 64).contiguous()
+    flat = misalign_background(x, _gen(1), perspective=0.0)
+    tilted = misalign_background(x, _gen(1), perspective=0.05)
+    assert not torch.equal(flat, tilted)
+    with pytest.raises(ValueError, match="perspective"):
+        make_pair(*_inputs(), perspective=-1)
+
+
+def test_make_pair_extras_are_off_by_default_and_change_the_pair_when_on():
+    fgr, pha, bgr = _inputs()
+    plain = make_pair(fgr, pha, bgr, _gen(9))
+    explicit = make_pair(fgr, pha, bgr, _gen(9), camouflage_p=0, white_balance_p=0, compress_p=0, perspective=0)
+    assert torch.equal(plain[0], explicit[0]) and torch.equal(plain[1], explicit[1])
+    for extra in ({"camouflage_p": 1}, {"white_balance_p": 1}, {"compress_p": 1}):
+        src, shot = make_pair(fgr, pha, bgr, _gen(9), shadow_p=0, noise_p=0, colour_p=0, misalign_p=0, **extra)
+        assert not (torch.equal(src, composite(fgr, pha, bgr)) and torch.equal(shot, bgr)), extra

@@ -90,6 +90,9 @@ def test_config_file_roundtrip_and_overrides(corpus, tmp_path):
     ({"data_root": None}, "no training data"),
     ({"fgr_scale": [0.5, 0.2]}, "fgr_scale"),
     ({"fgr_scale": 0.3}, "fgr_scale"),
+    ({"misalign_p": 1.5}, "misalign_p"),
+    ({"compress_p": "often"}, "compress_p"),
+    ({"perspective": 0.5}, "perspective"),
 ])
 def test_config_errors(corpus, tmp_path, bad, message):
     with pytest.raises(BgMattingError, match=message):
@@ -191,6 +194,22 @@ def test_fgr_scale_shrinks_the_subjects(corpus):
 
     full, small = mean_alpha([1.0, 1.0]), mean_alpha([0.25, 0.25])
     assert 0 < small < 0.3 * full  # a quarter of the size: about a sixteenth of the area
+
+
+def test_training_perturbations_reach_the_pairs(corpus):
+    cfg = tiny(corpus, corpus / "unused", batch_size=4).resolved()
+    batch = next(iter(trainer_module._build_data(cfg, trainer_module._Dist(), torch.device("cpu"))[0]))
+    none = {name: 0.0 for name in ("shadow_p", "noise_p", "colour_p", "misalign_p")}
+    src, bgr, fgr, pha = trainer_module._make_inputs(batch, 1, torch.device("cpu"), None, cfg.replace(**none))
+    assert torch.equal(bgr, batch["bgr"]) and torch.equal(pha, batch["pha"])
+    src, bgr, fgr, pha = trainer_module._make_inputs(batch, 1, torch.device("cpu"), None,
+                                                     cfg.replace(**none, compress_p=1.0, motion_blur_p=1.0))
+    assert not torch.equal(bgr, batch["bgr"])  # compressed shot
+    assert not torch.equal(pha, batch["pha"]) and abs(float(pha.sum() - batch["pha"].sum())) < 1  # blurred targets
+    # validation (cfg None) keeps BGMv2's perturbations whatever the training config says
+    a = trainer_module._make_inputs(batch, 1, torch.device("cpu"), None)
+    b = trainer_module._make_inputs(batch, 1, torch.device("cpu"), None, cfg)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 @pytest.mark.parametrize("bad", [-1, float("inf"), "soon"])

@@ -27,6 +27,10 @@ __all__ = [
     "add_noise",
     "jitter_background_colour",
     "misalign_background",
+    "compress",
+    "shift_white_balance",
+    "camouflage",
+    "motion_blur",
     "composite",
     "make_pair",
 ]
@@ -302,17 +306,20 @@ def jitter_background_colour(
 
 
 def misalign_background(
-    bgr: torch.Tensor, generator: torch.Generator | None = None, p: float = 1.0
+    bgr: torch.Tensor, generator: torch.Generator | None = None, p: float = 1.0, perspective: float = 0.0
 ) -> torch.Tensor:
     """A small random camera movement: affine warp with reflected borders (no black edges).
 
     Per sample: rotation ±1.5°, shift ±1.5 % of width / height, scale 0.98–1.02, shear ±1°, about the
-    image centre, bilinear resampling. (BGMv2: rotation ±1°, shift ±1 %.)
+    image centre, bilinear resampling. (BGMv2: rotation ±1°, shift ±1 %.) With ``perspective > 0`` the warp
+    also tilts: a homography whose last row is ``(px, py, 1)`` in normalised coordinates, ``px, py`` uniform in
+    ``±perspective`` (0.01 moves a corner by about 1 % of the size).
 
     Args:
         bgr: images ``(N, C, H, W)`` in ``[0, 1]``.
         generator: random source; ``None`` uses the global RNG.
         p: probability that each sample is moved.
+        perspective: the largest projective coefficient (0: affine only, as BGMv2).
 
     Returns:
         ``(N, C, H, W)`` in ``[0, 1]``.
@@ -327,9 +334,168 @@ def misalign_background(
             x.shape[0], h, w, degrees=MISALIGN_DEGREES, translate=MISALIGN_TRANSLATE, scale=MISALIGN_SCALE,
             shear=MISALIGN_SHEAR, generator=generator, device=x.device, dtype=torch.float32,
         )
+        if perspective > 0:
+            tilt = _uniform(2 * x.shape[0], -perspective, perspective, generator, x.device).view(-1, 1, 1, 2)
+            base = F.affine_grid(torch.eye(2, 3, device=x.device).expand(x.shape[0], 2, 3), [x.shape[0], 1, h, w],
+                                 align_corners=False)
+            grid = grid / (1 + (base * tilt).sum(-1, keepdim=True))
         return _warp(x.float(), grid, "reflection").clamp(0, 1)
 
     return _apply(bgr, idx, move)
+
+
+def compress(
+    x: torch.Tensor, generator: torch.Generator | None = None, quality: tuple[int, int] = (30, 95), p: float = 1.0
+) -> torch.Tensor:
+    """Lossy JPEG compression at a random quality per sample (block artefacts, ringing, chroma subsampling).
+
+    Frames from phones, webcams and H.264/HEVC video carry 8×8-block artefacts of this kind; each image of a pair
+    is compressed on its own, so they do not cancel in ``src − bgr``. Runs through torchvision's JPEG codec on the
+    CPU (the result is moved back to ``x``'s device).
+
+    Args:
+        x: images ``(N, 3, H, W)`` in ``[0, 1]``.
+        generator: random source; ``None`` uses the global RNG.
+        quality: ``[low, high]`` JPEG quality (1–100), drawn uniformly per sample.
+        p: probability that each sample is compressed.
+
+    Returns:
+        ``(N, 3, H, W)`` in ``[0, 1]``, quantised to 1/255.
+    """
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    _check_images(x, "x")
+    _check_p(p)
+    if not 1 <= quality[0] <= quality[1] <= 100:
+        raise ValueError(f"quality must be [low, high] within 1..100, got {quality}")
+    idx = _chosen(x.shape[0], p, generator, x.device)
+
+    def lossy(sub: torch.Tensor) -> torch.Tensor:
+        q = _uniform(sub.shape[0], quality[0], quality[1] + 1, generator, torch.device("cpu")).floor().clamp(max=100)
+        u8 = (sub.float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+        out = [decode_jpeg(encode_jpeg(img, quality=int(qi))) for img, qi in zip(u8, q.tolist())]
+        return (torch.stack(out).float() / 255).to(x.device)
+
+    return _apply(x, idx, lossy)
+
+
+def shift_white_balance(
+    bgr: torch.Tensor, generator: torch.Generator | None = None, amount: float = 0.08, p: float = 1.0
+) -> torch.Tensor:
+    """White-balance drift: each colour channel gets its own gain in ``[1 − amount, 1 + amount]``.
+
+    The gains are normalised so that a mid grey keeps its luma: only the colour cast changes (exposure is
+    :func:`jitter_background_colour`'s job).
+
+    Args:
+        bgr: images ``(N, 3, H, W)`` in ``[0, 1]``.
+        generator: random source; ``None`` uses the global RNG.
+        amount: the largest relative change of one channel's gain.
+        p: probability that each sample is changed.
+
+    Returns:
+        ``(N, 3, H, W)`` in ``[0, 1]``.
+    """
+    _check_images(bgr, "bgr")
+    _check_p(p)
+    if not 0 <= amount < 1:
+        raise ValueError(f"amount must be in [0, 1), got {amount}")
+    idx = _chosen(bgr.shape[0], p, generator, bgr.device)
+
+    def cast(x: torch.Tensor) -> torch.Tensor:
+        gains = _uniform(x.shape[0] * 3, 1 - amount, 1 + amount, generator, x.device).view(-1, 3)
+        luma = torch.tensor(_LUMA, device=x.device)
+        gains = gains / (gains * luma).sum(1, keepdim=True)
+        return (x.float() * gains[:, :, None, None]).clamp(0, 1)
+
+    return _apply(bgr, idx, cast)
+
+
+def camouflage(
+    bgr: torch.Tensor, fgr: torch.Tensor, pha: torch.Tensor, generator: torch.Generator | None = None,
+    strength: tuple[float, float] = (0.5, 1.0), p: float = 1.0,
+) -> torch.Tensor:
+    """Tint a clean background towards the subject's own colours: the hard case of clothing like the scene.
+
+    Per sample and channel the background is multiplied by ``(mean_fgr / mean_bgr) ** s`` with ``s`` uniform in
+    ``strength`` (``mean_fgr`` weighted by alpha), so ``s = 1`` gives the background the subject's mean colour
+    while keeping its texture. Use it on the clean background before compositing (both shots share it).
+
+    Args:
+        bgr: clean backgrounds ``(N, 3, H, W)`` in ``[0, 1]``.
+        fgr: foregrounds ``(N, 3, H, W)`` in ``[0, 1]``.
+        pha: alpha ``(N, 1, H, W)`` in ``[0, 1]``.
+        generator: random source; ``None`` uses the global RNG.
+        strength: ``[low, high]`` range of ``s``.
+        p: probability that each sample is tinted.
+
+    Returns:
+        ``(N, 3, H, W)`` in ``[0, 1]``.
+    """
+    composite(fgr, pha, bgr)  # shape checks
+    _check_p(p)
+    idx = _chosen(bgr.shape[0], p, generator, bgr.device)
+    eps = 1e-3
+    mass = pha.float().sum((2, 3)) + eps  # (N, 1)
+    target = (fgr.float() * pha.float()).sum((2, 3)) / mass + eps  # (N, 3)
+    current = bgr.float().mean((2, 3)) + eps
+    ratio = (target / current).clamp(0.2, 5.0)
+
+    def tint(x: torch.Tensor) -> torch.Tensor:
+        s = _uniform(x.shape[0], strength[0], strength[1], generator, x.device)
+        gain = ratio[idx].pow(s[:, None])
+        return (x.float() * gain[:, :, None, None]).clamp(0, 1)
+
+    return _apply(bgr, idx, tint)
+
+
+def motion_blur(
+    fgr: torch.Tensor, pha: torch.Tensor, generator: torch.Generator | None = None,
+    length: tuple[float, float] = (3.0, 15.0), p: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blur a moving subject along a random direction: a line kernel on premultiplied colour and on alpha.
+
+    The length is in pixels at 512 px (scaled with the image's long side). Returns the blurred ``fgr`` (colour
+    un-premultiplied, kept where alpha is 0) and ``pha``; use both as the training targets.
+
+    Args:
+        fgr: foregrounds ``(N, 3, H, W)`` in ``[0, 1]``.
+        pha: alpha ``(N, 1, H, W)`` in ``[0, 1]``.
+        generator: random source; ``None`` uses the global RNG.
+        length: ``[low, high]`` blur length at 512 px.
+        p: probability that each sample is blurred.
+
+    Returns:
+        ``(fgr, pha)``, shapes as given, in ``[0, 1]``.
+    """
+    _check_images(fgr, "fgr")
+    _check_images(pha, "pha", 1)
+    _check_p(p)
+    idx = _chosen(fgr.shape[0], p, generator, fgr.device)
+    if not idx.numel():
+        return fgr.clone(), pha.clone()
+    h, w = fgr.shape[2:]
+    n = idx.numel()
+    lengths = _uniform(n, length[0], length[1], generator, torch.device("cpu")) * max(h, w) / 512
+    angles = _uniform(n, 0.0, math.pi, generator, torch.device("cpu"))
+    out_f, out_p = fgr.clone(), pha.clone()
+    for k, i in enumerate(idx.tolist()):
+        size = max(3, int(lengths[k]) // 2 * 2 + 1)
+        r = torch.arange(size, dtype=torch.float32) - size // 2
+        yy, xx = torch.meshgrid(r, r, indexing="ij")
+        c, s = math.cos(angles[k]), math.sin(angles[k])
+        # distance of each tap from the line through the centre, and how far along it
+        across = (xx * s - yy * c).abs()
+        along = (xx * c + yy * s).abs()
+        kernel = ((1 - across).clamp(min=0) * (along <= size / 2).float())
+        kernel = (kernel / kernel.sum()).to(fgr.device)[None, None]
+        a = pha[i : i + 1].float()
+        stack = torch.cat([fgr[i : i + 1].float() * a, a], 1)
+        blurred = F.conv2d(F.pad(stack, [size // 2] * 4, mode="replicate"), kernel.expand(4, 1, -1, -1), groups=4)
+        new_a = blurred[:, 3:].clamp(0, 1)
+        colour = torch.where(new_a > 1e-4, blurred[:, :3] / new_a.clamp(min=1e-4), fgr[i : i + 1].float())
+        out_f[i], out_p[i] = colour.clamp(0, 1)[0].to(fgr.dtype), new_a[0].to(pha.dtype)
+    return out_f, out_p
 
 
 def make_pair(
@@ -341,6 +507,11 @@ def make_pair(
     noise_p: float = 0.4,
     colour_p: float = 0.8,
     misalign_p: float = 0.3,
+    *,
+    camouflage_p: float = 0.0,
+    white_balance_p: float = 0.0,
+    compress_p: float = 0.0,
+    perspective: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A realistic (source, background shot) pair from a foreground, its alpha and a clean background.
 
@@ -348,6 +519,11 @@ def make_pair(
     samples (probability ``noise_p``), independent noise is added to ``src`` and to the background shot;
     the background shot then gets :func:`jitter_background_colour` (``colour_p``) and
     :func:`misalign_background` (``misalign_p``). The defaults are BGMv2's probabilities.
+
+    Beyond BGMv2 (all off by default): :func:`camouflage` tints the clean background towards the subject's
+    colours first (``camouflage_p``); :func:`shift_white_balance` gives the shot a colour cast
+    (``white_balance_p``, after the colour jitter); the misalignment tilts by up to ``perspective``; last,
+    source and shot are each JPEG-compressed on their own (``compress_p`` per image).
 
     Args:
         fgr: foreground ``(N, 3, H, W)`` in ``[0, 1]``.
@@ -366,14 +542,24 @@ def make_pair(
         >>> src.shape, shot.shape
         (torch.Size([2, 3, 32, 32]), torch.Size([2, 3, 32, 32]))
     """
-    probabilities = {"shadow_p": shadow_p, "noise_p": noise_p, "colour_p": colour_p, "misalign_p": misalign_p}
+    probabilities = {"shadow_p": shadow_p, "noise_p": noise_p, "colour_p": colour_p, "misalign_p": misalign_p,
+                     "camouflage_p": camouflage_p, "white_balance_p": white_balance_p, "compress_p": compress_p}
     for name, value in probabilities.items():
         _check_p(value, name)
+    if perspective < 0:
+        raise ValueError(f"perspective must be >= 0, got {perspective}")
     composite(fgr, pha, bgr)  # shape checks
+    if camouflage_p > 0:
+        bgr = camouflage(bgr, fgr, pha, generator, p=camouflage_p)
     src = composite(fgr, pha, cast_shadow(bgr, pha, generator, p=shadow_p))
     idx = _chosen(src.shape[0], noise_p, generator, src.device)
     src = _apply(src, idx, lambda x: add_noise(x, generator))
     shot = _apply(bgr, idx, lambda x: add_noise(x, generator))
     shot = jitter_background_colour(shot, generator, p=colour_p)
-    shot = misalign_background(shot, generator, p=misalign_p)
+    if white_balance_p > 0:
+        shot = shift_white_balance(shot, generator, p=white_balance_p)
+    shot = misalign_background(shot, generator, p=misalign_p, perspective=perspective)
+    if compress_p > 0:
+        src = compress(src, generator, p=compress_p)
+        shot = compress(shot, generator, p=compress_p)
     return src, shot

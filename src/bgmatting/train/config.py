@@ -32,6 +32,9 @@ from ..errors import BgMattingError
 from ..models import BACKBONES, REFINE_MODES
 
 STAGES = ("base", "refine")
+# the probabilities of the training perturbations (fields of TrainConfig)
+PERTURBATIONS = ("shadow_p", "noise_p", "colour_p", "misalign_p", "camouflage_p", "white_balance_p", "compress_p",
+                 "motion_blur_p")
 MATTE_KINDS = ("auto", "image", "video", "photo")
 BACKGROUND_KINDS = ("auto", "image", "video")
 
@@ -74,6 +77,13 @@ class TrainConfig:
         valid_size: side of the validation samples (= ``size``).
         fgr_scale: ``[min, max]`` zoom of the foreground's random affine (``PairAugment``'s ``scale``); the paper's
             ``[0.4, 1.0]`` never shows small subjects, a lower ``min`` teaches people far from the camera too.
+
+    Perturbations of the training pairs (:func:`bgmatting.data.perturb.make_pair`; validation always uses BGMv2's):
+        shadow_p, noise_p, colour_p, misalign_p: per-sample probabilities (BGMv2's 0.3, 0.4, 0.8, 0.3).
+        perspective: the misalignment's largest projective tilt (0: affine, as BGMv2).
+        camouflage_p: background tinted towards the subject's colours; white_balance_p: colour cast of the
+            background shot; compress_p: JPEG compression of each image; motion_blur_p: the subject blurred
+            along a line (targets blurred alike). All 0 by default.
 
     Optimisation:
         batch_size: samples per process and step (8 / 4); at least 2 (the ASPP pooling branch has BatchNorm).
@@ -118,6 +128,15 @@ class TrainConfig:
     crop_max: int | None = None
     valid_size: int | None = None
     fgr_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
+    shadow_p: float = 0.3
+    noise_p: float = 0.4
+    colour_p: float = 0.8
+    misalign_p: float = 0.3
+    perspective: float = 0.0
+    camouflage_p: float = 0.0
+    white_balance_p: float = 0.0
+    compress_p: float = 0.0
+    motion_blur_p: float = 0.0
     # model (refine stage)
     backbone_scale: float = 0.25
     refine_mode: str = "sampling"
@@ -282,6 +301,12 @@ class TrainConfig:
         if (not isinstance(fs, (list, tuple)) or len(fs) != 2 or not all(isinstance(v, (int, float)) for v in fs)
                 or not 0 < fs[0] <= fs[1]):
             raise BgMattingError(f"fgr_scale must be [min, max] with 0 < min <= max, not {fs!r}")
+        for name in PERTURBATIONS:
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:
+                raise BgMattingError(f"{name} must be a probability in [0, 1], not {v!r}")
+        if not isinstance(self.perspective, (int, float)) or not 0 <= self.perspective <= 0.1:
+            raise BgMattingError(f"perspective must be a number in [0, 0.1], not {self.perspective!r}")
         for name in ("lr_backbone", "lr_aspp", "lr_decoder", "lr_refiner", "max_minutes"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v):

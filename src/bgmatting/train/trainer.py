@@ -77,11 +77,11 @@ from ..data.datasets import (
     PhotoMatteDataset,
     VideoMatteDataset,
 )
-from ..data.perturb import make_pair
+from ..data.perturb import make_pair, motion_blur
 from ..errors import BgMattingError
 from ..io import atomic_path
 from ..weights import build_model, model_config, save_weights
-from .config import TrainConfig, parse_overrides, to_toml
+from .config import PERTURBATIONS, TrainConfig, parse_overrides, to_toml
 from .init import load_init
 from .losses import base_loss, refine_loss
 
@@ -257,14 +257,21 @@ def _build_data(cfg: TrainConfig, d: _Dist, device: torch.device):
 
 
 def _make_inputs(batch: Mapping[str, torch.Tensor], seed: int, device: torch.device,
-                 crop_sizes: Sequence[tuple[int, int]] | None):
+                 crop_sizes: Sequence[tuple[int, int]] | None, cfg: TrainConfig | None = None):
     """Samples → ``(src, bgr, true_fgr, true_pha)`` on ``device``: crop the batch, then perturb it (deterministic
-    in ``seed``). ``crop_sizes=None`` keeps the full size."""
+    in ``seed``) with ``cfg``'s perturbations (``None``: BGMv2's, as validation uses). ``crop_sizes=None`` keeps
+    the full size."""
     fgr, pha, bgr = (batch[k].to(device, non_blocking=True) for k in ("fgr", "pha", "bgr"))
     if crop_sizes is not None:
         fgr, pha, bgr = random_crop_batch([fgr, pha, bgr], crop_sizes, generator=torch.Generator().manual_seed(seed))
     g = torch.Generator(device).manual_seed(seed)
-    src, bgr_shot = make_pair(fgr, pha, bgr, generator=g)
+    options = {}
+    if cfg is not None:
+        options = {name: getattr(cfg, name) for name in PERTURBATIONS if name != "motion_blur_p"}
+        options["perspective"] = cfg.perspective
+        if cfg.motion_blur_p > 0:
+            fgr, pha = motion_blur(fgr, pha, g, p=cfg.motion_blur_p)
+    src, bgr_shot = make_pair(fgr, pha, bgr, generator=g, **options)
     return src, bgr_shot, fgr, pha
 
 
@@ -619,7 +626,7 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device) -> Path:
                 step += 1
                 seed = _derive_seed(cfg.seed, _TAG_STEP, step, d.rank)
                 torch.manual_seed(seed)  # dropout: a function of (seed, step, rank), like everything else
-                src, bgr, fgr, pha = _make_inputs(batch, seed, device, crop_sizes)
+                src, bgr, fgr, pha = _make_inputs(batch, seed, device, crop_sizes, cfg)
                 terms = _train_step(model, optimizer, scaler, cfg.stage, src, bgr, fgr, pha, amp, device)
                 bar.update(1)
                 if deadline is not None and step % cfg.log_every == 0:
