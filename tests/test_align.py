@@ -352,3 +352,29 @@ def test_real_pairs_separate_clearly(street):
     mistaken = [background_agreement(src, np.ascontiguousarray(m, dtype=np.float32)) for m in mistakes(bgr).values()]
     assert min(genuine) > 2 * MIN_AGREEMENT and max(mistaken) < MIN_AGREEMENT / 4
     assert min(genuine) > 8 * max(mistaken)
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.02])
+def test_an_aligned_pair_is_kept_as_it_is(street, noise):
+    src, bgr = street
+    rng = np.random.default_rng(0)
+    if noise:  # each shot its own sensor noise, and the background shot 10 % brighter
+        src = np.clip(src + rng.normal(0, noise, src.shape), 0, 1).astype(np.float32)
+        bgr = np.clip(bgr * 1.1 + rng.normal(0, noise, bgr.shape), 0, 1).astype(np.float32)
+    aligner = BackgroundAligner()
+    aligned, info = aligner.align(bgr, src)
+    assert info.method == "none" and info.reason
+    np.testing.assert_array_equal(aligned, bgr)
+    assert aligner.counts == {"none": 1}
+
+
+def test_a_small_real_misalignment_is_still_corrected(street):
+    src, bgr = street
+    h, w = bgr.shape[:2]
+    move = cv2.getRotationMatrix2D((w / 2, h / 2), 0.8, 1.01)
+    move[:, 2] += (0.01 * w, -0.008 * h)
+    moved = cv2.warpAffine(bgr, move, (w, h), borderMode=cv2.BORDER_REFLECT)
+    aligned, info = align_background(moved, src)
+    assert info.method in ("homography", "similarity")
+    inner = (slice(h // 10, -h // 10), slice(w // 10, -w // 10))
+    assert np.abs(aligned - src)[inner].mean() < 0.5 * np.abs(moved - src)[inner].mean()

@@ -11,7 +11,10 @@ two. When the camera is hand-held, :class:`BackgroundAligner` warps the backgrou
    correlation refined by ECC), which also works on smooth images with few corners;
 4. if all of these fail, the last good alignment is kept (for video) or, without one, the unaligned
    background is used, and an :class:`AlignmentWarning` is issued once per aligner;
-5. the transform, scaled back to full resolution, warps the full-resolution background onto the frame.
+5. a background shot that already lines up is kept as it is: when the transform moves no corner by half a
+   pixel, or warping does not bring the shots' structure (band-passed gray levels) clearly closer together,
+   the method is ``'none'`` (a tripod shot is not resampled through a transform with estimation error);
+6. otherwise the transform, scaled back to full resolution, warps the full-resolution background onto the frame.
 
 Where the warped background does not reach (the frame shows more than the background shot did), those
 pixels are **filled from the source frame itself**: source and background are then equal there, so the model
@@ -281,15 +284,25 @@ class BackgroundAligner:
                               "camera that stays near where the background was shot.", AlignmentWarning, stacklevel=3)
         else:
             self._last_good_small = h_small
-        self.counts[method] = self.counts.get(method, 0) + 1
-        if h_small is None:
-            sh, sw = src.shape[:2]
-            bh, bw = bgr.shape[:2]
-            matrix = np.diag([sw / bw, sh / bh, 1.0])  # plain resize (identity for equal sizes)
-        else:
+        sh, sw = src.shape[:2]
+        bh, bw = bgr.shape[:2]
+        resize = np.diag([sw / bw, sh / bh, 1.0])  # plain resize (identity for equal sizes)
+        if h_small is not None:
             matrix = np.linalg.inv(sf.to_small) @ h_small @ bf.to_small
             matrix /= matrix[2, 2]
-        return AlignInfo(method, matrix, matches, inliers, 1.0, reason)
+            # a shot that already lines up is kept as it is (a warp resamples it, with some estimation error);
+            # a reused alignment is not judged on a frame that could not be aligned
+            unwarped_small = sf.to_small @ resize @ np.linalg.inv(bf.to_small)
+            if method != "previous":
+                if _moves_at_most(matrix, resize, (bh, bw), _KEEP_MOVE):
+                    h_small, reason = None, "the transform moves no corner by half a pixel"
+                elif not _warp_helps(bf.gray, sf.gray, h_small, unwarped_small):
+                    h_small, reason = None, "the background shot lines up with the frame better unwarped"
+            if h_small is None:
+                method = "none"
+                self._last_good_small = unwarped_small
+        self.counts[method] = self.counts.get(method, 0) + 1
+        return AlignInfo(method, resize if h_small is None else matrix, matches, inliers, 1.0, reason)
 
     def warp(self, bgr: np.ndarray, src: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, float]:
         """Warp ``bgr`` with ``matrix`` (background → source pixels) to the size of ``src``; fill the uncovered part.
@@ -448,6 +461,54 @@ class BackgroundAligner:
         if abs(tx) > self.max_shift * w or abs(ty) > self.max_shift * h:
             return None, "the best translation is too large"
         return np.array([[1.0, 0.0, tx], [0.0, 1.0, ty], [0.0, 0.0, 1.0]]), ""
+
+
+_KEEP_MOVE = 0.5  # pixels at full resolution: a transform that moves no corner further is no move at all
+_KEEP_MARGIN = 0.9  # a warp is used only when it brings the structural mismatch below this fraction of the unwarped
+_KEEP_FRACTION = 0.6  # the mismatch is the mean over this best-matching fraction of pixels (the subject is the rest)
+
+
+def _moves_at_most(matrix: np.ndarray, other: np.ndarray, shape: tuple[int, int], pixels: float) -> bool:
+    """Whether the two transforms map every corner of an image of ``shape`` (h, w) within ``pixels`` of each other."""
+    h, w = shape
+    corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], np.float64).T
+    a, b = matrix @ corners, other @ corners
+    if np.any(np.abs(a[2]) < 1e-12):
+        return False
+    return bool(np.max(np.hypot(*(a[:2] / a[2] - b[:2] / b[2]))) <= pixels)
+
+
+def _structure(gray: np.ndarray) -> np.ndarray:
+    """Band-pass (difference of Gaussians) of a gray image: edges and texture, not exposure."""
+    g = gray.astype(np.float32) / 255.0
+    return _blur(g, 1.0) - _blur(g, 4.0)
+
+
+def _mismatch(src_structure: np.ndarray, bgr_structure: np.ndarray, valid: np.ndarray) -> float:
+    """Mean absolute structural difference over the best-matching ``_KEEP_FRACTION`` of the ``valid`` pixels."""
+    d = np.abs(src_structure - bgr_structure)[valid]
+    if d.size == 0:
+        return float("inf")
+    k = max(1, int(d.size * _KEEP_FRACTION))
+    return float(np.partition(d, k - 1)[:k].mean())
+
+
+def _warp_helps(bgr_gray: np.ndarray, src_gray: np.ndarray, warp: np.ndarray, unwarped: np.ndarray) -> bool:
+    """Whether warping the background shot (working size, ``warp``) matches the frame clearly better in structure
+    than leaving it where it is (``unwarped``, the plain resize), over the pixels both cover. A shot that already
+    lines up is then kept as it is, instead of being resampled through a transform with a little estimation error.
+    """
+    cv2 = import_cv2()
+    h, w = src_gray.shape[:2]
+    s = _structure(src_gray)
+    ones = np.ones(bgr_gray.shape[:2], np.float32)
+    scores, covers = [], []
+    for m in (warp, unwarped):
+        moved = cv2.warpPerspective(bgr_gray, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        covers.append(cv2.warpPerspective(ones, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0) > 0.999)
+        scores.append(_structure(moved))
+    valid = covers[0] & covers[1]
+    return _mismatch(s, scores[0], valid) < _KEEP_MARGIN * _mismatch(s, scores[1], valid)
 
 
 def align_background(bgr: Any, src: Any, **options) -> tuple[np.ndarray, AlignInfo]:
