@@ -271,3 +271,55 @@ def test_json_writes_nan_as_null(tmp_path):
     doc = json.loads(report.to_json(tmp_path / "r.json").read_text())
     assert doc["images"][0]["mse"] is None and doc["mean"]["mse"] is None
     assert "nan" in report.format_table()
+
+
+def test_means_by_group(tmp_path):
+    rows = [{"name": f"{g}/{i}", "sad": float(i + 3 * k), "mse": float(i * i + k)}
+            for k, g in enumerate(["none", "noise", "shadow"]) for i in range(k + 2)]
+    report = EvalReport(rows=rows, metrics=("sad", "mse"))
+    groups = report.groups()
+    assert list(groups) == ["noise", "none", "shadow"]
+    for g, v in groups.items():
+        mine = [r for r in rows if r["name"].startswith(g + "/")]
+        assert v["count"] == len(mine)
+        for m in ("sad", "mse"):
+            assert v["mean"][m] == pytest.approx(np.mean([r[m] for r in mine]))
+    lines = report.format_table().splitlines()
+    start = lines.index("mean by group:")
+    assert lines[start - 2].startswith("mean (9)")
+    assert [line.split()[:2] for line in lines[start + 1: start + 4]] == [["noise/", "(3)"], ["none/", "(2)"],
+                                                                          ["shadow/", "(4)"]]
+    assert float(lines[start + 2].split()[2]) == pytest.approx(groups["none"]["mean"]["sad"], abs=1e-3)
+    with open(report.to_csv(tmp_path / "g.csv"), newline="") as f:
+        out = list(csv.reader(f))
+    assert [r[0] for r in out[-4:]] == ["mean", "mean:noise", "mean:none", "mean:shadow"]
+    assert float(out[-1][2]) == groups["shadow"]["mean"]["mse"]
+    doc = json.loads(report.to_json(tmp_path / "g.json").read_text())
+    assert doc["groups"]["noise"] == {"count": 3, "mean": groups["noise"]["mean"]}
+    # not every item in a subfolder (or no rows): no groups
+    assert EvalReport(rows=rows + [{"name": "top", "sad": 0.0, "mse": 0.0}], metrics=("sad", "mse")).groups() == {}
+    assert "groups" not in EvalReport(rows=[], metrics=("sad",)).to_dict()
+
+
+def test_grouped_folders_and_trimap_mse(tmp_path):
+    data = make_paired(tmp_path / "data")
+    plain = evaluate(data, matter=DifferenceKeyer(), trimap_mse=True, progress=False)
+    assert plain.metrics == ("sad", "mse", "grad", "conn", "trimap_mse", "fgr_mse") and plain.groups() == {}
+    assert plain.info["trimap_mse"] == "generated" and plain.info["trimap"] is None
+    region = evaluate(data, matter=DifferenceKeyer(), region="trimap", progress=False)
+    for a, b in zip(plain.rows, region.rows):
+        assert a["trimap_mse"] == pytest.approx(b["mse"])
+    header = plain.format_table().splitlines()[0].split()
+    assert header == ["name", "SAD", "MSE", "Grad", "Conn", "trimap", "MSE", "fgr", "MSE"]
+    with pytest.raises(BgMattingError, match="trimap_mse"):
+        evaluate(data, matter=DifferenceKeyer(), region="trimap", trimap_mse=True, progress=False)
+    # every item in a subfolder: means per group
+    grouped = tmp_path / "grouped"
+    for kind in ("src", "bgr", "pha", "fgr"):
+        for f in (data / kind).rglob("*.*"):
+            rel = f.relative_to(data / kind)
+            (grouped / kind / ("g1" if rel.parent.name else "g0") / rel.name).parent.mkdir(parents=True, exist_ok=True)
+            f.rename(grouped / kind / ("g1" if rel.parent.name else "g0") / rel.name)
+    report = evaluate(grouped, matter=DifferenceKeyer(), progress=False)
+    assert {g: v["count"] for g, v in report.groups().items()} == {"g0": 2, "g1": 1}
+    assert report.groups()["g1"]["mean"]["sad"] == report.rows[-1]["sad"]

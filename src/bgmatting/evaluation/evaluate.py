@@ -10,8 +10,11 @@ Dataset layouts (images of any readable format, matched by relative path without
   :func:`build_benchmark` writes it out as a paired folder.
 
 Optionally ``trimap/`` holds trimaps (0 background, 255 foreground, anything else unknown) for
-``region="trimap"``; without one the trimap is made from the ground truth
+``region="trimap"`` and ``trimap_mse``; without one the trimap is made from the ground truth
 (:func:`bgmatting.evaluation.trimap.trimap_from_alpha`).
+
+When every item sits in a subfolder (``pha/<group>/<name>.png``, as in the held-out set of
+:mod:`bgmatting.data.heldout`), the report also gives the means per group (the first folder of the name).
 
 Every file is matched before any image is read; a missing or unmatched file raises
 :class:`bgmatting.BgMattingError` that names the first few.
@@ -36,19 +39,21 @@ from tqdm.auto import tqdm
 from ..data.perturb import make_pair
 from ..errors import BgMattingError
 from ..io import atomic_write_text, list_images, read_image, write_image
-from .metrics import all_metrics, fgr_mse
+from .metrics import all_metrics, fgr_mse, mse
 from .trimap import trimap_from_alpha, unknown_region
 
 __all__ = ["evaluate", "build_benchmark", "EvalReport", "METRICS"]
 
 METRICS = ("sad", "mse", "grad", "conn", "fgr_mse")
-TITLES = {"sad": "SAD", "mse": "MSE", "grad": "Grad", "conn": "Conn", "fgr_mse": "fgr MSE"}
+TRIMAP_MSE = "trimap_mse"  # optional: the MSE of the trimap's unknown region next to the whole-image metrics
+TITLES = {"sad": "SAD", "mse": "MSE", "grad": "Grad", "conn": "Conn", "fgr_mse": "fgr MSE", TRIMAP_MSE: "trimap MSE"}
 UNITS = {
     "sad": "sum |err| / 1000",
     "mse": "mean err^2 x 1000",
     "grad": "sum gradient err^2 / 1000",
     "conn": "sum connectivity err / 1000",
     "fgr_mse": "mean fgr err^2 (alpha > 0) x 1000",
+    TRIMAP_MSE: "mean err^2 in the trimap's unknown region x 1000",
 }
 _SHOWN = 5  # names listed in an error message
 
@@ -64,10 +69,12 @@ class EvalReport:
     Attributes:
         rows: one dict per image, in sorted order: ``{"name": str, "sad": float, ...}``; a metric is
             ``nan`` where it is undefined (e.g. MSE over an empty trimap region).
-        metrics: the metric keys present, in order (``"fgr_mse"`` only when foregrounds were compared).
+        metrics: the metric keys present, in order (``"trimap_mse"`` only when asked for, ``"fgr_mse"`` only
+            when foregrounds were compared).
         info: how the numbers were made: ``data_dir``, ``layout`` (``"paired"`` / ``"composited"``),
-            ``source`` (``"matter"`` / ``"predictions"``), ``region``, ``trimap`` (``"files"`` /
-            ``"generated"`` / ``None``), ``seed``.
+            ``source`` (``"matter"`` / ``"predictions"``), ``region``, ``trimap`` and ``trimap_mse`` (where
+            the trimaps of ``region="trimap"`` / of ``trimap_mse`` came from: ``"files"`` / ``"generated"`` /
+            ``None``), ``seed``.
 
     Units: see :mod:`bgmatting.evaluation.metrics` (SAD, Grad, Conn ÷ 1000; MSE, fgr MSE × 1000).
     """
@@ -76,21 +83,41 @@ class EvalReport:
     metrics: tuple[str, ...]
     info: dict[str, Any] = field(default_factory=dict)
 
-    def mean(self) -> dict[str, float]:
-        """The mean of each metric over the images where it is defined (``nan`` if it is nowhere)."""
+    def _mean_of(self, rows: list[dict[str, Any]]) -> dict[str, float]:
         out = {}
         for m in self.metrics:
-            values = [r[m] for r in self.rows if not math.isnan(r[m])]
+            values = [r[m] for r in rows if not math.isnan(r[m])]
             out[m] = float(np.mean(values)) if values else float("nan")
         return out
 
+    def mean(self) -> dict[str, float]:
+        """The mean of each metric over the images where it is defined (``nan`` if it is nowhere)."""
+        return self._mean_of(self.rows)
+
+    def groups(self) -> dict[str, dict[str, Any]]:
+        """The means per group, when every image sits in a subfolder (``"<group>/<name>"``); else ``{}``.
+
+        Returns:
+            ``{group: {"count": int, "mean": {metric: float}}}``, groups in sorted order; each mean is
+            :meth:`mean` over that group's rows.
+        """
+        if not self.rows or not all("/" in r["name"] for r in self.rows):
+            return {}
+        members: dict[str, list[dict[str, Any]]] = {}
+        for r in self.rows:
+            members.setdefault(r["name"].split("/", 1)[0], []).append(r)
+        return {g: {"count": len(rows), "mean": self._mean_of(rows)} for g, rows in sorted(members.items())}
+
     def format_table(self, digits: int = 3) -> str:
-        """A plain-text table: one line per image, then the mean line and a note on units."""
+        """A plain-text table: one line per image, the mean line, the means per group (see :meth:`groups`)
+        if any, and a note on units."""
         header = ["name"] + [TITLES[m] for m in self.metrics]
         body = [[r["name"]] + [f"{r[m]:.{digits}f}" for m in self.metrics] for r in self.rows]
         mean = self.mean()
         foot = [f"mean ({len(self.rows)})"] + [f"{mean[m]:.{digits}f}" for m in self.metrics]
-        widths = [max(len(line[i]) for line in [header, *body, foot]) for i in range(len(header))]
+        by_group = [[f"{g}/ ({v['count']})"] + [f"{v['mean'][m]:.{digits}f}" for m in self.metrics]
+                    for g, v in self.groups().items()]
+        widths = [max(len(line[i]) for line in [header, *body, foot, *by_group]) for i in range(len(header))]
 
         def fmt(line: list[str]) -> str:
             cells = [line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:])]
@@ -100,14 +127,16 @@ class EvalReport:
         region = self.info.get("region", "all")
         note = f"region: {region}" + (f" (trimap {self.info['trimap']})" if self.info.get("trimap") else "")
         note += "; SAD, Grad, Conn / 1000; MSE"
-        note += ", fgr MSE x 1000" if "fgr_mse" in self.metrics else " x 1000"
-        return "\n".join([fmt(header), rule, *map(fmt, body), rule, fmt(foot), note])
+        note += "".join(f", {TITLES[m]}" for m in (TRIMAP_MSE, "fgr_mse") if m in self.metrics) + " x 1000"
+        groups = [rule, "mean by group:", *map(fmt, by_group)] if by_group else []
+        return "\n".join([fmt(header), rule, *map(fmt, body), rule, fmt(foot), *groups, note])
 
     def __str__(self) -> str:
         return self.format_table()
 
     def to_csv(self, path: str | os.PathLike) -> Path:
-        """Write ``name,<metrics…>`` lines, then a ``mean`` line, atomically; returns the path."""
+        """Write ``name,<metrics…>`` lines, then a ``mean`` line and, for grouped data (:meth:`groups`),
+        a ``mean:<group>`` line per group, atomically; returns the path."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["name", *self.metrics])
@@ -115,21 +144,29 @@ class EvalReport:
             w.writerow([r["name"], *(repr(float(r[m])) for m in self.metrics)])
         mean = self.mean()
         w.writerow(["mean", *(repr(mean[m]) for m in self.metrics)])
+        for g, v in self.groups().items():
+            w.writerow([f"mean:{g}", *(repr(v["mean"][m]) for m in self.metrics)])
         return atomic_write_text(path, buf.getvalue())
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: ``info``, ``units``, ``count``, ``mean`` and ``images`` (``nan`` → ``None``)."""
+        """A JSON-ready dict: ``info``, ``units``, ``count``, ``mean``, ``groups`` (for grouped data, see
+        :meth:`groups`) and ``images`` (``nan`` → ``None``)."""
 
         def clean(v):
             return None if isinstance(v, float) and math.isnan(v) else v
 
-        return {
+        out = {
             "info": self.info,
             "units": {m: UNITS[m] for m in self.metrics},
             "count": len(self.rows),
             "mean": {m: clean(v) for m, v in self.mean().items()},
-            "images": [{k: clean(v) for k, v in r.items()} for r in self.rows],
         }
+        groups = self.groups()
+        if groups:
+            out["groups"] = {g: {"count": v["count"], "mean": {m: clean(x) for m, x in v["mean"].items()}}
+                             for g, v in groups.items()}
+        out["images"] = [{k: clean(v) for k, v in r.items()} for r in self.rows]
+        return out
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_dict` as JSON, atomically; returns the path."""
@@ -334,6 +371,7 @@ def evaluate(
     trimap_dir: str | os.PathLike | None = None,
     save_predictions: str | os.PathLike | None = None,
     seed: int = 0,
+    trimap_mse: bool = False,
     progress: bool = True,
 ) -> EvalReport:
     """Score alpha mattes against a ground-truth folder: SAD, MSE, Grad, Conn (and fgr MSE).
@@ -347,11 +385,13 @@ def evaluate(
             optionally ``<dir>/fgr/``) or a flat folder of gray images, named like the ground truth;
             each must have the ground truth's size.
         region: ``"all"`` (every pixel) or ``"trimap"`` (the unknown region of a trimap only).
-        trimap_dir: trimaps for ``region="trimap"``; default ``<data_dir>/trimap/`` if it exists, else
-            trimaps made from the ground truth.
+        trimap_dir: trimaps for ``region="trimap"`` or ``trimap_mse``; default ``<data_dir>/trimap/`` if it
+            exists, else trimaps made from the ground truth.
         save_predictions: a folder to write the predicted alphas to, as 8-bit PNG under ``pha/`` with
             the ground truth's relative names (readable back with ``predictions_dir``).
         seed: the seed of the composited layout's perturbations (ignored for paired data).
+        trimap_mse: with ``region="all"``, also report ``"trimap_mse"``, the MSE over the unknown region
+            of the trimap (what ``region="trimap"`` reports as MSE), without a second pass.
         progress: show a progress bar.
 
     Returns:
@@ -365,8 +405,12 @@ def evaluate(
         raise BgMattingError("give either a model to run (matter) or a folder of predictions, not both or neither")
     if region not in ("all", "trimap"):
         raise BgMattingError(f"region must be 'all' or 'trimap', not {region!r}")
-    if trimap_dir is not None and region != "trimap":
-        raise BgMattingError("trimap_dir is only used with region='trimap'")
+    if trimap_mse and region != "all":
+        raise BgMattingError("trimap_mse adds the trimap region's MSE to a whole-image evaluation (region='all'); "
+                             "with region='trimap' the MSE is that already")
+    use_trimap = region == "trimap" or trimap_mse
+    if trimap_dir is not None and not use_trimap:
+        raise BgMattingError("trimap_dir is only used with region='trimap' or trimap_mse")
     seed = _check_seed(seed)
 
     # ---- match every file up front
@@ -386,7 +430,7 @@ def evaluate(
         _match({"pha/": folders["pha"], **{labels[k]: v for k, v in pred.items()}}, "pha/")
     trimap_source = None
     trimaps: dict[str, Path] = {}
-    if region == "trimap":
+    if use_trimap:
         tdir = Path(trimap_dir) if trimap_dir is not None else _subdir(ds.root, "trimap")
         if tdir is not None:
             if not tdir.is_dir():
@@ -402,7 +446,7 @@ def evaluate(
             trimap_source = "generated"
 
     with_fgr = ds.has("fgr") and (matter is not None or "fgr" in pred)
-    metrics = METRICS if with_fgr else METRICS[:-1]
+    metrics = METRICS[:4] + ((TRIMAP_MSE,) if trimap_mse else ()) + (("fgr_mse",) if with_fgr else ())
     save = Path(save_predictions) if save_predictions is not None else None
 
     rows = []
@@ -431,16 +475,19 @@ def evaluate(
             _check_shape("predicted foreground", key, pred_fgr, true_pha.shape)
         pred_pha = np.clip(pred_pha, 0.0, 1.0)
 
-        mask = None
-        if region == "trimap":
+        mask = unknown = None
+        if use_trimap:
             if trimaps:
                 tri = read_image(trimaps[key], "L")
                 _check_shape("trimap", key, tri, true_pha.shape)
             else:
                 tri = trimap_from_alpha(true_pha)
-            mask = unknown_region(tri)
+            unknown = unknown_region(tri)
+            mask = unknown if region == "trimap" else None
 
         row = {"name": key, **all_metrics(pred_pha, true_pha, mask)}
+        if trimap_mse:
+            row[TRIMAP_MSE] = mse(pred_pha, true_pha, unknown)
         if with_fgr:  # nan when the model gives no foreground
             pred_fgr = None if pred_fgr is None else np.clip(pred_fgr, 0.0, 1.0)
             row["fgr_mse"] = math.nan if pred_fgr is None else fgr_mse(pred_fgr, true_fgr, true_pha, mask)
@@ -453,7 +500,8 @@ def evaluate(
         "layout": ds.layout,
         "source": "matter" if matter is not None else "predictions",
         "region": region,
-        "trimap": trimap_source,
+        "trimap": trimap_source if region == "trimap" else None,
+        "trimap_mse": trimap_source if trimap_mse else None,
         "seed": seed if matter is not None and ds.layout == "composited" else None,
     }
     return EvalReport(rows=rows, metrics=metrics, info=info)
