@@ -23,7 +23,8 @@ from bgmatting.pipeline import cover_resize, to_tensor
 TILE_H = 240
 
 
-def _tile(img: np.ndarray, label: str) -> Image.Image:
+def tile(img: np.ndarray, label: str) -> Image.Image:
+    """An image (RGB or gray, float in [0, 1]) scaled to TILE_H pixels high, labelled in its top-left corner."""
     arr = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
@@ -36,8 +37,8 @@ def _tile(img: np.ndarray, label: str) -> Image.Image:
 
 def _figure(matter: Matter, src: np.ndarray, bgr: np.ndarray, new_bg: np.ndarray, path: Path) -> None:
     result = matter(src, bgr)
-    tiles = [_tile(src, "src"), _tile(bgr, "bgr"), _tile(result.pha, "alpha"),
-             _tile(result.composite(new_bg), "composite")]
+    tiles = [tile(src, "src"), tile(bgr, "bgr"), tile(result.pha, "alpha"),
+             tile(result.composite(new_bg), "composite")]
     sheet = Image.new("RGB", (sum(t.width for t in tiles), TILE_H), (255, 255, 255))
     x = 0
     for t in tiles:

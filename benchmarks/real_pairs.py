@@ -21,16 +21,16 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from bgmatting import Matter
 from bgmatting.data.prepare import default_cache_dir, fetch_packages
 from bgmatting.io import read_image, write_image
 from bgmatting.io.video import VideoReader
 from bgmatting.plate import estimate_plate, save_plate
+from pictures import TILE_H, tile  # benchmarks/pictures.py, beside this script
 
 VTEST = "usr/share/doc/opencv-doc/examples/data/vtest.avi"
-TILE_H = 240
 GREEN = np.array([0.1, 0.8, 0.2], np.float32)
 
 
@@ -64,17 +64,6 @@ def frames_at(video: Path, indices: list[int]) -> dict[int, np.ndarray]:
     return out
 
 
-def _tile(img: np.ndarray, label: str) -> Image.Image:
-    arr = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    im = Image.fromarray(arr)
-    im = im.resize((round(im.width * TILE_H / im.height), TILE_H), Image.BICUBIC)
-    ImageDraw.Draw(im).rectangle((0, 0, 7 * len(label) + 8, 14), fill=(0, 0, 0))
-    ImageDraw.Draw(im).text((4, 1), label, fill=(255, 255, 255))
-    return im
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default=None, help="weights (default: the shipped model)")
@@ -92,11 +81,11 @@ def main() -> None:
     rows = []
     for i in args.frames:
         src = frames[i]
-        tiles = [_tile(src, f"frame {i}")]
+        tiles = [tile(src, f"frame {i}")]
         for name, matter in models:
             result = matter(src, plate)
             green = np.broadcast_to(GREEN, src.shape)
-            tiles += [_tile(result.pha, f"{name}: alpha"), _tile(result.composite(green), f"{name}: composite")]
+            tiles += [tile(result.pha, f"{name}: alpha"), tile(result.composite(green), f"{name}: composite")]
         rows.append(tiles)
     width = max(sum(t.width for t in row) for row in rows)
     sheet = Image.new("RGB", (width, TILE_H * len(rows)), (255, 255, 255))
