@@ -170,3 +170,46 @@ def test_registry(tmp_path, monkeypatch):
     assert info.available and _same_weights(load_model("unit-test"), model)
     state, meta = read_state_dict(tmp_path / "unit-test.safetensors")
     assert meta["architecture"] == "MattingRefine" and meta["backbone"] == "mobilenetv2"
+
+
+@pytest.mark.parametrize("config, message", [
+    ("[1, 2]", "not a JSON object"),
+    ('"text"', "not a JSON object"),
+    ('{"refine_sample_pixels": "abc"}', "refine_sample_pixels must be an integer"),
+    ('{"refine_sample_pixels": true}', "refine_sample_pixels must be an integer"),
+    ('{"refine_threshold": "0.5"}', "refine_threshold must be a number"),
+    ('{"backbone_scale": null}', "backbone_scale must be a number"),
+    ('{"backbone_scale": 2}', "backbone_scale must be a number"),
+    ('{"refine_mode": ["full"]}', "refine mode must be one of"),
+    ('{"refine_prevent_oversampling": "no"}', "refine_prevent_oversampling must be true or false"),
+])
+def test_crafted_safetensors_headers_get_a_clear_error(tmp_path, config, message):
+    from safetensors.torch import load_file, save_file
+
+    good = save_weights(MattingRefine("mobilenetv2"), tmp_path / "good.safetensors")
+    _, meta = read_state_dict(good)
+    path = tmp_path / "crafted.safetensors"
+    save_file(load_file(str(good)), str(path), metadata={**meta, "config": config})
+    with pytest.raises(BgMattingError, match=message):
+        load_model(path)
+
+
+def test_cli_refuses_a_crafted_header_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    good = save_weights(MattingRefine("mobilenetv2"), tmp_path / "good.safetensors")
+    _, meta = read_state_dict(good)
+    path = tmp_path / "crafted.safetensors"
+    save_file(load_file(str(good)), str(path), metadata={**meta, "config": "[1, 2]"})
+    src = tmp_path / "src.png"
+    from PIL import Image
+    Image.new("RGB", (64, 48), (120, 30, 30)).save(src)
+    Image.new("RGB", (64, 48), (30, 120, 30)).save(tmp_path / "bgr.png")
+    run = subprocess.run([sys.executable, "-m", "bgmatting", "matte", str(src), "--bgr", str(tmp_path / "bgr.png"),
+                          "-o", str(tmp_path / "out"), "--weights", str(path), "--no-bgr-check"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().count("\n") == 0 and "not a JSON object" in run.stderr

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import numbers
 import os
 import pickle
 import zipfile
@@ -303,13 +305,28 @@ def build_model(architecture: str, backbone: str, **options) -> nn.Module:
     if architecture == "MattingBase":
         return MattingBase(backbone)
     mode = options.get("refine_mode", "sampling")
-    if mode not in REFINE_MODES:
-        raise BgMattingError(f"refine mode must be one of {', '.join(REFINE_MODES)}, not '{mode}'")
-    if options.get("refine_sample_pixels", 16) < 16:
-        raise BgMattingError("refine_sample_pixels must be at least 16 (one 4x4 patch)")
-    if not 0.0 <= options.get("refine_threshold", 0.1) <= 1.0:
-        raise BgMattingError("refine_threshold must be in [0, 1]")
+    if not isinstance(mode, str) or mode not in REFINE_MODES:
+        raise BgMattingError(f"refine mode must be one of {', '.join(REFINE_MODES)}, not {mode!r}")
+    pixels = options.get("refine_sample_pixels", 16)
+    if not isinstance(pixels, numbers.Integral) or isinstance(pixels, bool) or pixels < 16:
+        raise BgMattingError(f"refine_sample_pixels must be an integer of at least 16 (one 4x4 patch), not {pixels!r}")
+    threshold = options.get("refine_threshold", 0.1)
+    if not _is_real(threshold) or not 0.0 <= threshold <= 1.0:
+        raise BgMattingError(f"refine_threshold must be a number in [0, 1], not {threshold!r}")
+    scale = options.get("backbone_scale", 0.25)
+    if not _is_real(scale) or not 0.0 < scale <= 1.0:
+        raise BgMattingError(f"backbone_scale must be a number in (0, 1], not {scale!r}")
+    if not isinstance(options.get("refine_prevent_oversampling", True), bool):
+        raise BgMattingError("refine_prevent_oversampling must be true or false, not "
+                             f"{options['refine_prevent_oversampling']!r}")
+    if options.get("refine_kernel_size", 3) not in (1, 3):
+        raise BgMattingError(f"refine_kernel_size must be 1 or 3, not {options['refine_kernel_size']!r}")
     return MattingRefine(backbone, **options)
+
+
+def _is_real(value: Any) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_onnx_file(source: Any) -> bool:
@@ -374,9 +391,12 @@ def load_model(source: str | os.PathLike | None = None, **overrides) -> nn.Modul
     options: dict[str, Any] = {}
     if meta.get("format") == FORMAT_TAG and meta.get("config"):
         try:
-            options.update(json.loads(meta["config"]))
+            header = json.loads(meta["config"])
         except json.JSONDecodeError:
             raise BgMattingError(f"'{path}' has a corrupt bgmatting metadata header") from None
+        if not isinstance(header, dict):
+            raise BgMattingError(f"'{path}' has a corrupt bgmatting metadata header: its config is not a JSON object")
+        options.update(header)
     if cfg["architecture"] == "MattingRefine":
         if "refine_kernel_size" in cfg:
             options["refine_kernel_size"] = cfg["refine_kernel_size"]
