@@ -100,3 +100,42 @@ def test_png_is_written_with_fast_compression(tmp_path):
     data = (tmp_path / "fast.png").read_bytes()
     idat = data.index(b"IDAT") + 4
     assert data[idat] & 0x0F == 8 and data[idat + 1] >> 6 == 0  # zlib stream, FLEVEL 0: compress_level 1
+
+
+def _png_declaring(path, width: int, height: int) -> None:
+    """A tiny valid PNG whose header is then rewritten to declare ``width`` x ``height`` (a bomb's header)."""
+    import struct
+    import zlib
+
+    Image.new("RGB", (4, 4)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = 8 + 8  # signature, then length + type of the IHDR chunk
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("reader", ["image_size", "read_image"])
+def test_a_header_declaring_a_huge_image_is_refused_before_decoding(tmp_path, reader):
+    from bgmatting.io import image_size
+    from bgmatting.io.images import ImageTooLargeError
+
+    path = tmp_path / "bomb.png"
+    _png_declaring(path, 50000, 50000)
+    assert path.stat().st_size < 1000
+    with pytest.raises(ImageTooLargeError, match="too large"):
+        (image_size if reader == "image_size" else read_image)(path)
+
+
+def test_matte_refuses_a_bomb_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    bomb = tmp_path / "bomb.png"
+    _png_declaring(bomb, 50000, 50000)
+    Image.new("RGB", (64, 48)).save(tmp_path / "ok.png")
+    for src, bgr in ((bomb, tmp_path / "ok.png"), (tmp_path / "ok.png", bomb)):
+        run = subprocess.run([sys.executable, "-m", "bgmatting", "matte", str(src), "--bgr", str(bgr),
+                              "-o", str(tmp_path / "out")], capture_output=True, text=True)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert "too large" in run.stderr and run.stderr.strip().count("\n") == 0

@@ -147,9 +147,13 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     if not p.is_file():
         raise BgMattingError(f"image '{p}' does not exist" if not p.exists() else f"'{p}' is not a file")
     try:
-        with Image.open(p) as img:
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                w, h = img.size
+                orientation = img.getexif().get(0x0112, 1)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLargeError(f"'{p}' is too large to decode safely (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
     except UnidentifiedImageError:
         raise BgMattingError(f"'{p}' is not an image file that can be read (corrupt or unsupported format)") from None
     except (OSError, SyntaxError, ValueError) as e:
