@@ -356,3 +356,22 @@ def test_matte_runs_images_on_parallel_workers_with_the_same_result(tmp_path, we
     assert all((tmp_path / "stub" / "pha" / f"{i}.png").exists() for i in range(5))
     assert run("matte", tmp_path / "src", "--bgr", tmp_path / "plate.png", "-o", tmp_path / "w0", "--workers", "0",
                "-q") == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["video", "frames", "--bgr", "b.png", "-o", "o.mp4", "--fps", "nan"], "finite number"),
+    (["video", "frames", "--bgr", "b.png", "-o", "o.mp4", "--fps", "inf"], "finite number"),
+    (["serve", "--max-upload-mb", "nan"], "finite number"),
+    (["serve", "--max-upload-mb", "inf"], "finite number"),
+    (["matte", "s.png", "--bgr", "b.png", "-o", "o", "--refine-threshold=-inf"], "finite number"),
+    (["serve", "--port", "99999"], "1 to 65535"),
+    (["serve", "--port=-1"], "1 to 65535"),
+    (["serve", "--port", "http"], "not a port number"),
+])
+def test_absurd_numbers_are_refused_in_one_line(argv, message, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.strip().count("\n") == 0, err

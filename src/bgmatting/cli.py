@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from fractions import Fraction
@@ -27,6 +28,27 @@ def _scale(text: str) -> float:
     return value
 
 
+def _finite(text: str) -> float:
+    """A float flag: NaN and infinities are refused here, with the other parse errors (one line, status 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not '{text}'")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, not {text}")
+    return value
+
+
 def _add_workers_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="model calls at the same time, each on its share of the threads "
                                                "(CPU only; default 2 on a CPU, 1 on a GPU)")
@@ -40,7 +62,7 @@ def _add_model_args(p: argparse.ArgumentParser, runtime: bool = True) -> None:
     g.add_argument("--backbone-scale", type=_scale, metavar="S", help="input scale of the base network, e.g. 1/4")
     g.add_argument("--refine-mode", choices=("sampling", "thresholding", "full"))
     g.add_argument("--refine-sample-pixels", type=int, metavar="N", help="pixels refined in sampling mode")
-    g.add_argument("--refine-threshold", type=float, metavar="T", help="error threshold in thresholding mode")
+    g.add_argument("--refine-threshold", type=_finite, metavar="T", help="error threshold in thresholding mode")
     if runtime:
         g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
         g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
@@ -258,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: com,pha,fgr,err,ref,mask (default: com,pha)")
     p.add_argument("--target-bgr", metavar="IMAGE|#RRGGBB", help="composite over this image or colour")
     p.add_argument("--pha-16bit", action="store_true", help="write alpha as 16-bit PNG")
-    p.add_argument("--mask-threshold", type=float, default=0.5, metavar="T", help="alpha threshold of 'mask'")
+    p.add_argument("--mask-threshold", type=_finite, default=0.5, metavar="T", help="alpha threshold of 'mask'")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_workers_arg(p)
     _add_bgr_args(p)
@@ -289,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workers_arg(p)
     p.add_argument("--start", metavar="T", help="start time (seconds or [h:]m:s)")
     p.add_argument("--end", metavar="T", help="end time (seconds or [h:]m:s)")
-    p.add_argument("--fps", type=float, help="frame rate of a folder of frames (default 25)")
+    p.add_argument("--fps", type=_finite, help="frame rate of a folder of frames (default 25)")
     p.add_argument("--no-audio", action="store_true", help="do not copy the source's audio")
     p.add_argument("--plate-frames", type=int, default=60, help="frames used by --bgr auto (default 60)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -360,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=1024, help="longest side of stored images (default 1024)")
     p.add_argument("--synthetic", type=int, default=200, help="procedural foregrounds (default 200)")
     p.add_argument("--procedural", type=int, default=24, help="procedural backgrounds (default 24)")
-    p.add_argument("--max-mib", type=float, default=64.0, help="size budget of the corpus in MiB (default 64)")
+    p.add_argument("--max-mib", type=_finite, default=64.0, help="size budget of the corpus in MiB (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-support", action="store_true", help="MODNet alone, without the U2-Net-p second opinion")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
@@ -422,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone-scale", type=_scale, metavar="S", help="default: 1/4 for hd, 1/8 for 4k")
     g.add_argument("--refine-mode", choices=("sampling", "thresholding", "full"))
     g.add_argument("--refine-sample-pixels", type=int, metavar="N", help="default: 80000 for hd, 320000 for 4k")
-    g.add_argument("--refine-threshold", type=float, metavar="T")
+    g.add_argument("--refine-threshold", type=_finite, metavar="T")
     p.add_argument("--resolution", default="hd", help="comma-separated: hd, 4k or WxH (default hd)")
     p.add_argument("--backend", help="comma-separated backends, the reference first (default: reference, eager, "
                                      "and onnxruntime on the CPU or graph on CUDA)")
@@ -436,8 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="a local web page: matte your photos, or live from your webcam",
                        description="Serve the bgmatting page and its JSON/WebSocket API (OpenAPI at /docs).")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest request accepted (default 32 MB)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
+    p.add_argument("--max-upload-mb", type=_finite, default=32.0, help="largest request accepted (default 32 MB)")
     p.add_argument("--max-pixels", type=int, default=16_000_000, help="largest image accepted (default 16 MP)")
     _add_model_args(p)
     p.set_defaults(func=_cmd_serve)
