@@ -364,8 +364,8 @@ def test_matte_runs_images_on_parallel_workers_with_the_same_result(tmp_path, we
     (["serve", "--max-upload-mb", "nan"], "finite number"),
     (["serve", "--max-upload-mb", "inf"], "finite number"),
     (["matte", "s.png", "--bgr", "b.png", "-o", "o", "--refine-threshold=-inf"], "finite number"),
-    (["serve", "--port", "99999"], "1 to 65535"),
-    (["serve", "--port=-1"], "1 to 65535"),
+    (["serve", "--port", "99999"], "to 65535"),
+    (["serve", "--port=-1"], "to 65535"),
     (["serve", "--port", "http"], "not a port number"),
 ])
 def test_absurd_numbers_are_refused_in_one_line(argv, message, capsys):

@@ -44,8 +44,8 @@ def _port(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a port number") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, not {text}")
+    if not 0 <= value <= 65535:  # 0: any free port
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 (any free one) to 65535, not {text}")
     return value
 
 
