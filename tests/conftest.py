@@ -38,6 +38,34 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
+def png_header_only(path, width: int, height: int, rows: int = 2) -> None:
+    """A PNG of a few hundred bytes that declares ``width`` x ``height`` but holds only ``rows`` rows of pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    pixels = zlib.compress(b"".join(b"\x00" + bytes(3 * width) for _ in range(rows)), 9)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """Records every decode of image pixels (``ImageFile.load``) and stops it, so no big image is ever allocated."""
+    from PIL import ImageFile
+
+    calls = []
+
+    def load(self):
+        calls.append(self.size)
+        raise OSError("decoding stopped by the test")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return calls
+
+
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from bgmatting import MattingBase, MattingRefine, save_weights
 from bgmatting.cli import main
-from conftest import randomize_
+from conftest import png_header_only, randomize_
 
 
 def _scene(h, w, kind=0):
@@ -375,3 +375,106 @@ def test_absurd_numbers_are_refused_in_one_line(argv, message, capsys):
         code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.strip().count("\n") == 0, err
+
+
+def test_matte_refuses_an_image_over_the_pixel_limit_before_decoding_it(tmp_path, weights, capsys, decodes):
+    bomb, out = tmp_path / "bomb.png", tmp_path / "out"
+    png_header_only(bomb, 9000, 9000)  # a few hundred bytes that would decode to 243 MB (19 GB through the model)
+    assert run("matte", bomb, "--bgr", bomb, "-o", out, "--weights", weights, "-q") == 2
+    err = capsys.readouterr().err
+    assert err == (f"bgmatting: error: '{bomb}' is 9000x9000 = 81.0 megapixels, over the limit of 40 megapixels; "
+                   "raise the limit with --max-pixels N (in Python: max_pixels=N)\n")
+    assert decodes == [] and not out.exists()
+    # --max-pixels 0 lifts the limit: the decoder starts (and is stopped by the test)
+    assert run("matte", bomb, "--bgr", bomb, "-o", out, "--weights", weights, "--max-pixels", "0", "-q") == 2
+    assert "decoding stopped by the test" in capsys.readouterr().err and decodes
+    src, bgr = _img(tmp_path / "s.png"), _img(tmp_path / "b.png", seed=1)
+    assert run("matte", src, "--bgr", bgr, "-o", out, "--weights", weights, "--max-pixels", "100", "-q") == 2
+    assert "is 28x20 = 560 pixels, over the limit of 100 pixels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["matte", "s.png", "-o", "out"], "bgmatting: error: matte: the following arguments are required: --bgr"),
+    (["matte", "--bgr", "b.png", "-o", "out"], "bgmatting: error: matte: the following arguments are required: SRC"),
+    (["data", "prepare"], "bgmatting: error: data prepare: the following arguments are required: --out"),
+    (["video", "v.mp4", "--bgr", "b.png", "-o", "o.mp4", "--preset", "no"],
+     "bgmatting: error: video: argument --preset: invalid choice: 'no'"),
+    (["nosuch"], "bgmatting: error: argument COMMAND: invalid choice: 'nosuch'"),
+])
+def test_usage_errors_read_like_every_other_error(argv, line, capsys):
+    assert run(*argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(line) and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("order", ["src_first", "bgr_first", "bgr_first_two_sources"])
+def test_src_may_follow_bgr(tmp_path, weights, order):
+    src, bgr = _img(tmp_path / "s.png"), _img(tmp_path / "b.png", seed=1)
+    other = _img(tmp_path / "t.png")
+    args = {"src_first": [src, "--bgr", bgr], "bgr_first": ["--bgr", bgr, src],
+            "bgr_first_two_sources": ["--bgr", bgr, src, other]}[order]
+    out = tmp_path / "out"
+    assert run("matte", *args, "-o", out, "--weights", weights, "--outputs", "pha", "--no-bgr-check", "-q") == 0
+    written = sorted(p.name for p in (out / "pha").iterdir())
+    assert written == (["s.png", "t.png"] if order == "bgr_first_two_sources" else ["s.png"])
+
+
+def test_bgr_values_that_could_be_split_two_ways_are_refused(tmp_path, capsys):
+    names = [str(_img(tmp_path / f"{i}.png")) for i in range(4)]
+    assert run("matte", "--bgr", *names, "-o", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bgmatting: error: matte: --bgr took all of {' '.join(names)} and left no SRC")
+    assert err.rstrip().endswith("put the sources before --bgr") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["plate", "missing.mp4", "-o", "p.png", "--frames", "0"], "plate: argument --frames: must be at least 1, not 0"),
+    (["matte", "s.png", "--bgr", "b.png", "-o", "o", "--workers", "0"], "matte: argument --workers: must be at least 1"),
+    (["matte", "s.png", "--bgr", "b.png", "-o", "o", "--refine-sample-pixels", "8"], "at least 16 (one 4x4 patch)"),
+    (["matte", "s.png", "--bgr", "b.png", "-o", "o", "--max-pixels", "-1"], "--max-pixels: must be at least 0"),
+    (["matte", "s.png", "--bgr", "b.png", "-o", "o", "--backbone-scale", "1/1000000"], "must be in [1/64, 1/2]"),
+    (["video", "v.mp4", "--bgr", "b.png", "-o", "o.mp4", "--batch", "0"], "video: argument --batch: must be at least 1"),
+    (["video", "v.mp4", "--bgr", "auto", "-o", "o.mp4", "--plate-frames", "-2"], "--plate-frames: must be at least 1"),
+    (["webcam", "--max-frames", "0"], "webcam: argument --max-frames: must be at least 1"),
+    (["bench", "--frames", "0"], "bench: argument --frames: must be at least 1"),
+    (["bench", "--warmup", "-1"], "bench: argument --warmup: must be at least 0"),
+    (["serve", "--max-pixels", "0"], "serve: argument --max-pixels: must be at least 1"),
+    (["plate", "missing.mp4", "-o", "p.png", "--frames", "many"], "argument --frames: 'many' is not a whole number"),
+])
+def test_counts_are_checked_when_parsed_before_any_work(argv, message, capsys):
+    assert run(*argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("bgmatting: error: ") and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("backend", ["reference", "eager"])
+def test_an_image_too_small_for_the_backbone_scale_is_a_one_line_error(tmp_path, weights, capsys, backend):
+    src, bgr = tmp_path / "s.png", tmp_path / "b.png"
+    Image.new("RGB", (3, 3), (200, 10, 10)).save(src)
+    Image.new("RGB", (3, 3), (10, 10, 10)).save(bgr)
+    assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "out", "--weights", weights, "--no-bgr-check",
+               "--backbone-scale", "1/8", "--backend", backend, "--device", "cpu", "-q") == 2
+    err = capsys.readouterr().err
+    assert err == ("bgmatting: error: a 4x4 input is too small for backbone scale 1/8: the base network would see "
+                   "0x0 pixels; use a larger backbone scale or a larger image\n")
+
+
+def test_an_ignored_alpha_channel_is_a_one_line_warning(tmp_path, weights, capsys):
+    src, bgr = tmp_path / "s.png", _img(tmp_path / "b.png", seed=1)
+    rgba = np.asarray(Image.open(_img(tmp_path / "rgb.png")).convert("RGBA")).copy()
+    rgba[..., 3] = 128
+    Image.fromarray(rgba).save(src)
+    assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "out", "--weights", weights, "-q") == 0
+    err = capsys.readouterr().err
+    assert err == (f"bgmatting: warning: '{src}' has an alpha channel (transparency); it is ignored: the colours "
+                   "stored under transparent pixels are used as they are\n")
+
+
+def test_models_lists_the_zoo_without_pytorch():
+    code = "import sys; from bgmatting.cli import main; main(['models']); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "False" and lines[1].startswith("mobilenetv2 (default)")
+    code = "import sys; import bgmatting.cli; bgmatting.cli.build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "False\n"

@@ -222,7 +222,8 @@ def test_onnx_model_errors(tmp_path, models, monkeypatch):
     with pytest.raises(BgMattingError, match="divisible by 4"):
         runner(torch.rand(1, 3, 62, 64), torch.rand(1, 3, 62, 64))
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
-    with pytest.raises(BgMattingError, match=r"OnnxModel needs the 'onnxruntime' package: pip install 'bgmatting\[onnx\]'"):
+    with pytest.raises(BgMattingError, match=r"OnnxModel needs the 'onnxruntime' package: "
+                                             r'pip install "bgmatting\[onnx\]" \(in a checkout: pip install "\.\[onnx\]"\)'):
         OnnxModel(path)
     with pytest.raises(BgMattingError, match="checking an ONNX export needs the 'onnxruntime' package"):
         export_onnx(models["full"], tmp_path / "again.onnx", example_size=SIZE)
@@ -287,8 +288,8 @@ def test_cli_export(tmp_path, weights, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--format", "onnx", "--opset", "11"], "bgmatting: error: ONNX opset must be an integer from 17 to 20"),
     (["--format", "torchscript", "--topk-free"], "bgmatting: error: topk_free is only for ONNX export"),
-    (["--format", "onnx", "--refine-mode", "guess"], "bgmatting export: error: argument --refine-mode"),
-    (["--format", "onnx", "--example-size", "64by96"], "bgmatting export: error: argument --example-size"),
+    (["--format", "onnx", "--refine-mode", "guess"], "bgmatting: error: export: argument --refine-mode"),
+    (["--format", "onnx", "--example-size", "64by96"], "bgmatting: error: export: argument --example-size"),
     (["--format", "onnx", "-o", "WEIGHTS"], "bgmatting: error: output '.*' would overwrite the weights file"),
 ])
 def test_cli_export_errors(tmp_path, weights, capsys, args, message):

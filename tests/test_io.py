@@ -6,6 +6,7 @@ from PIL import Image
 
 from bgmatting import BgMattingError
 from bgmatting.io import list_images, read_image, write_image
+from conftest import png_header_only
 
 
 def test_roundtrip_8_and_16_bit(tmp_path):
@@ -22,7 +23,8 @@ def test_roundtrip_8_and_16_bit(tmp_path):
     rgba = np.concatenate([rgb, gray[..., None]], axis=2)
     write_image(tmp_path / "rgba.png", rgba)
     assert read_image(tmp_path / "rgba.png", mode="RGBA").shape == (5, 7, 4)
-    assert read_image(tmp_path / "rgba.png", mode="RGB").shape == (5, 7, 3)
+    with pytest.warns(UserWarning, match="alpha channel"):
+        assert read_image(tmp_path / "rgba.png", mode="RGB").shape == (5, 7, 3)
     assert read_image(tmp_path / "g16.png", mode="RGB").shape == (5, 7, 3)
 
 
@@ -139,3 +141,140 @@ def test_matte_refuses_a_bomb_in_one_line(tmp_path):
                               "-o", str(tmp_path / "out")], capture_output=True, text=True)
         assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
         assert "too large" in run.stderr and run.stderr.strip().count("\n") == 0
+
+
+def test_the_pixel_limit_is_checked_from_the_header_before_decoding(tmp_path, decodes):
+    from bgmatting.io import DEFAULT_MAX_PIXELS, image_size
+    from bgmatting.io.images import ImageTooLargeError
+
+    path = tmp_path / "9k.png"
+    png_header_only(path, 9000, 9000)
+    assert path.stat().st_size < 1000
+    message = r"'.*9k.png' is 9000x9000 = 81.0 megapixels, over the limit of 40 megapixels; raise the limit with " \
+              r"--max-pixels N \(in Python: max_pixels=N\)$"
+    for read in (read_image, image_size):
+        with pytest.raises(ImageTooLargeError, match=message):
+            read(path)
+    assert decodes == []  # refused from the header alone
+    with pytest.raises(ImageTooLargeError, match="over the limit of 100 pixels"):
+        image_size(path, max_pixels=100)
+    # raised, or lifted (None), the limit lets the decoder start
+    for limit in (100_000_000, None):
+        with pytest.raises(BgMattingError, match="decoding stopped by the test"):
+            read_image(path, max_pixels=limit)
+    assert decodes == [(9000, 9000)] * 2
+    # the default lets an 8K photo through
+    png_header_only(path, 7680, 4320)
+    assert 7680 * 4320 <= DEFAULT_MAX_PIXELS and image_size(path) == (4320, 7680)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(BgMattingError, match="max_pixels must be a positive integer"):
+            read_image(path, max_pixels=bad)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_an_ignored_alpha_channel_is_warned_about(tmp_path, mode):
+    path = tmp_path / f"{mode}.png"
+    img = Image.new("RGBA", (6, 4), (200, 30, 10, 0))
+    img.putpixel((0, 0), (10, 200, 30, 255))
+    if mode == "P":
+        img.convert("RGB").convert("P").save(path, transparency=0)
+    else:
+        img.convert(mode).save(path)
+    with pytest.warns(UserWarning, match=r"'.*\.png' has an alpha channel \(transparency\); it is ignored: the "
+                                         "colours stored under transparent pixels are used as they are") as record:
+        rgb = read_image(path)
+    assert len(record) == 1 and rgb.shape == (4, 6, 3)
+    if mode == "RGBA":  # ignored: the colour under alpha 0 is kept, not composited over anything
+        assert np.allclose(rgb[3, 5], np.array([200, 30, 10]) / 255)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(path, mode="RGBA").shape == (4, 6, 4)  # the alpha is read: nothing to say
+        read_image(path, warn_alpha=False)
+        Image.new("RGB", (6, 4)).save(tmp_path / "plain.png")
+        read_image(tmp_path / "plain.png")
+
+
+def test_image_size_reads_the_header_only_exif_included(tmp_path):
+    from bgmatting.io import image_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    Image.new("RGB", (24, 16)).save(tmp_path / "rot.png", exif=exif.tobytes())
+    with pytest.MonkeyPatch.context() as mp:
+        from PIL import ImageFile
+
+        mp.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("image_size decoded the pixels"))
+        assert image_size(tmp_path / "rot.png") == (24, 16)
+    assert read_image(tmp_path / "rot.png").shape == (24, 16, 3)
+
+
+# --------------------------------------------------------------------------------------------- atomic: folders, SIGTERM
+
+def test_the_folder_check_makes_no_folder(tmp_path):
+    from bgmatting.io.atomic import check_writable_folder
+
+    assert check_writable_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert list(tmp_path.iterdir()) == []  # made when the first file is written, not when checked
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BgMattingError, match="is not a folder"):
+        check_writable_folder(tmp_path / "file" / "sub")
+
+
+def test_a_failed_write_removes_the_folders_it_made(tmp_path):
+    from bgmatting.io.atomic import atomic_path, removing_new_folders
+
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "a" / "b" / "x.txt") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "keep.txt").write_text("x")
+    with pytest.raises(KeyboardInterrupt):
+        with removing_new_folders(tmp_path / "a" / "b" / "c"):
+            with atomic_path(tmp_path / "a" / "b" / "c" / "x.txt"):
+                pass  # a complete file: it stays, and so do its folders
+            raise KeyboardInterrupt
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == \
+        ["a", "a/b", "a/b/c", "a/b/c/x.txt", "a/keep.txt"]
+    (tmp_path / "a" / "b" / "c" / "x.txt").unlink()
+    with pytest.raises(KeyboardInterrupt):
+        with removing_new_folders(tmp_path / "a" / "b" / "c" / "e" / "f"):
+            (tmp_path / "a" / "b" / "c" / "e" / "f").mkdir(parents=True)
+            raise KeyboardInterrupt
+    assert (tmp_path / "a" / "b" / "c").is_dir() and not (tmp_path / "a" / "b" / "c" / "e").exists()
+
+
+def test_sigterm_becomes_an_interrupt_within_the_block(tmp_path):
+    import os
+    import signal
+    import threading
+
+    from bgmatting.io.atomic import Terminated, terminate_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        with terminate_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+    assert isinstance(caught.value, Terminated) and Terminated.EXIT_STATUS == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(terminate_as_interrupt().__enter__() is None))
+    thread.start()
+    thread.join()
+    assert seen == [True] and signal.getsignal(signal.SIGTERM) is before  # not in other threads
+
+
+def test_matte_with_a_bad_option_leaves_no_output_folder(tmp_path, capsys):
+    from bgmatting.cli import main
+
+    src = tmp_path / "s.png"
+    Image.fromarray(np.full((20, 28, 3), 90, np.uint8)).save(src)
+    out = tmp_path / "out" / "deep" / "m"
+    assert main(["matte", str(src), "--bgr", str(src), "-o", str(out), "--device", "nonsense"]) == 2
+    assert "unknown device" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -109,6 +109,22 @@ def test_tiny_inputs(size):
     assert out[0].shape == (1, 1, *size) and out[1].shape == (1, 3, *size)
 
 
+@pytest.mark.parametrize("scale, size, seen", [(1 / 8, (4, 4), "0x0"), (1 / 8, (4, 12), "1x0"),
+                                               (1 / 1_000_000, (64, 96), "0x0")])
+def test_an_input_that_the_backbone_scale_shrinks_to_nothing_is_refused(scale, size, seen):
+    from bgmatting.models.fast import FastMatting
+
+    model = MattingRefine("mobilenetv2", backbone_scale=scale).eval()
+    x = torch.rand(1, 3, *size)
+    for net in (model, FastMatting(model)):  # the plain module and the inference twin the backends run
+        with torch.no_grad(), pytest.raises(BgMattingError, match=f"too small for backbone scale .* would see {seen} "
+                                                                  "pixels; use a larger backbone scale"):
+            net(x, x)
+    with torch.no_grad():  # one pixel for the base network is enough
+        out = MattingRefine("mobilenetv2", backbone_scale=1 / 4).eval()(x[..., :4, :4], x[..., :4, :4])
+    assert out[0].shape == (1, 1, 4, 4) and out[2].shape == (1, 1, 1, 1)
+
+
 def test_model_errors():
     with pytest.raises(BgMattingError, match="backbone_scale"):
         MattingRefine("mobilenetv2", backbone_scale=0.75)

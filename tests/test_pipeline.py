@@ -1,5 +1,8 @@
 """Matter: any input type and size, padding, backgrounds of other sizes, composites, precision."""
 
+import dataclasses
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bgmatting import BgMattingError, MattingBase, MattingRefine, Matter
-from bgmatting.pipeline import cover_resize, pad_to_multiple, parse_colour, to_tensor
+from bgmatting.pipeline import MatteResult, cover_resize, pad_to_multiple, parse_colour, to_tensor
 from conftest import randomize_
 
 
@@ -151,3 +154,126 @@ def test_model_workers_give_the_threads_back_even_if_the_model_fails_to_build(re
     with ModelWorkers(3, object(), torch.device("cpu")) as calls:  # results in submission order
         got = [r for i in range(7) for r in calls.submit(lambda i: i * i, i)] + calls.drain()
     assert got == [i * i for i in range(7)] and torch.get_num_threads() == before
+
+
+def plain_call(matter: Matter, src, bgr) -> dict[str, np.ndarray]:
+    """What ``matter(src, bgr)`` returned before its conversions were made faster, written plainly."""
+    def tensor(image):
+        if isinstance(image, Image.Image):
+            image = np.asarray(image.convert("RGBA" if image.mode == "RGBA" else "RGB"))
+        if isinstance(image, np.ndarray):
+            arr = image[..., None] if image.ndim == 2 else image
+            if arr.dtype == np.uint8:
+                arr = arr.astype(np.float32) / 255.0
+            elif arr.dtype == np.uint16:
+                arr = arr.astype(np.float32) / 65535.0
+            t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1)[None]
+        else:
+            t = image if image.ndim == 4 else image[None]
+            t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+        if t.shape[1] == 4:
+            t = t[:, :3]
+        elif t.shape[1] == 1:
+            t = t.expand(-1, 3, -1, -1)
+        return t.clamp(0.0, 1.0)
+
+    out = matter.forward_tensors(tensor(src), tensor(bgr))
+    arr = {k: v[0].permute(1, 2, 0).numpy() for k, v in out.items()}
+    return {"pha": arr["pha"][..., 0], "fgr": np.ascontiguousarray(arr["fgr"]), "err": arr["err"][..., 0],
+            "ref": arr["ref"][..., 0]}
+
+
+def input_pairs(h: int = 37, w: int = 53) -> dict:
+    rng = np.random.default_rng(7)
+    u8 = lambda *c: rng.integers(0, 256, (h, w, *c), dtype=np.uint8)  # noqa: E731
+    return {
+        "uint8": (u8(3), u8(3)),
+        "uint16": tuple(rng.integers(0, 65536, (h, w, 3), dtype=np.uint16) for _ in range(2)),
+        "float64 outside [0, 1]": (rng.random((h, w, 3)) * 1.4 - 0.2, rng.random((h, w, 3))),
+        "float32 not C-ordered": (np.asfortranarray(rng.random((h, w, 3), dtype=np.float32)),
+                                  rng.random((w, h, 3), dtype=np.float32).transpose(1, 0, 2)),
+        "PIL": (Image.fromarray(u8(3)), Image.fromarray(u8(3))),
+        "rgba": (u8(4), u8(4)),
+        "gray": (u8(), u8(1)),
+        "uint8 tensor": (torch.from_numpy(u8(3)).permute(2, 0, 1).contiguous(),
+                         torch.from_numpy(u8(3)).permute(2, 0, 1)[None]),
+        "float tensor": (torch.rand(3, h, w, generator=torch.Generator().manual_seed(1)) * 1.2 - 0.1,
+                         torch.rand(1, 1, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(2))),
+    }
+
+
+# Before, these reached the network in other memory layouts than RGB images (with the batch or channel stride
+# first); some backends' convolutions round by layout, so their results differed from the same image as RGB in the
+# last bit. Now every image reaches it as an RGB image does.
+OTHER_LAYOUT_BEFORE = ("rgba", "gray")
+
+
+@pytest.mark.parametrize("backend", ["auto", "eager", "reference"])
+@pytest.mark.parametrize("arch", ["refine", "base"])
+def test_call_equals_the_plain_conversion_bit_for_bit(refine_model, arch, backend):
+    model = refine_model if arch == "refine" else randomize_(MattingBase("mobilenetv2"))
+    matter = Matter(model, device="cpu", backend=backend)
+    pairs = input_pairs()
+    for name, (src, bgr) in pairs.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the alpha channel
+            got, want = matter(src, bgr), plain_call(matter, src, bgr)
+        exact = name not in OTHER_LAYOUT_BEFORE or matter.backend == "eager"
+        for k, expected in want.items():
+            array = getattr(got, k)
+            assert array.dtype == np.float32 and array.flags.c_contiguous, (name, k)
+            assert array.shape == expected.shape, (name, k)
+            if exact:
+                assert np.array_equal(array, expected), (name, k)
+            else:
+                assert np.abs(array - expected).max() <= 1e-6, (name, k)
+    # RGBA and gray give exactly what the same image as RGB gives
+    (rgba, bgr), (gray, gray_bgr) = pairs["rgba"], pairs["gray"]
+    with pytest.warns(UserWarning, match="alpha"):
+        a = matter(rgba, bgr)
+    b = matter(np.ascontiguousarray(rgba[..., :3]), bgr[..., :3])
+    c, d = matter(gray, gray_bgr), matter(np.repeat(gray[..., None], 3, axis=2), np.repeat(gray_bgr, 3, axis=2))
+    for k in ("pha", "fgr", "err", "ref"):
+        assert np.array_equal(getattr(a, k), getattr(b, k)) and np.array_equal(getattr(c, k), getattr(d, k)), k
+
+
+def test_to_tensor_matches_the_plain_division_and_is_a_new_tensor():
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    t = to_tensor(np.stack([values] * 3, axis=2))
+    assert t.dtype == torch.float32 and torch.equal(t[0, 0], torch.from_numpy(values.astype(np.float32) / 255.0))
+    wide = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    assert torch.equal(to_tensor(wide)[0, 2], torch.from_numpy(wide.astype(np.float32) / 65535.0))
+    for image in (np.full((4, 5), 0.5, np.float32), np.full((4, 5, 3), 0.5, np.float32), torch.full((3, 4, 5), 0.5),
+                  np.zeros((4, 5), np.uint8), torch.zeros(1, 1, 4, 5, dtype=torch.uint8)):
+        t = to_tensor(image)
+        assert t.shape == (1, 3, 4, 5)
+        t.add_(0.25)  # writable, and not a view of the caller's image (nor a broadcast gray channel)
+        assert float(np.asarray(image).max()) in (0.0, 0.5) and torch.allclose(t, t[:, :1])
+
+
+def test_matte_result_converts_tensors_when_they_are_read():
+    g = torch.Generator().manual_seed(0)
+    out = {k: torch.rand(1, 3 if k == "fgr" else 1, 6, 7, generator=g) for k in ("pha", "fgr", "err", "ref")}
+    result = MatteResult.from_tensors(out)
+    assert result.pha.shape == (6, 7) and result.fgr.shape == (6, 7, 3) and result.fgr.flags.c_contiguous
+    assert np.array_equal(result.fgr, out["fgr"][0].permute(1, 2, 0).numpy())
+    assert np.array_equal(result.err, out["err"][0, 0].numpy()) and np.array_equal(result.ref, out["ref"][0, 0].numpy())
+    result.pha[:2] = 0.0  # the same array each time it is read
+    assert not result.pha[:2].any() and not result.composite()[:2].any()
+    result.fgr = np.zeros((6, 7, 3), np.float32)  # fields stay assignable
+    assert not result.composite("#000000").any()
+    plain = MatteResult(pha=np.ones((2, 2), np.float32), fgr=np.ones((2, 2, 3), np.float32),
+                        err=np.zeros((2, 2), np.float32), ref=np.zeros((2, 2), np.float32))
+    assert plain.composite("#000000").min() == 1.0
+    assert [f.name for f in dataclasses.fields(MatteResult)] == ["pha", "fgr", "err", "ref"]
+    with pytest.raises(TypeError, match="missing"):
+        MatteResult(pha=plain.pha)
+
+
+def test_parse_colour_refuses_what_is_not_text():
+    for bad in (123, None, [0, 255, 0], {"r": 0}, True):
+        with pytest.raises(BgMattingError, match="colour is text"):
+            parse_colour(bad)
+    with pytest.raises(BgMattingError, match="not a colour") as e:
+        parse_colour("#" + "f" * 10_000)
+    assert len(str(e.value)) < 200

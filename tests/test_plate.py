@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -213,3 +214,99 @@ def test_errors():
         estimate_plate("/nonexistent/clip.mp4")
     with pytest.raises(BgMattingError, match="at least 1"):
         sample_frames([np.zeros((4, 4, 3), np.uint8)], max_frames=0)
+
+
+# --------------------------------------------------------------------------------------------- a subject standing still
+
+def _standing_clip(tmp_path, **kwargs):
+    pytest.importorskip("av")
+    from test_video_io import make_standing_clip
+
+    path, bg, place = make_standing_clip(tmp_path / "clip.mp4", **kwargs)
+    return path, bg.astype(np.float32) / 255, place
+
+
+def _error(plate: np.ndarray, bg: np.ndarray, place) -> float:
+    return float(np.abs(plate[place] - bg[place]).mean())
+
+
+@pytest.mark.parametrize("matter", [None, SquareMatter], ids=["median", "refined"])
+def test_a_subject_standing_still_is_warned_about_and_the_whole_video_shows_the_place(tmp_path, matter):
+    path, bg, place = _standing_clip(tmp_path)  # stands still from 0 to 1.6 s, then walks off
+    with pytest.warns(UserWarning, match=r"only 0\.\d% of the picture changed across the 20 frames over 1\.[45] s"):
+        ranged = estimate_plate(path, matter and matter(), align=False, max_frames=20, start=0, end=1.6)
+    assert ranged.motion_fraction < plate_module.LOW_MOTION and ranged.notes
+    assert _error(ranged.plate, bg, place) > 0.3  # the subject is in the plate
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: enough moved
+        whole = estimate_plate(path, matter and matter(), align=False, max_frames=20, start=0, end=1.6,
+                               whole_video=True)
+    assert whole.motion_fraction > 0.1 and whole.notes == []
+    assert _error(whole.plate, bg, place) < 0.03
+    assert whole.span > 3 and whole.frame_indices == sorted(whole.frame_indices) and whole.frame_indices[-1] > 60
+
+
+def test_a_long_video_is_sampled_by_seeking(tmp_path, monkeypatch):
+    from bgmatting.io.video import VideoReader
+
+    path, bg, place = _standing_clip(tmp_path, gop=5)
+    monkeypatch.setattr(plate_module, "SEQUENTIAL_LIMIT", 50)  # the 100 frames count as a long video
+    decoded = []
+    next_av_frame = VideoReader._next_av_frame
+
+    def counting(self):
+        decoded.append(self.start)
+        return next_av_frame(self)
+
+    monkeypatch.setattr(VideoReader, "_next_av_frame", counting)
+    result = estimate_plate(path, align=False, max_frames=20, start=0, end=1.6, whole_video=True)
+    assert _error(result.plate, bg, place) < 0.03 and result.notes == []
+    assert result.frame_indices[-1] > 80
+    # the range (40 frames) is read through; of the rest of the video (100 frames), about one frame per seek
+    assert len(decoded) < 40 + 3 * 15
+
+
+def test_frames_of_another_scene_are_left_out(tmp_path):
+    pytest.importorskip("av")
+    from test_video_io import make_video
+
+    bg = (background(48, 64) * 255).round().astype(np.uint8)
+    other = np.ascontiguousarray(255 - bg[::-1])  # a cut to another shot after 1.6 s
+    frames = [bg.copy() for _ in range(40)] + [other.copy() for _ in range(60)]
+    for f in frames[:40]:
+        f[18:30, 4:16] = (255, 0, 255)
+    path = make_video(tmp_path / "cut.mp4", 100, frames=frames)
+    with pytest.warns(UserWarning) as caught:
+        result = estimate_plate(path, align=False, max_frames=20, start=0, end=1.6, whole_video=True)
+    messages = [str(w.message) for w in caught]
+    assert any("show another scene" in m for m in messages) and any("changed across" in m for m in messages)
+    assert np.abs(result.plate - bg / 255)[32:].mean() < 0.03  # not a mix of the two shots (box left aside)
+
+
+def test_plate_command_leaves_no_folder_behind(tmp_path, capsys):
+    pytest.importorskip("av")
+    from bgmatting.cli import main
+    from test_video_io import make_cut_video
+
+    path, _, _ = _standing_clip(tmp_path)
+    cut = make_cut_video(tmp_path / "cut.mp4")
+    out = tmp_path / "out" / "deep" / "plate.png"
+    assert main(["plate", str(path), "-o", str(out), "--device", "nonsense", "-q"]) == 2
+    assert "unknown device" in capsys.readouterr().err
+    assert main(["plate", str(cut), "-o", str(out), "--no-refine", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bgmatting: error: ") and "damaged or cut short" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_damage_outside_the_range_does_not_stop_the_whole_video_plate(tmp_path):
+    pytest.importorskip("av")
+    from test_video_io import make_cut_video
+
+    cut = make_cut_video(tmp_path / "cut.mp4")  # 2 s declared, frames until about 0.9 s
+    with pytest.raises(BgMattingError, match="damaged or cut short"):
+        estimate_plate(cut, align=False, max_frames=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # noise frames: "another scene"
+        result = estimate_plate(cut, align=False, max_frames=8, start=0, end=0.4, whole_video=True)
+    assert result.frames_used >= 2 and result.plate.shape == (64, 64, 3)

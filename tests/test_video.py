@@ -21,13 +21,25 @@ from PIL import Image
 av = pytest.importorskip("av")
 
 from conftest import randomize_
-from test_video_io import H, W, background_image, frame_image, leftovers, make_video, marker, streams
+from test_video_io import (
+    H,
+    W,
+    background_image,
+    frame_image,
+    leftovers,
+    make_cut_video,
+    make_standing_clip,
+    make_video,
+    marker,
+    streams,
+)
 
-from bgmatting import BgMattingError, Matter, MattingRefine
+from bgmatting import BgMattingError, Matter, MattingRefine, save_weights
 from bgmatting import video as vmod
 from bgmatting.io import video as vio
 from bgmatting.io.video import VideoReader, VideoWriter
 from bgmatting.pipeline import TENSOR_OUTPUTS, ModelWorkers, tensor_to_uint
+from bgmatting.cli import main
 from bgmatting.video import VideoReport, convert_video, plan_video_outputs
 
 
@@ -285,7 +297,7 @@ def test_interrupted_run_leaves_no_file(clip, tmp_path, exc):
     with pytest.raises(exc):
         convert_video(StubMatter(fail_at=1, exc=exc), src, plate, out, outputs="com,pha", batch=2, progress=False,
                       format="webm-alpha", audio=False)
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # the folder made for the outputs goes with them
     # with --overwrite, an interrupted run leaves the previous outputs as they were
     convert_video(StubMatter(), src, plate, out, outputs="com,pha", format="webm-alpha", progress=False, audio=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -336,7 +348,7 @@ def test_ctrl_c_in_a_real_process_leaves_no_file(clip, tmp_path):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 3, (stdout, stderr)
     assert stdout.strip() == "interrupted"
-    assert list(out.iterdir()) == []
+    assert not out.exists()
 
 
 def test_writer_failure_stops_the_run(clip, tmp_path, monkeypatch):
@@ -348,7 +360,7 @@ def test_writer_failure_stops_the_run(clip, tmp_path, monkeypatch):
     monkeypatch.setattr(VideoWriter, "write", broken)
     with pytest.raises(BgMattingError, match="disk full"):
         convert_video(StubMatter(), src, plate, tmp_path / "out", outputs="pha", progress=False)
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()
 
 
 def test_existing_outputs_and_inputs_are_protected(clip, tmp_path):
@@ -430,7 +442,7 @@ def test_every_check_happens_before_the_model_is_made(clip, tmp_path):
         args.update(kwargs)
         with pytest.raises(BgMattingError, match=message):
             convert_video(no_model, args.pop("src"), args.pop("bgr"), args.pop("out"), progress=False, **args)
-    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_encoder_is_reported_before_matting(clip, tmp_path, monkeypatch):
@@ -499,7 +511,7 @@ def test_parallel_workers_keep_the_frame_order_and_the_thread_count(clip, tmp_pa
     with pytest.raises(KeyboardInterrupt):  # an error in one worker stops the run and leaves nothing
         convert_video(StubMatter(fail_at=3), src, plate, tmp_path / "broken", outputs="pha", format="png", batch=2,
                       workers=2, progress=False)
-    assert list((tmp_path / "broken").iterdir()) == [] and torch.get_num_threads() == threads_before
+    assert not (tmp_path / "broken").exists() and torch.get_num_threads() == threads_before
 
 
 def test_a_real_matter_on_the_cpu_gets_two_workers_with_the_same_result(clip, tmp_path, monkeypatch):
@@ -531,3 +543,126 @@ def test_default_batch_on_the_cpu_is_one_frame(clip, tmp_path):
     assert stub.batches == [1] * 12
     with pytest.raises(BgMattingError, match="batch must be a positive integer"):
         convert_video(stub, src, plate, tmp_path / "x.mp4", outputs="pha", batch=0, progress=False)
+
+
+# --------------------------------------------------------------------------------------------- hostile input
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    return str(save_weights(randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=320)), path))
+
+
+def _plate_64(path: Path) -> Path:
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(path)
+    return path
+
+
+def _cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bgmatting", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_a_cut_off_source_is_an_error_unless_kept(tmp_path):
+    cut, plate = make_cut_video(tmp_path / "cut.mp4"), _plate_64(tmp_path / "plate.png")
+    out = tmp_path / "out" / "deep" / "pha.mp4"
+    with pytest.raises(BgMattingError, match="cut.mp4' is damaged or cut short: .*pass --keep-partial"):
+        convert_video(lambda: pytest.fail("model made"), cut, plate, out, outputs="pha", progress=False)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+    with pytest.warns(UserWarning, match=r"cut short: it ends after (\d+) of its 50 frames .*hold the \1 frames"):
+        report = convert_video(StubMatter(), cut, plate, out, outputs="pha", keep_partial=True, check_bgr=False,
+                               progress=False)
+    assert 0 < report.frames < 40 and len(read_all(out, "gray")) == report.frames
+    assert any("of its 50 frames" in note for note in report.notes) and leftovers(out.parent) == []
+
+
+def test_damage_found_when_the_stream_ends_removes_what_was_written(tmp_path, monkeypatch):
+    cut, plate = make_cut_video(tmp_path / "cut.mp4"), _plate_64(tmp_path / "plate.png")
+    monkeypatch.setattr(VideoReader, "probe_end", lambda self: None)  # the quick look misses it
+    stub = StubMatter()
+    with pytest.raises(BgMattingError, match=r"ends after \d+ of its 50 frames .*nothing was written.*--keep-partial"):
+        convert_video(stub, cut, plate, tmp_path / "out" / "x", outputs="com,pha", format="png", check_bgr=False,
+                      progress=False)
+    assert sum(stub.batches) > 0  # it was matted, then deleted
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_cli_reports_damaged_and_garbage_sources_in_one_line(tmp_path, tiny_weights):
+    cut, plate = make_cut_video(tmp_path / "cut.mp4"), _plate_64(tmp_path / "plate.png")
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(1).bytes(30_000))
+    (tmp_path / "text.mp4").write_text("these are notes, not a video\n")
+    for name, message in [("cut.mp4", "damaged or cut short"), ("zero.mp4", "not a video file"),
+                          ("noise.mp4", "not a video file"), ("text.mp4", "not a video file")]:
+        proc = _cli("video", tmp_path / name, "--bgr", plate, "-o", tmp_path / "out" / "deep" / "x.mp4",
+                    "--weights", tiny_weights, "--device", "cpu", "-q")
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("bgmatting: error: ") and message in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1
+        assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+    out = tmp_path / "kept" / "x.mp4"
+    proc = _cli("video", cut, "--bgr", plate, "-o", out, "--outputs", "pha", "--weights", tiny_weights, "--device",
+                "cpu", "--no-bgr-check", "--keep-partial", "-q")
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "cut short" in line]
+    assert len(warned) == 1 and warned[0].startswith("bgmatting: warning: ") and "of its 50 frames" in warned[0]
+    n = int(warned[0].split("it ends after ")[1].split()[0])
+    assert len(read_all(out, "gray")) == n and leftovers(out.parent) == []
+
+
+def test_failed_checks_leave_no_output_folder(tmp_path, tiny_weights, capsys):
+    src, plate = make_video(tmp_path / "clip.mp4", 4), tmp_path / "plate.png"
+    Image.fromarray(background_image()).save(plate)
+    out = tmp_path / "out" / "deep"
+    for bad in (["--device", "nonsense"], ["--precision", "fp16", "--device", "cpu", "--backend", "graph"],
+                ["--weights", plate], ["--target-bgr", "#zz0000"]):
+        assert main(["video", str(src), "--bgr", str(plate), "-o", str(out), "--format", "png", "-q", "--weights",
+                     tiny_weights, *map(str, bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("bgmatting: error: ") and err.count("\n") == 1, err
+        assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_removes_the_outputs_and_exits_143(tmp_path, tiny_weights):
+    """`timeout`, a container stop or a job scheduler send SIGTERM: the run cleans up as for Ctrl-C."""
+    src, plate = make_video(tmp_path / "long.mp4", 300), tmp_path / "plate.png"
+    Image.fromarray(background_image()).save(plate)
+    out = tmp_path / "out" / "deep"
+    proc = subprocess.Popen([sys.executable, "-m", "bgmatting", "video", str(src), "--bgr", str(plate), "-o",
+                             str(out), "--outputs", "com,pha", "--weights", tiny_weights, "--device", "cpu",
+                             "--no-bgr-check", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (out.exists() and any(".tmp" in p.name for p in out.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1].startswith("bgmatting: terminated") and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+class PlateStub(StubMatter):
+    """A stub that also estimates plates: ``matter(src, bgr).pha`` as the stub's alpha (numpy, any size)."""
+
+    def __call__(self, src, bgr):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(pha=(np.abs(src - bgr).mean(axis=2) > 0.15).astype(np.float32))
+
+
+def test_auto_background_looks_beyond_the_range(tmp_path):
+    """Over 0-1.6 s the subject stands still (it would be part of a plate made from the range alone); it walks
+    off later, so the plate made from the whole video shows the empty place and the subject is matted there."""
+    pytest.importorskip("cv2")
+    src, bg, place = make_standing_clip(tmp_path / "clip.mp4")
+    out = tmp_path / "pha.mp4"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert_video(PlateStub(), src, "auto", out, outputs="pha", start=0.0, end=1.6, progress=False)
+    assert not [w for w in caught if "changed across" in str(w.message)]
+    frames = read_all(out, "gray")
+    assert len(frames) == 40
+    assert all(f.image[place].mean() > 200 for f in frames)  # the standing subject is matted
+    assert all(f.image[40:].mean() < 30 for f in frames)  # and the floor is not

@@ -119,6 +119,55 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith("."))
 
 
+def make_cut_video(path: Path, n: int = 50, size: int = 64) -> Path:
+    """An mp4 of ``n`` noisy frames with its index at the front (``faststart``), cut after half of its bytes: the
+    container still declares ``n`` frames and ``n / 25`` s (a download or copy that stopped half-way)."""
+    path = Path(path)
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options={"movflags": "+faststart"}) as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = size, size, "yuv420p"
+        for i in range(n):
+            f = av.VideoFrame.from_ndarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), format="rgb24")
+            f.pts = i
+            for pk in s.encode(f):
+                c.mux(pk)
+        for pk in s.encode():
+            c.mux(pk)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def make_standing_clip(path: Path, n: int = 100, still: int = 40, rate: int = 25,
+                       gop: int | None = None) -> tuple[Path, np.ndarray, tuple[slice, slice]]:
+    """A magenta box that stands still at the left for the first ``still`` frames, then walks off to the right.
+
+    Returns ``(path, background, where the box stands)``; ``gop``: the keyframe interval (x264's default if None).
+    """
+    bg = background_image()
+    place = (slice(18, 30), slice(4, 16))
+    frames = []
+    for i in range(n):
+        img = bg.copy()
+        x = 4 + 2 * max(0, i - still)
+        img[18:30, x:x + 12] = (255, 0, 255)
+        frames.append(img)
+    path = make_video(path, n, rate=rate, frames=frames)
+    if gop is not None:  # re-encode with short keyframe intervals (for seeking)
+        with av.open(str(path), "w") as c:
+            s = c.add_stream("libx264", rate=rate, options={"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"})
+            s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+            for i, img in enumerate(frames):
+                f = av.VideoFrame.from_ndarray(img, format="rgb24")
+                f.pts = i
+                for pk in s.encode(f):
+                    c.mux(pk)
+            for pk in s.encode():
+                c.mux(pk)
+    return path, bg, place
+
+
 # --------------------------------------------------------------------------------------------- formats
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -393,6 +442,70 @@ def test_clear_errors_for_bad_inputs(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BgMattingError, match="no image"):
         VideoReader(tmp_path / "empty")
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(0).bytes(20_000))
+    for name in ("zero.mp4", "noise.mp4"):
+        with pytest.raises(BgMattingError, match="not a video file"):
+            VideoReader(tmp_path / name)
+
+
+def test_a_cut_off_video_is_an_error_or_read_as_far_as_it_goes(tmp_path):
+    cut = make_cut_video(tmp_path / "cut.mp4")
+    with pytest.raises(BgMattingError, match=r"damaged or cut short: it ends after \d+ of its 50 frames"):
+        with VideoReader(cut) as reader:
+            list(reader)
+    with VideoReader(cut, partial=True) as reader:
+        n = len(list(reader))
+        assert 0 < n < 40 and reader.damage.startswith(f"it ends after {n} of its 50 frames")
+        assert reader.probe_end() == f"its frames stop at {n * 0.04:.2f} s of 2.00 s"
+    with VideoReader(cut, start=0.1, end=0.3, partial=True) as reader:  # a range in the part that is there
+        assert len(list(reader)) == 5 and reader.damage is None and reader.probe_end() is None
+    with pytest.raises(BgMattingError, match="no frame could be read after 1.9 s"):
+        VideoReader(cut, start=1.9)
+
+
+def test_whole_videos_are_not_taken_for_cut_ones(tmp_path):
+    """Declared lengths are slightly off in ordinary files: a long last frame (VFR, GIF), B-frames, audio; and
+    MPEG-TS seeks land on any packet, possibly after the last keyframe."""
+    vfr = make_video(tmp_path / "vfr.mp4", 6, pts=[0, 1, 2, 3, 4, 30], time_base=Fraction(1, 25))
+    gif = [Image.fromarray(frame_image(i)) for i in range(8)]
+    gif[0].save(tmp_path / "e.gif", save_all=True, append_images=gif[1:], duration=[40] * 7 + [1000])
+    clips = [make_video(tmp_path / "a.mp4", 12, audio="aac"), vfr, make_video(tmp_path / "b.webm", 12, audio="libopus"),
+             make_video(tmp_path / "c.ts", 12), tmp_path / "e.gif"]
+    for path in clips:
+        for kwargs in ({}, {"start": 0.1}, {"start": 0.1, "end": 0.3}):
+            with VideoReader(path, **kwargs) as reader:
+                assert reader.probe_end() is None
+                assert len(list(reader)) > 0 and reader.damage is None
+
+
+def test_a_decoding_error_stops_a_partial_reader(tmp_path):
+    path = make_video(tmp_path / "a.mp4", 12)
+    with pytest.raises(BgMattingError, match="cannot be decoded after"):
+        with VideoReader(path) as reader:
+            reader._packets = _failing(reader._packets, 5)
+            list(reader)
+    with VideoReader(path, partial=True) as reader:
+        reader._packets = _failing(reader._packets, 5)
+        frames = list(reader)
+        assert 0 < len(frames) < 12 and reader.damage.startswith(f"decoding failed after {len(frames)} frames")
+
+
+def _failing(packets, after: int):
+    for i, p in enumerate(packets):
+        if i == after:
+            raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+        yield p
+
+
+def test_sample_video_seeks_to_keyframes_spread_over_the_video(tmp_path):
+    path, _, _ = make_standing_clip(tmp_path / "clip.mp4", n=100, gop=10)
+    frames = vio.sample_video(path, 10)
+    times = [f.time for f in frames]
+    assert len(frames) == 10 and times == sorted(times) and times[0] < 0.4 and times[-1] > 3.5
+    assert all(abs(f.index - round(f.time * 25)) == 0 and f.image.shape == (H, W, 3) for f in frames)
+    ranged = vio.sample_video(path, 4, start=1.0, end=2.0)
+    assert ranged and all(1.0 <= f.time < 2.0 for f in ranged)
 
 
 @pytest.mark.parametrize("preset,settings", [(None, b"subme=7"), ("ultrafast", b"subme=0"), ("veryslow", b"subme=10")])

@@ -503,16 +503,230 @@ def test_live_errors_keep_the_connection(client, pair):
         assert err["id"] == 2 and "background again" in err["message"]
         ws.send_bytes(frame_msg(3, jpeg(src)[:300]))
         assert ws.receive_json()["id"] == 3
+        for fid, data, words in ((5, b"", "empty"), (6, b"GIF89a", "not a supported image"),
+                                 (7, png_header_only(50_000, 50_000), "too large"), (2 ** 32 - 1, b"\xff\xd8\xff", "")):
+            ws.send_bytes(frame_msg(fid, data))
+            err = receive_reply(ws)
+            assert err["type"] == "error" and err["id"] == fid and words in err["message"], err
         ws.send_bytes(b"Zzz")
         assert ws.receive_json()["type"] == "error"
         ws.send_text("{not json")
         assert ws.receive_json()["type"] == "error"
         ws.send_text(json.dumps({"type": "config", "output": "fgr"}))
-        assert "unknown live output" in ws.receive_json()["message"]
+        assert "output must be" in ws.receive_json()["message"]
         ws.send_text(json.dumps({"type": "config", "colour": "nope"}))
         assert "not a colour" in ws.receive_json()["message"]
         ws.send_bytes(frame_msg(4, jpeg(src)))
         assert receive_until(ws, is_result(4))[-1][3].size == (64, 48)
+
+
+def strict_json(text: str):
+    """``json.loads`` that refuses NaN and Infinity, as a browser's ``JSON.parse`` does."""
+    def refuse(name):
+        raise AssertionError(f"the server sent {name}, which is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def receive_reply(ws) -> dict:
+    m = ws.receive()
+    assert m["type"] == "websocket.send" and m.get("text") is not None, m
+    return strict_json(m["text"])
+
+
+def check_open(ws, src, bgr) -> None:
+    """The connection still answers a ping, a config and a frame."""
+    ws.send_text(json.dumps({"type": "ping", "t": 7}))
+    assert receive_reply(ws) == {"type": "pong", "t": 7}
+    ws.send_text(json.dumps({"type": "config"}))
+    assert receive_reply(ws)["type"] == "config"
+    ws.send_bytes(b"B" + png(bgr))
+    assert receive_reply(ws)["type"] == "background"
+    ws.send_bytes(frame_msg(99, png(src)))
+    assert receive_until(ws, is_result(99))[-1][3].size == (src.shape[1], src.shape[0])
+
+
+def config(**fields) -> str:
+    return json.dumps({"type": "config", **fields})
+
+
+OVER = MAX_UPLOAD_MB * 2 ** 20 + 1  # one byte over the app's limit
+
+
+@pytest.mark.parametrize("message,words", [
+    (config(colour=123), "colour must be a string"),
+    (config(colour=[0, 255, 0]), "not a list"),
+    (config(colour=None), "not null"),
+    (config(colour={"r": 0}), "not an object"),
+    (config(colour=True), "not a boolean"),
+    (config(colour=""), "not a colour"),
+    (config(colour="#" + "f" * 5000), "not a colour"),
+    (config(colour="300,0,0"), "not a colour"),
+    (config(output=None), "output must be"),
+    (config(output=["pha"]), "not a list"),
+    (config(output={"pha": 1}), "output must be"),
+    (config(output=1), "output must be"),
+    (config(quality=True), "quality must be"),
+    (config(quality="80"), "quality must be"),
+    (config(quality=None), "quality must be"),
+    (config(quality=[80]), "quality must be"),
+    (config(quality=0), "quality must be"),
+    (config(quality=101), "quality must be"),
+    (config(quality=10 ** 400), "quality must be"),
+    ('{"type": "config", "quality": NaN}', "not NaN"),
+    ('{"type": "config", "quality": Infinity}', "not Infinity"),
+    (json.dumps({"type": "ping", "t": "now"}), "must be a number"),
+    ('{"type": "ping", "t": NaN}', "must be a number"),
+    (json.dumps({"type": "ping", "t": [1]}), "must be a number"),
+    (json.dumps({"type": "frame"}), "message type"),
+    (json.dumps({"type": ["config"]}), "message type"),
+    (json.dumps({"type": None}), "message type"),
+    (json.dumps({"output": "pha"}), "message type"),
+    (json.dumps([{"type": "config"}]), "json objects"),
+    ("null", "json objects"),
+    ("NaN", "json objects"),
+    ("", "json objects"),
+    ("\ud800", "json objects"),
+    ("[" * 100_000, "json objects"),
+    ('{"type": ' * 100_000, "json objects"),
+    (json.dumps({"type": "config", "pad": "x" * OVER}), "over this server's limit"),
+    (b"", "unknown binary message"),
+    (b"F", "no id"),
+    (b"F\x01\x02\x03", "no id"),
+    (b"Q" + b"\x00" * 10, "unknown binary message"),
+    (b"B", "empty"),
+    (b"B" + b"\x89PNG\r\n\x1a\n", "png"),
+    (b"T" + b"<svg/>", "not a supported image"),
+    (b"B" + png_header_only(50_000, 50_000), "too large"),
+    (b"B" + bytes(OVER - 1), "over this server's limit"),
+    (frame_msg(5, b"\xff" * (OVER - 5)), "over this server's limit"),
+], ids=lambda v: repr(v[:40]) if isinstance(v, (str, bytes)) else None)
+def test_live_malformed_messages_get_an_error_and_keep_the_connection(client, pair, message, words):
+    src, bgr = pair
+    with client.websocket_connect("/api/live") as ws:
+        ws.receive_json()
+        ws.send_bytes(message) if isinstance(message, bytes) else ws.send_text(message)
+        reply = receive_reply(ws)
+        assert reply["type"] == "error" and words.lower() in reply["message"].lower(), reply
+        assert "Traceback" not in reply["message"] and len(reply["message"]) < 300
+        check_open(ws, src, bgr)
+
+
+def test_live_config_is_all_or_nothing(client, pair):
+    with client.websocket_connect("/api/live") as ws:
+        ws.receive_json()
+        ws.send_text(config(output="pha", colour="#ff0000", quality=50))
+        good = receive_reply(ws)
+        assert good == {"type": "config", "output": "pha", "colour": "#ff0000", "quality": 50}
+        ws.send_text(config(output="com", colour="#00ff00", quality="high"))  # one bad field: nothing changes
+        assert receive_reply(ws)["type"] == "error"
+        ws.send_text(config())
+        assert receive_reply(ws) == good
+        ws.send_text(config(output="composite", colour=" 0, 0, 255 ", quality=99.9, unknown_key=[1]))
+        assert receive_reply(ws) == {"type": "config", "output": "com", "colour": "#0000ff", "quality": 99}
+
+
+def test_live_internal_errors_keep_the_connection(client, pair, monkeypatch):
+    from bgmatting.web import app as web_app
+
+    def broken(self, data):
+        raise RuntimeError("a bug")
+
+    src, bgr = pair
+    with client.websocket_connect("/api/live") as ws:
+        ws.receive_json()
+        with monkeypatch.context() as m:
+            m.setattr(web_app._LiveSession, "set_background", broken)
+            ws.send_bytes(b"B" + png(bgr))
+            reply = receive_reply(ws)
+        assert reply["type"] == "error" and "internal error (RuntimeError)" in reply["message"]
+        assert "a bug" not in reply["message"]
+        check_open(ws, src, bgr)
+
+
+def test_live_any_json_value_in_any_field_keeps_the_connection(client, pair):
+    """Property: whatever JSON value a config field (or the type) holds, the answer is a config or an error, it
+    is valid JSON, the config is accepted exactly when the value is valid, and the connection stays usable."""
+    pytest.importorskip("hypothesis")
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from bgmatting.pipeline import parse_colour
+
+    scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+               | st.sampled_from(["com", "pha", "composite", "#00ff00", "#fff", "1,2,3", "config", "ping"]))
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=6)
+
+    def valid(field, value) -> bool:
+        if field == "output":
+            return isinstance(value, str) and value in ("com", "composite", "pha")
+        if field == "quality":
+            return (isinstance(value, (int, float)) and not isinstance(value, bool) and 1 <= value <= 100)
+        try:
+            parse_colour(value)
+        except BgMattingError:
+            return False
+        return isinstance(value, str)
+
+    src, bgr = pair
+    with client.websocket_connect("/api/live") as ws:
+        ws.receive_json()
+
+        @settings(max_examples=200, deadline=None, derandomize=True, database=None)
+        @given(field=st.sampled_from(["output", "colour", "quality", "type"]), value=values)
+        def answers(field, value):
+            ws.send_text(json.dumps({"type": value} if field == "type" else {"type": "config", field: value}))
+            if field == "type" and value in ("clear_target", "ping"):
+                assert receive_reply(ws)["type"] in ("target", "pong")
+                return
+            reply = receive_reply(ws)
+            expected = "config" if (value == "config" if field == "type" else valid(field, value)) else "error"
+            assert reply["type"] == expected, (field, value, reply)
+            if expected == "config":
+                assert reply["output"] in ("com", "pha") and 1 <= reply["quality"] <= 100
+                assert len(reply["colour"]) == 7 and int(reply["colour"][1:], 16) >= 0
+            else:
+                assert isinstance(reply["message"], str) and 0 < len(reply["message"]) < 300
+
+        answers()
+        check_open(ws, src, bgr)
+
+
+def test_live_message_size_limits_on_a_real_server(matter):
+    """Over the app's limit: an error message; over twice that, the WebSocket server closes with 1009."""
+    ws_client = pytest.importorskip("websockets.sync.client")
+    from websockets.exceptions import ConnectionClosed
+
+    from bgmatting.web import build_server
+    from bgmatting.web.app import ws_max_size
+
+    server, sock = build_server(matter, "127.0.0.1", 0, max_upload_mb=0.01)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+            time.sleep(0.05)
+        limit = int(0.01 * 2 ** 20)
+        assert server.config.ws_max_size == ws_max_size(limit) == 2 * limit
+        url = f"ws://127.0.0.1:{sock.getsockname()[1]}/api/live"
+        with ws_client.connect(url, compression=None, open_timeout=10) as ws:
+            assert strict_json(ws.recv(timeout=10))["max_bytes"] == limit
+            for message in (b"B" + bytes(limit), b"F" + bytes(2 * limit - 1), "x" * (limit + 1)):
+                ws.send(message)
+                reply = strict_json(ws.recv(timeout=10))
+                assert reply["type"] == "error" and "over this server's limit" in reply["message"]
+                ws.send(json.dumps({"type": "ping", "t": 1}))
+                assert strict_json(ws.recv(timeout=10)) == {"type": "pong", "t": 1}
+            ws.send(b"B" + bytes(2 * limit))
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
 
 
 def test_live_drops_stale_frames(matter, pair):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bgmatting import BgMattingError, MattingBase, MattingRefine, list_models, load_model, save_weights
-from bgmatting import weights
+from bgmatting import zoo
 from bgmatting.weights import ModelInfo, detect_config, read_state_dict, register_model
 from conftest import randomize_
 
@@ -127,7 +127,7 @@ def test_bad_files_give_clear_errors(tmp_path):
     with pytest.raises(BgMattingError, match="not a Background Matting V2 model"):
         load_model(tmp_path / "other.pth")
     torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled_module.pth")  # needs code to load: refused
-    with pytest.raises(BgMattingError, match="for safety"):
+    with pytest.raises(BgMattingError, match="refusing to load it"):
         load_model(tmp_path / "pickled_module.pth")
     with pytest.raises(BgMattingError, match="neither a file nor a model name"):
         load_model("no_such_model")
@@ -160,7 +160,7 @@ def test_registry(tmp_path, monkeypatch):
     names = [m.name for m in list_models()]
     assert names[0] == "mobilenetv2" and "resnet50" in names
     model = randomize_(MattingRefine("mobilenetv2"))
-    monkeypatch.setattr(weights, "_REGISTRY", dict(weights._REGISTRY))
+    monkeypatch.setattr(zoo, "_REGISTRY", dict(zoo._REGISTRY))
     info = register_model(ModelInfo("unit-test", "unit-test.safetensors", "MattingRefine", "mobilenetv2", "test"))
     monkeypatch.setattr(ModelInfo, "path", property(lambda self: tmp_path / self.file))
     assert not info.available and info not in list_models(available_only=True)
@@ -213,3 +213,30 @@ def test_cli_refuses_a_crafted_header_in_one_line(tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().count("\n") == 0 and "not a JSON object" in run.stderr
+
+
+class _RunsCode:
+    """Pickles as a call of ``os.mkdir(path)``: what a malicious checkpoint does with ``os.system``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_a_pth_that_would_run_code_is_refused_in_one_complete_line(tmp_path):
+    marker = tmp_path / "the-code-ran"
+    torch.save({"conv.weight": torch.zeros(1), "payload": _RunsCode(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(BgMattingError) as caught:
+        load_model(tmp_path / "evil.pth")
+    assert not marker.exists()
+    assert str(caught.value) == (f"'{tmp_path / 'evil.pth'}' is not a plain weights file: it holds Python objects that "
+                                 f"would run code when loaded (it asks for {os.mkdir.__module__}.mkdir); refusing to "
+                                 "load it (a .pth state_dict or a .safetensors file holds only tensors)")
+    # a pickle refused for another reason: torch's own words, one sentence, on the same line
+    (tmp_path / "odd.pth").write_bytes(b"\x80\x02}q\x00X\x01\x00\x00\x00aq\x01\x8c\x00.")
+    with pytest.raises(BgMattingError, match=r"is not a plain weights file: PyTorch's safe loader stopped at: "
+                                             r"Unsupported operand \d+; refusing to load it \(.*\)$") as caught:
+        load_model(tmp_path / "odd.pth")
+    assert "\n" not in str(caught.value)

@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "matte_images": ".batch", "OnnxModel": ".export", "export_onnx": ".export", "export_torchscript": ".export",
     "MattingBase": ".models", "MattingRefine": ".models", "Matter": ".pipeline", "MatteResult": ".pipeline",
-    "VideoReport": ".video", "convert_video": ".video", "ModelInfo": ".weights", "list_models": ".weights",
+    "VideoReport": ".video", "convert_video": ".video", "ModelInfo": ".zoo", "list_models": ".zoo",
     "load_model": ".weights", "read_state_dict": ".weights", "save_weights": ".weights",
 }
 

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import BgMattingError
+from .errors import BgMattingError, install_hint
 from .export import _LEGACY_EXPORTER, _quiet_trace
 from .io.atomic import atomic_write_bytes
 from .io.cache import cache_dir
@@ -60,7 +60,7 @@ def resolve_backend(backend: str, device: torch.device, precision: str = "fp32")
         if device.type != "cpu":
             raise BgMattingError("the onnxruntime backend runs on the CPU; on a GPU use --backend graph or eager")
         if not onnxruntime_available():
-            raise BgMattingError("the onnxruntime backend needs ONNX Runtime: pip install 'bgmatting[onnx]'")
+            raise BgMattingError(f"the onnxruntime backend needs ONNX Runtime: {install_hint('onnx')}")
         if precision != "fp32":
             raise BgMattingError("the onnxruntime backend runs in fp32; use --precision fp32 or --backend eager")
     return backend

@@ -16,7 +16,16 @@ import numpy as np
 import torch
 
 from .errors import BgMattingError
-from .io import check_writable_folder, image_size, is_image_path, list_images, read_image, write_image
+from .io import (
+    DEFAULT_MAX_PIXELS,
+    check_max_pixels,
+    check_writable_folder,
+    image_size,
+    is_image_path,
+    list_images,
+    read_image,
+    write_image,
+)
 from .pipeline import (
     MatteResult,
     Matter,
@@ -122,13 +131,14 @@ def _check_unique(jobs: list[Job]) -> list[Job]:
     return jobs
 
 
-def check_inputs(jobs: list[Job]) -> None:
-    """Read every header: all files must be images, each background the same view (aspect ratio) as its source."""
+def check_inputs(jobs: list[Job], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    """Read every header: all files must be images of at most ``max_pixels`` pixels (``None``: no limit), each
+    background the same view (aspect ratio) as its source."""
     sizes: dict[Path, tuple[int, int]] = {}
     for j in jobs:
         for p in (j.src, j.bgr):
             if p not in sizes:
-                sizes[p] = image_size(p)
+                sizes[p] = image_size(p, max_pixels=max_pixels)
         try:
             check_background_size(sizes[j.bgr], sizes[j.src])
         except BgMattingError as e:
@@ -165,12 +175,13 @@ def plan_outputs(jobs: list[Job], out_dir: str | os.PathLike, kinds: Sequence[st
     check_writable_folder(out)
 
 
-def load_target(target: str | None) -> Any:
-    """``--target-bgr``: ``None``, a colour tuple (from ``#RRGGBB`` / ``r,g,b``) or an image array."""
+def load_target(target: str | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Any:
+    """``--target-bgr``: ``None``, a colour tuple (from ``#RRGGBB`` / ``r,g,b``) or an image array (of at most
+    ``max_pixels`` pixels; ``None``: no limit)."""
     if target is None:
         return None
     if Path(target).is_file():
-        return read_image(target)
+        return read_image(target, max_pixels=max_pixels)
     if Path(target).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"):
         raise BgMattingError(f"target background '{target}' does not exist")
     return parse_colour(target)
@@ -198,7 +209,7 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
                  matter: Matter | Callable[[], Matter], outputs: str | Sequence[str] = ("com", "pha"), target_bgr: str | None = None,
                  overwrite: bool = False, pha_16bit: bool = False, mask_threshold: float = 0.5,
                  align: bool = False, check_bgr: bool = True, progress: bool = True,
-                 workers: int | None = None) -> list[Job]:
+                 workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[Job]:
     """Matte image files and write the outputs under ``out_dir/<kind>/<relative path>.png``.
 
     Args:
@@ -216,6 +227,8 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
             background passed as ``bgr`` instead of ``target_bgr``).
         workers: images in the works at once (read, model, written), each model call on its share of the
             threads; ``None``: 2 on a CPU, 1 on a GPU (see :class:`~bgmatting.pipeline.ModelWorkers`).
+        max_pixels: refuse any input (or ``target_bgr`` image) that declares more pixels than this, before any
+            work (``None``: no limit; default 40 MP, see :data:`~bgmatting.io.images.DEFAULT_MAX_PIXELS`).
 
     Returns:
         the jobs done, with their output paths.
@@ -224,19 +237,20 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
 
     kinds = parse_outputs(outputs)
     ModelWorkers.check(workers)
+    check_max_pixels(max_pixels)
     if not 0.0 <= mask_threshold <= 1.0:
         raise BgMattingError(f"mask threshold must be in [0, 1], got {mask_threshold}")
     jobs = pair_inputs(srcs, bgrs)
-    check_inputs(jobs)
+    check_inputs(jobs, max_pixels)
     plan_outputs(jobs, out_dir, kinds, overwrite)
-    target = load_target(target_bgr)
+    target = load_target(target_bgr, max_pixels)
     if not isinstance(matter, Matter):
         matter = matter()
     if align or check_bgr:
         from .align import align_background, check_background_matches
 
     def matte(job: Job) -> None:
-        src = read_image(job.src)
+        src = read_image(job.src, max_pixels=max_pixels)
         bgr = read_bgr(job.bgr)
         if align or check_bgr:
             bgr = match_background(to_tensor(bgr), src.shape[:2])[0].permute(1, 2, 0).numpy()
@@ -250,7 +264,8 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
         write_outputs(matter(src, bgr), job.outputs, target, pha_16bit, mask_threshold)
 
     calls = ModelWorkers(workers, matter, torch.device(getattr(matter, "device", "cpu")))
-    read_bgr = functools.lru_cache(maxsize=calls.workers)(read_image)  # one background per image in the works
+    # one background per image in the works
+    read_bgr = functools.lru_cache(maxsize=calls.workers)(functools.partial(read_image, max_pixels=max_pixels))
     with calls, tqdm(total=len(jobs), desc="matting", unit="img", disable=not progress) as bar:
         for job in jobs:
             bar.update(len(calls.submit(matte, job)))

@@ -13,9 +13,18 @@ from .errors import BgMattingError
 from .names import BACKENDS
 
 
+def _error_line(prog: str, message: str) -> str:
+    """``bgmatting: error: [command: ]message``: usage errors read like every other error."""
+    root, _, command = prog.partition(" ")
+    return f"{root}: error: {command + ': ' if command else ''}{message}\n"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit status 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, _error_line(self.prog, message))
+
+
+MIN_BACKBONE_SCALE = 1 / 64  # e.g. a 4K frame at 1/64 is 60x33 pixels for the base network, whose stride is 16
 
 
 def _scale(text: str) -> float:
@@ -23,9 +32,33 @@ def _scale(text: str) -> float:
         value = float(Fraction(text))
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"'{text}' is not a number (e.g. 0.25 or 1/4)") from None
-    if not 0 < value <= 0.5:
-        raise argparse.ArgumentTypeError(f"backbone scale must be in (0, 1/2], got {text}")
+    if not MIN_BACKBONE_SCALE <= value <= 0.5:
+        raise argparse.ArgumentTypeError(f"backbone scale must be in [1/64, 1/2], got {text}")
     return value
+
+
+def _int_at_least(low: int, what: str = ""):
+    """An int flag of at least ``low``, checked at parse time (one line, status 2, before any work)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}{what}, not {text}")
+        return value
+
+    return parse
+
+
+_positive = _int_at_least(1)
+_non_negative = _int_at_least(0)
+
+
+def _max_pixels(text: str) -> int | None:
+    """``--max-pixels``: a positive number of pixels, or 0 for no limit (``None``)."""
+    value = _non_negative(text)
+    return value or None
 
 
 def _finite(text: str) -> float:
@@ -50,8 +83,8 @@ def _port(text: str) -> int:
 
 
 def _add_workers_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, help="model calls at the same time, each on its share of the threads "
-                                               "(CPU only; default 2 on a CPU, 1 on a GPU)")
+    p.add_argument("--workers", type=_positive, help="model calls at the same time, each on its share of the "
+                                                     "threads (CPU only; default 2 on a CPU, 1 on a GPU)")
 
 
 def _add_model_args(p: argparse.ArgumentParser, runtime: bool = True) -> None:
@@ -61,14 +94,16 @@ def _add_model_args(p: argparse.ArgumentParser, runtime: bool = True) -> None:
                    help="weights file (original .pth/TorchScript or .safetensors) or zoo name; default: the shipped model")
     g.add_argument("--backbone-scale", type=_scale, metavar="S", help="input scale of the base network, e.g. 1/4")
     g.add_argument("--refine-mode", choices=("sampling", "thresholding", "full"))
-    g.add_argument("--refine-sample-pixels", type=int, metavar="N", help="pixels refined in sampling mode")
+    g.add_argument("--refine-sample-pixels", type=_int_at_least(16, " (one 4x4 patch)"), metavar="N",
+                   help="pixels refined in sampling mode")
     g.add_argument("--refine-threshold", type=_finite, metavar="T", help="error threshold in thresholding mode")
     if runtime:
         g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
         g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
         g.add_argument("--backend", choices=BACKENDS, default=None,
-                       help="how the network runs: auto (default: graph on CUDA, onnxruntime on CPU), eager, "
-                            "onnxruntime, graph (CUDA graphs) or reference (the plain module); same outputs")
+                       help="how the network runs: auto (default: graph on CUDA; on the CPU onnxruntime when "
+                            "installed, else eager), eager, onnxruntime, graph (CUDA graphs) or reference (the plain "
+                            "module); same outputs")
 
 
 def _add_bgr_args(p: argparse.ArgumentParser) -> None:
@@ -97,7 +132,7 @@ def _cmd_matte(args) -> int:
     jobs = matte_images(args.src, args.bgr, args.output, lambda: _matter(args), outputs=args.outputs,
                         target_bgr=args.target_bgr, overwrite=args.overwrite, pha_16bit=args.pha_16bit,
                         mask_threshold=args.mask_threshold, align=args.align, check_bgr=not args.no_bgr_check,
-                        progress=not args.quiet, workers=args.workers)
+                        progress=not args.quiet, workers=args.workers, max_pixels=args.max_pixels)
     if not args.quiet:
         print(f"matted {len(jobs)} image(s) into {args.output}", file=sys.stderr)
     return 0
@@ -111,7 +146,8 @@ def _cmd_video(args) -> int:
                            batch=args.batch, workers=args.workers,
                            start=args.start, end=args.end, fps=args.fps, overwrite=args.overwrite,
                            audio=not args.no_audio, progress=not args.quiet, align=args.align,
-                           check_bgr=not args.no_bgr_check, plate_frames=args.plate_frames)
+                           check_bgr=not args.no_bgr_check, plate_frames=args.plate_frames,
+                           keep_partial=args.keep_partial)
     if not args.quiet:
         print(f"matted {report.frames} frames ({report.fps:.1f} fps) into "
               f"{', '.join(str(p) for p in report.outputs.values())}", file=sys.stderr)
@@ -228,8 +264,6 @@ def _cmd_bench(args) -> int:
         if b not in BACKENDS or b == "auto":
             raise BgMattingError(f"unknown backend '{b}' in --backend; choose from "
                                  f"{', '.join(x for x in BACKENDS if x != 'auto')}")
-    if args.frames < 1 or args.warmup < 0 or args.batch < 1:
-        raise BgMattingError("--frames and --batch must be at least 1 and --warmup at least 0")
     rows = []
     for resolution in args.resolution.split(","):
         model, size = bench_model(args.weights, args.backbone, resolution, backbone_scale=args.backbone_scale,
@@ -252,7 +286,7 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    from .weights import DEFAULT_MODEL, list_models
+    from .zoo import DEFAULT_MODEL, list_models  # not .weights: listing the zoo needs no PyTorch
 
     rows = [("name", "architecture", "backbone", "installed", "description")]
     for m in list_models():
@@ -265,16 +299,21 @@ def _cmd_models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .io.images import DEFAULT_MAX_PIXELS
+    from .io.video import FORMATS, X264_PRESETS
+
     parser = _Parser(prog="bgmatting", description="Real-time high-resolution background matting (BGMv2).")
     parser.add_argument("--version", action="version", version=f"bgmatting {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("matte", help="matte images given a shot of the background",
+                       usage="%(prog)s SRC... --bgr BGR... -o OUT_DIR [options]",
                        description="Matte images: alpha, foreground and composites from an image and a shot of "
                                    "the same background without the subject.")
-    p.add_argument("src", nargs="+", metavar="SRC", help="source image files or folders (recursive)")
+    p.add_argument("src", nargs="*", metavar="SRC", help="source image files or folders (recursive)")
     p.add_argument("--bgr", nargs="+", required=True, metavar="BGR",
-                   help="background shot: one file for all sources, or files/folders matching the sources")
+                   help="background shot: one file for all sources, or files/folders matching the sources; "
+                        "'--bgr B S' with no SRC elsewhere takes S as the source")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder")
     p.add_argument("--outputs", default="com,pha", metavar="LIST",
                    help="comma-separated: com,pha,fgr,err,ref,mask (default: com,pha)")
@@ -282,13 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pha-16bit", action="store_true", help="write alpha as 16-bit PNG")
     p.add_argument("--mask-threshold", type=_finite, default=0.5, metavar="T", help="alpha threshold of 'mask'")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="refuse images larger than N pixels, before decoding them (default 40000000: an 8K photo "
+                        "passes; 0: no limit but Pillow's own guard against decompression bombs)")
     _add_workers_arg(p)
     _add_bgr_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.set_defaults(func=_cmd_matte)
-
-    from .io.video import FORMATS, X264_PRESETS
 
     p = sub.add_parser("video", help="matte a video given a shot (or video) of the empty background",
                        description="Matte a video: streaming decode, model and encode; keeps the frame rate, "
@@ -307,13 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=X264_PRESETS, metavar="PRESET",
                    help="H.264 encoder speed for mp4: ultrafast ... veryslow (default medium); faster presets leave "
                         "more CPU to the model and write larger files")
-    p.add_argument("--batch", type=int, help="frames per forward pass (default 1 on a CPU, 4 on a GPU)")
+    p.add_argument("--batch", type=_positive, help="frames per forward pass (default 1 on a CPU, 4 on a GPU)")
     _add_workers_arg(p)
     p.add_argument("--start", metavar="T", help="start time (seconds or [h:]m:s)")
     p.add_argument("--end", metavar="T", help="end time (seconds or [h:]m:s)")
     p.add_argument("--fps", type=_finite, help="frame rate of a folder of frames (default 25)")
     p.add_argument("--no-audio", action="store_true", help="do not copy the source's audio")
-    p.add_argument("--plate-frames", type=int, default=60, help="frames used by --bgr auto (default 60)")
+    p.add_argument("--plate-frames", type=_positive, default=60, help="frames used by --bgr auto (default 60)")
+    p.add_argument("--keep-partial", action="store_true",
+                   help="a damaged or cut-off source: matte and keep the frames that can be read (default: an error)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _add_bgr_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -326,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="VIDEO", help="the video (or a folder of frames)")
     p.add_argument("-o", "--output", required=True, metavar="PLATE.png", help="the plate image to write")
     p.add_argument("--coverage-map", metavar="COV.png", help="also write where the background was seen (white)")
-    p.add_argument("--frames", type=int, default=60, help="frames used, spread over the video (default 60)")
+    p.add_argument("--frames", type=_positive, default=60, help="frames used, spread over the video (default 60)")
     p.add_argument("--start", metavar="T")
     p.add_argument("--end", metavar="T")
     p.add_argument("--no-align", action="store_true", help="the camera is static: skip the alignment")
@@ -340,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-bgr", metavar="IMAGE|#RRGGBB", help="what to show behind you (default green)")
     p.add_argument("--size", metavar="WxH", help="capture size, e.g. 1280x720")
     p.add_argument("--no-display", action="store_true", help="run without a window (testing)")
-    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--max-frames", type=_positive, help="stop after this many frames")
     _add_model_args(p)
     p.set_defaults(func=_cmd_webcam)
 
@@ -379,13 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", metavar="DIR", help="download cache (default: ~/.cache/bgmatting/packages)")
     p.add_argument("--sources", default="wallpapers,mate,opencv,skimage,sklearn,people,synthetic",
                    help="comma-separated sources (default: all)")
-    p.add_argument("--max-side", type=int, default=1024, help="longest side of stored images (default 1024)")
-    p.add_argument("--synthetic", type=int, default=200, help="procedural foregrounds (default 200)")
-    p.add_argument("--procedural", type=int, default=24, help="procedural backgrounds (default 24)")
+    p.add_argument("--max-side", type=_positive, default=1024, help="longest side of stored images (default 1024)")
+    p.add_argument("--synthetic", type=_non_negative, default=200, help="procedural foregrounds (default 200)")
+    p.add_argument("--procedural", type=_non_negative, default=24, help="procedural backgrounds (default 24)")
     p.add_argument("--max-mib", type=_finite, default=64.0, help="size budget of the corpus in MiB (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-support", action="store_true", help="MODNet alone, without the U2-Net-p second opinion")
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+    p.add_argument("--threads", type=_positive, default=1, help="ONNX Runtime threads (default 1)")
     p.add_argument("--overwrite", action="store_true", help="rebuild into a folder that holds a corpus")
     p.add_argument("--preview", action="store_true", help="also write a contact sheet preview.png")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -398,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "src/, bgr/, pha/, fgr/ as <group>/<name>.png and manifest.json.")
     p.add_argument("--corpus", required=True, metavar="DIR", help="a corpus from 'bgmatting data prepare'")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to create")
-    p.add_argument("--cases", type=int, default=48, help="number of cases, a multiple of 6 (default 48)")
+    p.add_argument("--cases", type=_positive, default=48, help="number of cases, a multiple of 6 (default 48)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace a held-out set already at --out")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -443,16 +485,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time this architecture with random weights instead of --weights")
     g.add_argument("--backbone-scale", type=_scale, metavar="S", help="default: 1/4 for hd, 1/8 for 4k")
     g.add_argument("--refine-mode", choices=("sampling", "thresholding", "full"))
-    g.add_argument("--refine-sample-pixels", type=int, metavar="N", help="default: 80000 for hd, 320000 for 4k")
+    g.add_argument("--refine-sample-pixels", type=_int_at_least(16, " (one 4x4 patch)"), metavar="N",
+                   help="default: 80000 for hd, 320000 for 4k")
     g.add_argument("--refine-threshold", type=_finite, metavar="T")
     p.add_argument("--resolution", default="hd", help="comma-separated: hd, 4k or WxH (default hd)")
     p.add_argument("--backend", help="comma-separated backends, the reference first (default: reference, eager, "
                                      "and onnxruntime on the CPU or graph on CUDA)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32, fp16, bf16 (default fp32)")
-    p.add_argument("--batch", type=int, default=1, help="frames per call (default 1)")
-    p.add_argument("--frames", type=int, default=10, help="timed calls per configuration (default 10)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
+    p.add_argument("--batch", type=_positive, default=1, help="frames per call (default 1)")
+    p.add_argument("--frames", type=_positive, default=10, help="timed calls per configuration (default 10)")
+    p.add_argument("--warmup", type=_non_negative, default=3, help="untimed calls first (default 3)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("serve", help="a local web page: matte your photos, or live from your webcam",
@@ -460,13 +503,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=_finite, default=32.0, help="largest request accepted (default 32 MB)")
-    p.add_argument("--max-pixels", type=int, default=16_000_000, help="largest image accepted (default 16 MP)")
+    p.add_argument("--max-pixels", type=_positive, default=16_000_000, help="largest image accepted (default 16 MP)")
     _add_model_args(p)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("models", help="list the model zoo")
     p.set_defaults(func=_cmd_models)
     return parser
+
+
+def _src_after_bgr(args) -> str | None:
+    """``matte --bgr B S``: --bgr takes one or more values, so it swallows a SRC written after it. When no SRC is
+    left, its first value is the background and the rest the sources, if that is the only pairing that can be meant
+    (one background for every source, or as many as the sources); returns the usage error otherwise."""
+    if args.src:
+        return None
+    values = args.bgr
+    if len(values) == 1:
+        return "the following arguments are required: SRC"
+    if len(values) % 2 == 0 and len(values) > 2:  # 1 background for n - 1 sources, or n/2 for n/2: ambiguous
+        return (f"--bgr took all of {' '.join(values)} and left no SRC, and they could be one background for "
+                f"{len(values) - 1} sources or {len(values) // 2} for {len(values) // 2}: put the sources before --bgr")
+    args.bgr, args.src = values[:1], values[1:]
+    return None
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
@@ -487,15 +546,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    problem = _src_after_bgr(args) if args.command == "matte" else None
+    if problem:
+        print(_error_line(f"{parser.prog} matte", problem), end="", file=sys.stderr)
+        return 2
     warnings.showwarning = _one_line_warning
+    from .io.atomic import Terminated, terminate_as_interrupt
+
     try:
-        return args.func(args)
+        with terminate_as_interrupt():  # SIGTERM cleans up as Ctrl-C does
+            return args.func(args)
     except BgMattingError as e:
         print(f"bgmatting: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("bgmatting: interrupted (finished files are complete; nothing is half-written)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"bgmatting: {what} (finished files are complete; nothing is half-written)", file=sys.stderr)
+        return Terminated.EXIT_STATUS if isinstance(e, Terminated) else 130
 
 
 if __name__ == "__main__":

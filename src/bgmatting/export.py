@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import BgMattingError
+from .errors import BgMattingError, install_hint
 from .io.atomic import atomic_path
 from .models import MattingBase, MattingRefine
-from .models.matting import _check_pair
+from .models.matting import _check_pair, check_backbone_size
 from .models.refiner import Refiner, _resize
 from .weights import FORMAT_TAG, load_model, model_config, pytorch_weights
 
@@ -413,7 +413,7 @@ def _import(name: str, what: str):
     try:
         return __import__(name)
     except ImportError:
-        raise BgMattingError(f"{what} needs the '{name}' package: pip install 'bgmatting[onnx]'") from None
+        raise BgMattingError(f"{what} needs the '{name}' package: {install_hint('onnx')}") from None
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, precision: str = "fp32",
@@ -559,6 +559,8 @@ class OnnxModel:
 
     def __call__(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, ...]:
         _check_pair(src, bgr, multiple=4 if self.architecture == "MattingRefine" else 1)
+        if isinstance(self.config.get("backbone_scale"), (int, float)):
+            check_backbone_size(tuple(src.shape[2:]), self.config["backbone_scale"])
         feed = {n: t.detach().cpu().contiguous().numpy().astype(self._np_dtype, copy=False)
                 for n, t in zip(INPUT_NAMES, (src, bgr))}
         outs = self.session.run(None, feed)

@@ -36,7 +36,7 @@ ImageLike = Union[np.ndarray, torch.Tensor, "PIL.Image.Image"]  # noqa: F821
 # --------------------------------------------------------------------------------------------- inputs
 
 def to_tensor(image: Any, name: str = "image") -> torch.Tensor:
-    """Convert an image to a ``(B, 3, H, W)`` float32 tensor in [0, 1].
+    """Convert an image to a ``(B, 3, H, W)`` float32 tensor in [0, 1] (a new tensor, never a view of ``image``).
 
     Accepts numpy arrays ``(H, W)``, ``(H, W, 1|3|4)`` of uint8, uint16 or float (taken as [0, 1]); PIL
     images; tensors ``(H, W)``, ``(C, H, W)`` or ``(B, C, H, W)`` (uint8 or float). Gray is repeated to RGB;
@@ -45,49 +45,60 @@ def to_tensor(image: Any, name: str = "image") -> torch.Tensor:
     if hasattr(image, "mode") and hasattr(image, "convert"):  # PIL image
         image = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "LA", "PA") else "RGB"))
     if isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 2:
-            arr = arr[..., None]
+        arr = image[..., None] if image.ndim == 2 else image
         if arr.ndim != 3:
             raise BgMattingError(f"{name} must be an (H, W) or (H, W, C) array, got shape {image.shape}")
-        if arr.dtype == np.uint16:
-            arr = arr.astype(np.float32) / 65535.0
-        elif arr.dtype == np.uint8:
-            arr = arr.astype(np.float32) / 255.0
-        elif arr.dtype == np.bool_:
-            arr = arr.astype(np.float32)
-        elif not np.issubdtype(arr.dtype, np.floating):
+        if arr.dtype not in (np.uint8, np.uint16, np.bool_) and not np.issubdtype(arr.dtype, np.floating):
             raise BgMattingError(f"{name} has unsupported dtype {arr.dtype}; use uint8, uint16 or float in [0, 1]")
-        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1)[None]
-    elif isinstance(image, torch.Tensor):
-        t = image
-        if t.ndim == 2:
-            t = t[None, None]
-        elif t.ndim == 3:
-            t = t[None]
-        if t.ndim != 4:
-            raise BgMattingError(f"{name} must be an (H, W), (C, H, W) or (B, C, H, W) tensor, got {tuple(image.shape)}")
-    else:
+        _check_channels(arr.shape[2], name)
+        _check_size(arr.shape[:2], name)
+        if arr.shape[2] == 4:
+            arr = arr[..., :3]
+        elif arr.shape[2] == 1:
+            arr = np.broadcast_to(arr, (*arr.shape[:2], 3))
+        # One single-threaded pass into a new (H, W, 3) float32 array (x / 255 rounded once, no float64).
+        if arr.dtype == np.uint8 or arr.dtype == np.uint16:
+            arr = np.true_divide(arr, 255.0 if arr.dtype == np.uint8 else 65535.0, dtype=np.float32, order="C")
+        elif arr.dtype == np.bool_:
+            arr = arr.astype(np.float32, order="C")
+        else:
+            arr = np.clip(arr, 0.0, 1.0, dtype=np.float32, order="C")
+        return torch.from_numpy(arr).unsqueeze(0).permute(0, 3, 1, 2)  # channels-last strides, as before
+    if not isinstance(image, torch.Tensor):
         raise BgMattingError(f"{name} must be a numpy array, PIL image or torch tensor, not {type(image).__name__}")
-    if t.dtype == torch.uint8:
-        t = t.float() / 255.0
-    elif t.dtype == torch.bool:
-        t = t.float()
-    elif t.is_floating_point():
-        t = t.float()
-    else:
+    t = image
+    if t.ndim == 2:
+        t = t[None, None]
+    elif t.ndim == 3:
+        t = t[None]
+    if t.ndim != 4:
+        raise BgMattingError(f"{name} must be an (H, W), (C, H, W) or (B, C, H, W) tensor, got {tuple(image.shape)}")
+    if t.dtype not in (torch.uint8, torch.bool) and not t.is_floating_point():
         raise BgMattingError(f"{name} has unsupported dtype {t.dtype}; use uint8, uint16 or float in [0, 1]")
-    c = t.shape[1]
-    if c == 4:
-        warnings.warn(f"{name} has an alpha channel; it is ignored", stacklevel=3)
+    _check_channels(t.shape[1], name)
+    _check_size(t.shape[2:], name)
+    if t.shape[1] == 4:
         t = t[:, :3]
-    elif c == 1:
+    elif t.shape[1] == 1:
         t = t.expand(-1, 3, -1, -1)
-    elif c != 3:
+    if t.dtype == torch.uint8:
+        return t.float() / 255.0
+    if t.dtype == torch.bool:
+        return t.float()
+    return t.float().clamp(0.0, 1.0)
+
+
+def _check_channels(c: int, name: str) -> None:
+    """Refuse channel counts other than 1 (gray), 3 (RGB) and 4 (RGBA, whose alpha is dropped with a warning)."""
+    if c == 4:
+        warnings.warn(f"{name} has an alpha channel; it is ignored", stacklevel=4)
+    elif c not in (1, 3):
         raise BgMattingError(f"{name} must have 1, 3 or 4 channels, got {c}")
-    if t.shape[2] < 1 or t.shape[3] < 1:
-        raise BgMattingError(f"{name} is empty ({t.shape[2]}x{t.shape[3]})")
-    return t.clamp(0.0, 1.0)
+
+
+def _check_size(size: tuple[int, int], name: str) -> None:
+    if size[0] < 1 or size[1] < 1:
+        raise BgMattingError(f"{name} is empty ({size[0]}x{size[1]})")
 
 
 def check_background_size(bgr_size: tuple[int, int], src_size: tuple[int, int], tolerance: float = 0.01) -> None:
@@ -120,6 +131,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> torch.Ten
 
 def parse_colour(text: str) -> tuple[float, float, float]:
     """``'#RRGGBB'``, ``'#RGB'`` or ``'r,g,b'`` (0-255) → an RGB tuple in [0, 1]."""
+    if not isinstance(text, str):
+        raise BgMattingError(f"a colour is text such as '#00ff00' or '0,255,0', not {type(text).__name__}")
     s = text.strip()
     m = re.fullmatch(r"#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})", s)
     if m:
@@ -135,10 +148,44 @@ def parse_colour(text: str) -> tuple[float, float, float]:
             vals = []
         if vals and all(0 <= v <= 255 for v in vals):
             return tuple(v / 255.0 for v in vals)
-    raise BgMattingError(f"'{text}' is not a colour; use #RRGGBB (e.g. #00ff00) or r,g,b with values 0-255")
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    raise BgMattingError(f"'{shown}' is not a colour; use #RRGGBB (e.g. #00ff00) or r,g,b with values 0-255")
 
 
 # --------------------------------------------------------------------------------------------- results
+
+def _to_numpy(x: torch.Tensor) -> np.ndarray:
+    """A CPU tensor ``(1, 1, H, W)`` → ``(H, W)``, ``(1, C, H, W)`` → C-contiguous ``(H, W, C)`` (same dtype)."""
+    x = x[0]
+    if x.shape[0] == 1:
+        return x[0].numpy()  # shares the tensor's memory: no copy
+    hwc = x.permute(1, 2, 0)
+    if hwc.is_contiguous():
+        return hwc.numpy()
+    planes = x.numpy()
+    out = np.empty(hwc.shape, planes.dtype)
+    for c, plane in enumerate(planes):  # a plane at a time: reads in order, about twice as fast as a transpose copy
+        out[..., c] = plane
+    return out
+
+
+class _ArrayField:
+    """A :class:`MatteResult` field: a tensor stored in it is converted to numpy when it is first read."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            raise AttributeError(self.name)  # no default value for the dataclass field
+        value = obj.__dict__[self.name]
+        if isinstance(value, torch.Tensor):
+            value = obj.__dict__[self.name] = _to_numpy(value.cpu())
+        return value
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__[self.name] = value
+
 
 @dataclass
 class MatteResult:
@@ -149,12 +196,23 @@ class MatteResult:
         fgr: foreground colour ``(H, W, 3)`` float32 in [0, 1] (meaningful where ``pha > 0``).
         err: the base network's error estimate, upsampled, ``(H, W)`` float32 in [0, 1].
         ref: ``(H, W)`` float32, 1 where the refiner re-predicted a 4×4 patch (all 0 for ``MattingBase``).
+
+    Each may also be given as a tensor ``(1, 1, H, W)`` (``fgr``: ``(1, 3, H, W)``), as :meth:`from_tensors` does:
+    it is converted to the array above the first time it is read, so outputs nobody reads cost nothing.
     """
 
-    pha: np.ndarray
-    fgr: np.ndarray
-    err: np.ndarray
-    ref: np.ndarray
+    pha: np.ndarray = _ArrayField()
+    fgr: np.ndarray = _ArrayField()
+    err: np.ndarray = _ArrayField()
+    ref: np.ndarray = _ArrayField()
+
+    @classmethod
+    def from_tensors(cls, out: dict[str, torch.Tensor]) -> "MatteResult":
+        """The result from :meth:`Matter.forward_tensors`'s outputs (all four) for a batch of one image.
+
+        The tensors are moved to the CPU now (freeing the device's memory) and made arrays when first read.
+        """
+        return cls(**{k: out[k].detach().cpu() for k in ("pha", "fgr", "err", "ref")})
 
     def mask(self, threshold: float = 0.5) -> np.ndarray:
         """Hard segmentation ``(H, W)`` bool: True where ``pha >= threshold`` (subject)."""
@@ -330,17 +388,14 @@ class Matter:
                 with the same aspect ratio is resized (with a warning).
 
         Returns:
-            :class:`MatteResult` with numpy arrays at the size of ``src``.
+            :class:`MatteResult` with numpy arrays at the size of ``src`` (each made when it is first read).
         """
         s = to_tensor(src, "source image")
         b = to_tensor(bgr, "background image")
         if s.shape[0] != 1 or b.shape[0] != 1:
             raise BgMattingError("Matter() takes one image at a time; use forward_tensors() for batches")
         b = match_background(b, tuple(s.shape[2:]))
-        out = self.forward_tensors(s, b)
-        arr = {k: v[0].permute(1, 2, 0).cpu().numpy() for k, v in out.items()}
-        return MatteResult(pha=arr["pha"][..., 0], fgr=np.ascontiguousarray(arr["fgr"]), err=arr["err"][..., 0],
-                           ref=arr["ref"][..., 0])
+        return MatteResult.from_tensors(self.forward_tensors(s, b))
 
 
 def tensor_to_uint(x: torch.Tensor, high_bit: bool = False) -> np.ndarray:

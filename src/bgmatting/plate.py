@@ -16,6 +16,12 @@
 Pixels never seen uncovered keep the plain median of step 1 (the subject's colours, typically);
 :attr:`PlateResult.never_seen_fraction` says how much of the frame that is, and :attr:`PlateResult.coverage`
 maps, per pixel, the fraction of the kept frames that showed the background there.
+
+A subject that does not move is the one thing neither step can see: it is in every frame, so it becomes part of
+the plate (and a ghost in the matte). :attr:`PlateResult.motion_fraction` measures how much of the picture
+changed at all across the kept frames; below :data:`LOW_MOTION` a warning says so. The cure is more of the
+video: with ``whole_video=True`` the frames of a ``start``–``end`` range are joined by frames sampled over the
+whole file (by seeking, so the cost stays bounded), those of the same scene only.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,19 @@ from .errors import BgMattingError
 __all__ = ["PlateResult", "estimate_plate", "sample_frames", "save_plate"]
 
 DEFAULT_MAX_FRAMES = 60
+LOW_MOTION = 0.05
+"""Below this fraction of the picture changing across the kept frames, a warning says that a subject standing
+still may be part of the plate. A subject that has moved off its first place has changed at least twice its own
+area, so this is quiet for any subject above 2.5 % of the frame that moves; it speaks for one that stands still,
+or only turns its head."""
+SAME_SCENE = 0.5
+"""``whole_video``: a frame from outside the range is used only where at least this fraction of it agrees with
+the range's median (leaves out other shots, cuts, a camera moved elsewhere)."""
+SEQUENTIAL_LIMIT = 1500
+"""``whole_video``: a video of at most this many frames is read through (every n-th frame kept); a longer one is
+sampled by seeking (about one decoded frame per kept frame)."""
+RANGE_SHARE = 0.25
+"""``whole_video``: the share of ``max_frames`` taken from the range itself (the rest: from the whole video)."""
 _MEDIAN_CHUNK = 1 << 24  # elements of the (frames, rows, W, 3) block sorted at once (bounds temporary memory)
 _AGREE_TOLERANCE = 0.08  # without a matter: a frame "shows the background" where it is this close to the plate
 
@@ -52,7 +71,12 @@ class PlateResult:
         never_seen_fraction: the fraction of pixels whose coverage is 0; they hold the plain median of the
             frames instead (often the subject itself).
         frames_used: how many frames were kept.
-        frame_indices: their positions in the input (0-based).
+        frame_indices: their positions in the input (0-based; with ``whole_video``, in the whole video).
+        motion_fraction: the fraction of pixels that differ from the plate (by more than 0.08 after a 5×5 blur)
+            in at least one kept frame: where anything moved. Low (below :data:`LOW_MOTION`): a subject that
+            stood still in every kept frame is in the plate.
+        span: seconds from the first kept frame to the last (``None`` when the frames came without times).
+        notes: the warnings about this plate (also issued with ``warnings.warn`` unless ``warn=False``).
     """
 
     plate: np.ndarray
@@ -60,6 +84,9 @@ class PlateResult:
     never_seen_fraction: float
     frames_used: int
     frame_indices: list[int]
+    motion_fraction: float = 1.0
+    span: float | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------- frames
@@ -130,6 +157,80 @@ def sample_frames(frames: Iterable[Any], max_frames: int = DEFAULT_MAX_FRAMES,
     if stack is None or count == 0:
         raise BgMattingError("the video has no frames to estimate a background from")
     return stack[:count], indices
+
+
+def _read_timed(reader: Any, max_frames: int, progress: bool, desc: str) -> tuple[np.ndarray, list[int], list[float]]:
+    """:func:`sample_frames` over a ``VideoReader`` (closed afterwards): ``(stack, indices, times in seconds)``."""
+    from tqdm import tqdm
+
+    times: list[float] = []
+
+    def frames():
+        for f in reader:
+            times.append(f.time)
+            yield f
+
+    try:
+        try:
+            total = reader.count_frames()
+        except Exception:  # noqa: BLE001 (only a hint for the stride)
+            total = reader.info.frames
+        stack, indices = sample_frames(tqdm(frames(), total=total, desc=desc, unit="frame", disable=not progress),
+                                       max_frames, total)
+    finally:
+        reader.close()
+    return stack, indices, [times[i] for i in indices]
+
+
+def _sample_whole_video(path: str | os.PathLike, max_frames: int, start: float | None, end: float | None,
+                        progress: bool, notes: list[str], partial: bool) -> tuple[np.ndarray, list[int], list[float]]:
+    """``whole_video``: frames of ``[start, end)`` (:data:`RANGE_SHARE` of them) and of the rest of the video (those
+    of the same scene), in time order: ``(stack, indices in the whole video, times)``."""
+    from .io.video import VideoReader, sample_video
+
+    n_range = max(1, round(max_frames * RANGE_SHARE))
+    stack, _, times = _read_timed(VideoReader(path, start=start, end=end, partial=partial), n_range, progress,
+                                  "reading the range")
+    with VideoReader(path) as whole:
+        total, rate = whole.info.frames, float(whole.info.rate or 25)
+    n_rest = max_frames - len(stack)
+    if n_rest > 0:  # outside the range, damage is no error: what can be read helps
+        if total is not None and total <= SEQUENTIAL_LIMIT:
+            rest, _, rest_times = _read_timed(VideoReader(path, partial=True), n_rest, progress, "reading the video")
+        else:
+            sampled = sample_video(path, n_rest)
+            rest = np.stack([f.image for f in sampled]) if sampled else stack[:0]
+            rest_times = [f.time for f in sampled]
+        outside = [i for i, t in enumerate(rest_times)
+                   if start is not None and t < start or end is not None and t >= end]
+        reference = _masked_median(stack, None)[0]
+        same = [i for i in outside if _agrees_with(rest[i], reference).mean() >= SAME_SCENE]
+        if len(same) < len(outside):
+            notes.append(f"{len(outside) - len(same)} of the {len(outside)} frames sampled outside the range show "
+                         "another scene (or a moved camera) and were left out of the plate")
+        if same:
+            stack = np.concatenate([stack, rest[same]])
+            times = times + [rest_times[i] for i in same]
+    order = np.argsort(times, kind="stable")
+    times = [times[i] for i in order]
+    return stack[order], [round(t * rate) for t in times], times
+
+
+def _motion_fraction(stack: np.ndarray, plate: np.ndarray, valid: np.ndarray | None) -> float:
+    """The fraction of pixels where some frame of ``stack`` differs from ``plate`` (see :func:`_agrees_with`)."""
+    moved = np.zeros(stack.shape[1:3], bool)
+    for i in range(len(stack)):
+        differs = ~_agrees_with(stack[i], plate)
+        moved |= differs if valid is None else differs & valid[i]
+    return float(moved.mean())
+
+
+def _motion_note(motion: float, n: int, span: float | None) -> str:
+    over = f" over {span:.1f} s" if span is not None else ""
+    return (f"only {100 * motion:.1f}% of the picture changed across the {n} frames{over} the plate was estimated "
+            "from: a subject that stands still in all of them is part of the plate and will be missed (a ghost); "
+            "estimate it from more of the video (a longer or other range, or the whole video), or shoot the "
+            "empty background")
 
 
 # --------------------------------------------------------------------------------------------- medians
@@ -236,7 +337,8 @@ def _agrees_with(frame: np.ndarray, plate: np.ndarray) -> np.ndarray:
 def estimate_plate(frames: Any, matter: Any = None, *, iterations: int = 2, align: bool = True,
                    max_frames: int = DEFAULT_MAX_FRAMES, start: float | None = None, end: float | None = None,
                    mask_size: int = 512, alpha_threshold: float = 0.05, dilate: float = 0.02,
-                   progress: bool = False) -> PlateResult:
+                   progress: bool = False, whole_video: bool = False, warn: bool = True,
+                   partial: bool = False) -> PlateResult:
     """Estimate the background of a video in which the subject moves (a "clean plate").
 
     Args:
@@ -249,10 +351,19 @@ def estimate_plate(frames: Any, matter: Any = None, *, iterations: int = 2, alig
         align: warp every frame onto the middle kept frame before the median (hand-held camera). The plate is
             then in the view of that frame; align it to each frame when matting (``--align``).
         max_frames: the most frames kept, spread evenly over the video (memory: ``max_frames × H × W × 3`` bytes).
+        start, end: seconds: the range of a video file (or frame folder) to estimate the plate for.
+        whole_video: with a path and ``start``/``end``: look beyond the range — a quarter of the frames come from
+            the range, the rest are sampled over the whole video (read through up to :data:`SEQUENTIAL_LIMIT`
+            frames, else by seeking: about one decoded frame each), and those of the same scene as the range
+            (:data:`SAME_SCENE`) join the median. A subject standing still during the range is then seen moving
+            elsewhere, and left out of the plate.
         mask_size: longest side at which frames are matted for the subject masks.
         alpha_threshold: alpha above which a pixel belongs to the subject.
         dilate: the subject mask grows by this fraction of the image's longest side (motion blur, hair).
         progress: show progress bars (reading, refinement passes).
+        warn: issue :attr:`PlateResult.notes` as warnings (too little motion: :data:`LOW_MOTION`).
+        partial: a damaged video file (see :class:`~bgmatting.io.video.VideoReader`) is an error; with
+            ``partial``, the frames that can be read are used.
 
     Returns:
         a :class:`PlateResult`.
@@ -264,27 +375,31 @@ def estimate_plate(frames: Any, matter: Any = None, *, iterations: int = 2, alig
         raise BgMattingError(f"iterations must be 0 or more, got {iterations}")
     if not 0.0 <= alpha_threshold < 1.0:
         raise BgMattingError(f"alpha_threshold must be in [0, 1), got {alpha_threshold}")
+    if max_frames < 1:
+        raise BgMattingError(f"the number of frames for the plate must be at least 1, got {max_frames}")
     total = None
-    reader = None
-    if isinstance(frames, (str, os.PathLike)):
-        from .io.video import VideoReader
-
-        reader = frames = VideoReader(frames, start=start, end=end)
-    if hasattr(frames, "count_frames"):
-        try:
-            total = frames.count_frames()
-        except Exception:  # noqa: BLE001 (only a hint for the stride)
-            total = None
-    elif hasattr(frames, "__len__"):
-        total = len(frames)
+    times: list[float] | None = None
+    notes: list[str] = []
     from tqdm import tqdm
 
-    try:
+    if isinstance(frames, (str, os.PathLike)) and whole_video and (start is not None or end is not None):
+        stack, indices, times = _sample_whole_video(frames, max_frames, start, end, progress, notes, partial)
+    elif isinstance(frames, (str, os.PathLike)):
+        from .io.video import VideoReader
+
+        stack, indices, times = _read_timed(VideoReader(frames, start=start, end=end, partial=partial), max_frames,
+                                            progress, "reading")
+    else:
+        if hasattr(frames, "count_frames"):
+            try:
+                total = frames.count_frames()
+            except Exception:  # noqa: BLE001 (only a hint for the stride)
+                total = None
+        elif hasattr(frames, "__len__"):
+            total = len(frames)
         stack, indices = sample_frames(tqdm(frames, total=total, desc="reading", unit="frame", disable=not progress),
                                        max_frames, total)
-    finally:
-        if reader is not None:
-            reader.close()
+    span = times[-1] - times[0] if times else None
     n = len(stack)
     valid = _align_to_reference(stack, n // 2) if align and n > 1 else None
     plate, count = _masked_median(stack, valid)
@@ -295,7 +410,8 @@ def estimate_plate(frames: Any, matter: Any = None, *, iterations: int = 2, alig
             agree = _agrees_with(stack[i], plate)
             seen += agree if valid is None else agree & valid[i]
         coverage = seen.astype(np.float32) / n
-        return PlateResult(plate, coverage, float((seen == 0).mean()), n, indices)
+        return _finish(PlateResult(plate, coverage, float((seen == 0).mean()), n, indices), stack, valid, span,
+                       notes, warn)
 
     for it in range(iterations):
         background = np.empty((n, *stack.shape[1:3]), bool)
@@ -308,7 +424,21 @@ def estimate_plate(frames: Any, matter: Any = None, *, iterations: int = 2, alig
         refined[never] = median[never]
         plate = refined
     coverage = count.astype(np.float32) / n
-    return PlateResult(plate, coverage, float(never.mean()), n, indices)
+    return _finish(PlateResult(plate, coverage, float(never.mean()), n, indices), stack, valid, span, notes, warn)
+
+
+def _finish(result: PlateResult, stack: np.ndarray, valid: np.ndarray | None, span: float | None, notes: list[str],
+            warn: bool) -> PlateResult:
+    """Fill in the motion, the span and the notes of ``result``; warn."""
+    result.motion_fraction = _motion_fraction(stack, result.plate, valid)
+    result.span = span
+    if result.motion_fraction < LOW_MOTION:
+        notes.append(_motion_note(result.motion_fraction, result.frames_used, span))
+    result.notes = notes
+    if warn:
+        for note in notes:
+            warnings.warn(note, stacklevel=3)
+    return result
 
 
 def save_plate(result: PlateResult, path: str | os.PathLike, coverage_path: str | os.PathLike | None = None) -> Path:

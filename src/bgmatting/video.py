@@ -9,7 +9,13 @@ matting and encoding overlap and memory stays flat whatever the length of the vi
 Every check — inputs exist and are videos or images, the background shows the same view, the encoders exist,
 outputs do not exist (or ``overwrite``), the output folder is writable — happens before the model is made and
 before the first frame is matted. Outputs are written under temporary names and renamed when the run finishes
-cleanly; on an error or Ctrl-C (KeyboardInterrupt) they are deleted, so a run leaves complete files or none.
+cleanly; on an error or Ctrl-C (KeyboardInterrupt) they are deleted, so a run leaves complete files or none —
+and the output folders it made are removed again when they are left empty.
+
+A damaged source — one that fails to decode, or whose stream ends well short of what its container declares (a
+download or copy cut off) — is an error too, found before the model is made when the end of the video cannot be
+read (:meth:`~bgmatting.io.video.VideoReader.probe_end`), else when the stream ends; ``keep_partial`` keeps what
+could be read instead, with a warning.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import BgMattingError
-from .io.atomic import check_writable_folder
+from .io.atomic import check_writable_folder, removing_new_folders
 from .io.images import is_image_path, read_image, to_uint
 from .io.video import (
     ALPHA_FORMATS,
@@ -206,7 +212,8 @@ def _median_background(reader: VideoReader, count: int) -> np.ndarray:
     return np.median(np.stack(frames), axis=0).round().astype(np.uint8)
 
 
-def _open_background(bgr: Any, src: VideoReader, start, end, fps, notes: list[str]) -> tuple[_Frames, str]:
+def _open_background(bgr: Any, src: VideoReader, start, end, fps, notes: list[str],
+                     partial: bool = False) -> tuple[_Frames, str]:
     size = src.info.size
     if _is_path_like(bgr) and not Path(bgr).exists():
         raise BgMattingError(f"background '{bgr}' does not exist")
@@ -214,7 +221,7 @@ def _open_background(bgr: Any, src: VideoReader, start, end, fps, notes: list[st
         image = _load_image(bgr, "background")
         _check_view(image.shape[:2], size, "background", notes)
         return _Frames(size, still=_resize_uint8(image, size)), "still image"
-    reader = VideoReader(bgr, start=start, end=end, fps=fps)
+    reader = VideoReader(bgr, start=start, end=end, fps=fps, partial=partial)
     try:
         _check_view(reader.info.size, size, "background video", notes)
         n_bgr, n_src = reader.count_frames(), src.count_frames()
@@ -240,7 +247,8 @@ def _check_view(bgr_size: tuple[int, int], src_size: tuple[int, int], what: str,
         _notice(notes, f"{what} {bgr_size[1]}x{bgr_size[0]} is resized to the source size {src_size[1]}x{src_size[0]}")
 
 
-def _open_target(target: Any, size: tuple[int, int], fps) -> tuple[torch.Tensor | None, _Frames | None, str]:
+def _open_target(target: Any, size: tuple[int, int], fps,
+                 partial: bool = False) -> tuple[torch.Tensor | None, _Frames | None, str]:
     """``target_bgr`` → (constant ``(1, 3, H|1, W|1)`` tensor, or a per-frame supply, description)."""
     if target is None:
         return None, None, ""
@@ -253,7 +261,7 @@ def _open_target(target: Any, size: tuple[int, int], fps) -> tuple[torch.Tensor 
             return image, None, f"image {p.name}"
         if p.exists():
             def reopen() -> VideoReader:
-                return VideoReader(p, fps=fps)
+                return VideoReader(p, fps=fps, partial=partial)
             return None, _Frames(size, reader=reopen(), reopen=reopen, cover=True), f"video {p.name} (looped)"
         if p.suffix.lower() in VIDEO_SUFFIXES:
             raise BgMattingError(f"target background '{p}' does not exist")
@@ -337,11 +345,15 @@ def _write_loop(inp: queue.Queue, writers: dict[str, VideoWriter], stop: threadi
 # --------------------------------------------------------------------------------------------- convert
 
 def _auto_plate(src: Path, matter: Any, align: bool, frames: int, start, end, progress: bool,
-                notes: list[str]) -> np.ndarray:
-    """``bgr='auto'``: the clean plate of ``src`` as uint8 RGB."""
+                notes: list[str], partial: bool = False) -> np.ndarray:
+    """``bgr='auto'``: the clean plate of ``src`` as uint8 RGB, estimated with the help of the whole video (a
+    subject standing still during ``start``–``end`` may move elsewhere)."""
     from .plate import estimate_plate
 
-    plate = estimate_plate(src, matter, align=align, max_frames=frames, start=start, end=end, progress=progress)
+    plate = estimate_plate(src, matter, align=align, max_frames=frames, start=start, end=end, progress=progress,
+                           whole_video=True, warn=False, partial=partial)
+    for note in plate.notes:
+        _notice(notes, note)
     if plate.never_seen_fraction > 0.01:
         _notice(notes, f"{100 * plate.never_seen_fraction:.1f}% of the background was never seen uncovered in "
                        f"'{src.name}'; the subject may not be matted well there")
@@ -353,7 +365,8 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
                   start: float | str | None = None,
                   end: float | str | None = None, fps: float | None = None, overwrite: bool = False,
                   audio: bool = True, progress: bool = True, bgr_transform: BgrTransform | None = None,
-                  check_bgr: bool = True, align: bool = False, plate_frames: int = 60) -> VideoReport:
+                  check_bgr: bool = True, align: bool = False, plate_frames: int = 60,
+                  keep_partial: bool = False) -> VideoReport:
     """Matte a video and write the requested outputs as videos (or PNG sequences): what ``bgmatting video`` does.
 
     Args:
@@ -369,7 +382,9 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
             replaced by the per-pixel median of its frames (a still), with a notice. Same aspect ratio as the
             source; another size is resized. ``'auto'``: no background shot: a clean plate is estimated from the
             video itself (:func:`bgmatting.plate.estimate_plate` over ``plate_frames`` frames, refined with the
-            model), with a warning when part of the background was never seen uncovered.
+            model) — from the whole video, not only ``start``–``end``, so that a subject standing still there is
+            seen moving elsewhere — with a warning when part of the background was never seen uncovered, or
+            when too little moved across the frames (a subject that never moves is part of the plate).
         out: a ``.mp4``/``.mov``/``.webm`` file for one output, else a folder receiving ``<kind>.<ext>`` per
             output (``<kind>/000000.png``… for ``png``); see :func:`plan_video_outputs`.
         outputs: any of ``com`` (composite), ``pha`` (alpha, gray), ``fgr`` (foreground, RGB), ``err`` (error
@@ -404,6 +419,11 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
             as ``bgr`` instead of ``target_bgr``); see :func:`bgmatting.align.check_video_background`.
         align: align the background to each frame (hand-held footage): uses a
             :class:`~bgmatting.align.BackgroundAligner` as ``bgr_transform`` unless one is given.
+        keep_partial: a damaged source (it fails to decode, or ends well short of the length its container
+            declares; see :data:`bgmatting.io.video.SHORT_TOLERANCE`) is an error and nothing is written; with
+            ``keep_partial`` the frames that could be read are matted and kept, with a warning saying how many.
+            Damaged background and target videos are likewise errors, or (with ``keep_partial``) hold their last
+            frame.
 
     Returns:
         a :class:`VideoReport`.
@@ -411,8 +431,9 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
     Raises:
         BgMattingError: a missing or unreadable input, a background of another view, an existing output without
             ``overwrite``, a missing encoder, an unwritable output folder, bad options — all before any frame is
-            matted. On any error or KeyboardInterrupt, the outputs of this run are deleted (none is left
-            half-written) and the exception propagates.
+            matted; a source damaged in the middle, when its stream ends. On any error or KeyboardInterrupt, the
+            outputs of this run are deleted (none is left half-written), with the folders made for them, and the
+            exception propagates.
 
     Timestamps are kept (variable frame rate included), so each output plays in sync with the source.
     """
@@ -444,157 +465,172 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
     stop = threading.Event()
     threads: list[threading.Thread] = []
     bar = None
-    try:
-        reader = VideoReader(src_path, start=start, end=end, fps=fps)
-        closers.append(reader.close)
-        info = reader.info
-        size = info.size
-        if isinstance(bgr, str) and bgr == "auto":
+    with removing_new_folders(next(iter(paths.values())).parent):  # made when written; gone on failure
+        try:
+            reader = VideoReader(src_path, start=start, end=end, fps=fps, partial=True)  # damage: judged below
+            closers.append(reader.close)
+            info = reader.info
+            size = info.size
+            damage = None if keep_partial else reader.probe_end()
+            if damage is not None:
+                raise BgMattingError(f"video '{src_path}' is damaged or cut short: {damage}; repair or re-export it, "
+                                     "or pass --keep-partial to matte the frames that can be read")
+            if isinstance(bgr, str) and bgr == "auto":
+                if not isinstance(matter, Matter) and not hasattr(matter, "forward_tensors"):
+                    matter = matter()
+                bgr = _auto_plate(src_path, matter, align, plate_frames, start, end, progress, notes, keep_partial)
+                check_bgr = False
+            bgr_frames, bgr_desc = _open_background(bgr, reader, start, end, fps, notes, partial=keep_partial)
+            closers.append(bgr_frames.close)
+            if check_bgr and bgr_frames.still is not None:
+                from .align import check_video_background
+
+                with VideoReader(src_path, start=start, end=end, fps=fps) as first:
+                    check_video_background(first, bgr_frames.still, align=align)
+            if align and bgr_transform is None:
+                from .align import BackgroundAligner
+
+                bgr_transform = BackgroundAligner()
+            composite = "com" in kinds and (target_bgr is not None or fmt not in ALPHA_FORMATS)
+            if target_bgr is not None and "com" not in kinds:
+                _notice(notes, "--target-bgr only changes the 'com' output, which was not requested")
+                target_bgr = None
+            if composite and target_bgr is None:
+                _notice(notes, f"{fmt} has no alpha channel: 'com' is composited over {DEFAULT_TARGET} (green); pass "
+                               "--target-bgr, or use --format mov-prores4444, webm-alpha or png for transparency")
+                target_bgr = DEFAULT_TARGET
+            target_const, target_frames, _ = _open_target(target_bgr if composite else None, size, fps,
+                                                          partial=keep_partial)
+            if target_frames is not None:
+                closers.append(target_frames.close)
+
+            # audio: into com and fgr only (mattes need none)
+            audio_plan = AudioPlan("none")
+            if audio and not info.sequence and any(k in kinds for k in ("com", "fgr")):
+                first_time = float(info.first_pts * info.time_base)
+                audio_plan = plan_audio(src_path, fmt, start=first_time if start is not None else None,
+                                        end=info.start_time + end if end is not None else None, warn=False)
+                if audio_plan.mode == "transcode":
+                    _notice(notes, f"the audio of '{src_path.name}' ({info.audio}) cannot go into {fmt} as it is; "
+                                   f"it is re-encoded as {audio_plan.codec.removeprefix('lib')}")
+                elif audio_plan.reason:
+                    _notice(notes, f"the audio of '{src_path.name}' is dropped: {audio_plan.reason}")
             if not isinstance(matter, Matter) and not hasattr(matter, "forward_tensors"):
                 matter = matter()
-            bgr = _auto_plate(src_path, matter, align, plate_frames, start, end, progress, notes)
-            check_bgr = False
-        bgr_frames, bgr_desc = _open_background(bgr, reader, start, end, fps, notes)
-        closers.append(bgr_frames.close)
-        if check_bgr and bgr_frames.still is not None:
-            from .align import check_video_background
+            device = torch.device(getattr(matter, "device", "cpu"))
+            calls = ModelWorkers(workers, matter, device)
+            batch = batch or (1 if device.type == "cpu" else 4)
 
-            with VideoReader(src_path, start=start, end=end, fps=fps) as first:
-                check_video_background(first, bgr_frames.still, align=align)
-        if align and bgr_transform is None:
-            from .align import BackgroundAligner
+            channels = {"com": 3 if composite else 4, "fgr": 3, "pha": 1, "err": 1, "ref": 1}
+            high_bit = fmt == "mov-prores4444"
+            offset = float(info.first_pts * info.time_base)
+            for kind, path in paths.items():
+                writers[kind] = VideoWriter(path, size, format=fmt, channels=channels[kind], rate=info.rate,
+                                            time_base=info.time_base, crf=crf, preset=preset, overwrite=overwrite,
+                                            audio=audio_plan if kind in ("com", "fgr") else None, audio_offset=offset)
 
-            bgr_transform = BackgroundAligner()
-        composite = "com" in kinds and (target_bgr is not None or fmt not in ALPHA_FORMATS)
-        if target_bgr is not None and "com" not in kinds:
-            _notice(notes, "--target-bgr only changes the 'com' output, which was not requested")
-            target_bgr = None
-        if composite and target_bgr is None:
-            _notice(notes, f"{fmt} has no alpha channel: 'com' is composited over {DEFAULT_TARGET} (green); pass "
-                           "--target-bgr, or use --format mov-prores4444, webm-alpha or png for transparency")
-            target_bgr = DEFAULT_TARGET
-        target_const, target_frames, _ = _open_target(target_bgr if composite else None, size, fps)
-        if target_frames is not None:
-            closers.append(target_frames.close)
+            bgr_still = None
+            if bgr_frames.still is not None and bgr_transform is None:
+                bgr_still = torch.from_numpy(bgr_frames.still).permute(2, 0, 1)[None].to(device).float().div_(255.0)
+            if target_const is not None:
+                target_const = target_const.to(device)
 
-        # audio: into com and fgr only (mattes need none)
-        audio_plan = AudioPlan("none")
-        if audio and not info.sequence and any(k in kinds for k in ("com", "fgr")):
-            first_time = float(info.first_pts * info.time_base)
-            audio_plan = plan_audio(src_path, fmt, start=first_time if start is not None else None,
-                                    end=info.start_time + end if end is not None else None, warn=False)
-            if audio_plan.mode == "transcode":
-                _notice(notes, f"the audio of '{src_path.name}' ({info.audio}) cannot go into {fmt} as it is; it is "
-                               f"re-encoded as {audio_plan.codec.removeprefix('lib')}")
-            elif audio_plan.reason:
-                _notice(notes, f"the audio of '{src_path.name}' is dropped: {audio_plan.reason}")
-        if not isinstance(matter, Matter) and not hasattr(matter, "forward_tensors"):
-            matter = matter()
-        device = torch.device(getattr(matter, "device", "cpu"))
-        calls = ModelWorkers(workers, matter, device)
-        batch = batch or (1 if device.type == "cpu" else 4)
+            total = reader.count_frames() if bgr_frames.reader is not None else info.frames
+            bar = tqdm(total=total, desc="matting", unit="frame", disable=not progress, dynamic_ncols=True)
+            in_q: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES * batch)
+            out_q: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
+            errors: list[BaseException] = []
+            threads = [
+                threading.Thread(target=_read_loop, name="bgmatting-reader", daemon=True,
+                                 args=(reader, bgr_frames, target_frames, bgr_transform, in_q, stop)),
+                threading.Thread(target=_write_loop, name="bgmatting-writer", daemon=True,
+                                 args=(out_q, writers, stop, errors, bar)),
+            ]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
 
-        channels = {"com": 3 if composite else 4, "fgr": 3, "pha": 1, "err": 1, "ref": 1}
-        high_bit = fmt == "mov-prores4444"
-        offset = float(info.first_pts * info.time_base)
-        for kind, path in paths.items():
-            writers[kind] = VideoWriter(path, size, format=fmt, channels=channels[kind], rate=info.rate,
-                                        time_base=info.time_base, crf=crf, preset=preset, overwrite=overwrite,
-                                        audio=audio_plan if kind in ("com", "fgr") else None, audio_offset=offset)
+            def send(item) -> None:  # to the writer thread; raises what made it fail
+                while True:
+                    if errors:
+                        raise errors[0]
+                    try:
+                        out_q.put(item, timeout=0.05)
+                        return
+                    except queue.Full:
+                        continue
 
-        bgr_still = None
-        if bgr_frames.still is not None and bgr_transform is None:
-            bgr_still = torch.from_numpy(bgr_frames.still).permute(2, 0, 1)[None].to(device).float().div_(255.0)
-        if target_const is not None:
-            target_const = target_const.to(device)
+            def run(frames: list[tuple[Frame, np.ndarray, np.ndarray | None]]) -> tuple[list[int], dict]:
+                s = _batch_tensor([f.image for f, _, _ in frames], device)
+                b = bgr_still.expand(len(frames), -1, -1, -1) if bgr_still is not None else \
+                    _batch_tensor([x for _, x, _ in frames], device)
+                res = matter.forward_tensors(s, b, outputs=needed) if isinstance(matter, Matter) else \
+                    matter.forward_tensors(s, b)
+                tgt = target_const if target_frames is None else _batch_tensor([x for _, _, x in frames], device)
+                arrays = {k: tensor_to_uint(_output(k, res, tgt if composite else None), high_bit) for k in kinds}
+                return [f.pts - info.first_pts for f, _, _ in frames], arrays
 
-        total = reader.count_frames() if bgr_frames.reader is not None else info.frames
-        bar = tqdm(total=total, desc="matting", unit="frame", disable=not progress, dynamic_ncols=True)
-        in_q: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES * batch)
-        out_q: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
-        errors: list[BaseException] = []
-        threads = [
-            threading.Thread(target=_read_loop, name="bgmatting-reader", daemon=True,
-                             args=(reader, bgr_frames, target_frames, bgr_transform, in_q, stop)),
-            threading.Thread(target=_write_loop, name="bgmatting-writer", daemon=True,
-                             args=(out_q, writers, stop, errors, bar)),
-        ]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
+            def submit(frames) -> None:  # to the model's workers; what they have done goes on to the writer, in order
+                for item in calls.submit(run, frames):
+                    send(item)
 
-        def send(item) -> None:  # to the writer thread; raises what made it fail
+            needed = {x for k in kinds for x in (("pha", "fgr") if k == "com" else (k,))}  # model outputs to make
+            closers.append(calls.close)  # cancels the batches not started, gives the threads back
+            calls.start()
+            n = 0
+            pending: list = []
             while True:
-                if errors:
-                    raise errors[0]
                 try:
-                    out_q.put(item, timeout=0.05)
-                    return
-                except queue.Full:
+                    item = in_q.get(timeout=0.05)
+                except queue.Empty:
+                    if errors:
+                        raise errors[0]
                     continue
-
-        def run(frames: list[tuple[Frame, np.ndarray, np.ndarray | None]]) -> tuple[list[int], dict]:
-            s = _batch_tensor([f.image for f, _, _ in frames], device)
-            b = bgr_still.expand(len(frames), -1, -1, -1) if bgr_still is not None else \
-                _batch_tensor([x for _, x, _ in frames], device)
-            res = matter.forward_tensors(s, b, outputs=needed) if isinstance(matter, Matter) else \
-                matter.forward_tensors(s, b)
-            tgt = target_const if target_frames is None else _batch_tensor([x for _, _, x in frames], device)
-            arrays = {k: tensor_to_uint(_output(k, res, tgt if composite else None), high_bit) for k in kinds}
-            return [f.pts - info.first_pts for f, _, _ in frames], arrays
-
-        def submit(frames) -> None:  # to the model's workers; what they have done goes on to the writer, in order
-            for item in calls.submit(run, frames):
-                send(item)
-
-        needed = {x for k in kinds for x in (("pha", "fgr") if k == "com" else (k,))}  # model outputs to make
-        closers.append(calls.close)  # cancels the batches not started, gives the threads back
-        calls.start()
-        n = 0
-        pending: list = []
-        while True:
-            try:
-                item = in_q.get(timeout=0.05)
-            except queue.Empty:
-                if errors:
-                    raise errors[0]
-                continue
-            if item is _END:
-                break
-            if isinstance(item, _Failure):
-                raise item.exc
-            pending.append(item)
-            if len(pending) == batch:
+                if item is _END:
+                    break
+                if isinstance(item, _Failure):
+                    raise item.exc
+                pending.append(item)
+                if len(pending) == batch:
+                    submit(pending)
+                    n += len(pending)
+                    pending = []
+            if pending:
                 submit(pending)
                 n += len(pending)
-                pending = []
-        if pending:
-            submit(pending)
-            n += len(pending)
-        for item in calls.drain():
-            send(item)
-        send(_END)
-        threads[1].join()
-        if errors:
-            raise errors[0]
-        if bgr_frames.ran_out:
-            _notice(notes, "the background video ended before the source; its last frame was used for the rest")
-        for w in writers.values():
-            w.close()
-        finished = True
-        seconds = time.perf_counter() - t0
-    finally:
-        if not finished:
-            stop.set()
-        for t in threads:
-            t.join()
-        if not finished:
+            for item in calls.drain():
+                send(item)
+            send(_END)
+            threads[1].join()
+            if errors:
+                raise errors[0]
+            if reader.damage is not None:
+                if not keep_partial:
+                    raise BgMattingError(f"video '{src_path}' is damaged or cut short: {reader.damage}; nothing was "
+                                         f"written: repair or re-export it, or pass --keep-partial to keep the {n} "
+                                         "frames that could be read")
+                _notice(notes, f"video '{src_path.name}' is damaged or cut short: {reader.damage}; the outputs hold "
+                               f"the {n} frames that could be read (--keep-partial)")
+            if bgr_frames.ran_out:
+                why = f" (it is damaged or cut short: {bgr_frames.reader.damage})" if bgr_frames.reader.damage else ""
+                _notice(notes, f"the background video ended before the source{why}; its last frame was used for "
+                               "the rest")
             for w in writers.values():
-                w.abort()
-        if bar is not None:
-            bar.close()
-        for close in reversed(closers):
-            close()
+                w.close()
+            finished = True
+            seconds = time.perf_counter() - t0
+        finally:
+            if not finished:
+                stop.set()
+            for t in threads:
+                t.join()
+            if not finished:
+                for w in writers.values():
+                    w.abort()
+            if bar is not None:
+                bar.close()
+            for close in reversed(closers):
+                close()
     return VideoReport(outputs=dict(paths), format=fmt, frames=n, size=size, seconds=seconds,
                        audio=audio_plan.describe(), background=bgr_desc, notes=notes)
 

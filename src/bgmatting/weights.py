@@ -13,9 +13,8 @@ import math
 import numbers
 import os
 import pickle
+import re
 import zipfile
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,72 +24,16 @@ from torch import nn
 from .errors import BgMattingError
 from .io.atomic import atomic_path
 from .models import BACKBONES, REFINE_MODES, MattingBase, MattingRefine
+from .zoo import DEFAULT_MODEL, ModelInfo, find_model, list_models, register_model
+
+__all__ = ["DEFAULT_MODEL", "FORMAT_TAG", "REFINE_OPTIONS", "ModelInfo", "build_model", "check_onnx_options",
+           "detect_config", "is_onnx_file", "list_models", "load_model", "model_config", "pytorch_weights",
+           "read_state_dict", "register_model", "save_weights"]
 
 FORMAT_TAG = "bgmatting"
 REFINE_OPTIONS = ("backbone_scale", "refine_mode", "refine_sample_pixels", "refine_threshold",
                   "refine_prevent_oversampling")
 _ARCHITECTURES = {"MattingBase": MattingBase, "MattingRefine": MattingRefine}
-
-
-# --------------------------------------------------------------------------------------------- registry
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A named model of the zoo.
-
-    Attributes:
-        name: registry name, e.g. ``"mobilenetv2"``.
-        file: the safetensors file name inside the package's ``assets`` folder.
-        architecture: ``"MattingRefine"`` or ``"MattingBase"``.
-        backbone: ``"resnet50"``, ``"resnet101"`` or ``"mobilenetv2"``.
-        description: one line on what it is and what it was trained on.
-        defaults: constructor options the weights were made for (``backbone_scale``, ``refine_mode``, ...).
-    """
-
-    name: str
-    file: str
-    architecture: str
-    backbone: str
-    description: str
-    defaults: dict = field(default_factory=dict)
-
-    @property
-    def path(self) -> Path:
-        return Path(str(resources.files("bgmatting") / "assets" / self.file))
-
-    @property
-    def available(self) -> bool:
-        """Whether the weights file ships with this installation."""
-        return self.path.is_file()
-
-
-_REGISTRY: dict[str, ModelInfo] = {}
-DEFAULT_MODEL = "mobilenetv2"
-
-
-def register_model(info: ModelInfo) -> ModelInfo:
-    """Add ``info`` to the zoo (replacing an entry of the same name)."""
-    _REGISTRY[info.name] = info
-    return info
-
-
-def list_models(available_only: bool = False) -> list[ModelInfo]:
-    """The registered models, default first; ``available_only`` keeps those whose weights are installed."""
-    infos = sorted(_REGISTRY.values(), key=lambda i: (i.name != DEFAULT_MODEL, i.name))
-    return [i for i in infos if i.available or not available_only]
-
-
-register_model(ModelInfo(
-    name="mobilenetv2", file="bgmatting_mobilenetv2.safetensors", architecture="MattingRefine",
-    backbone="mobilenetv2",
-    description="MattingRefine, MobileNetV2, provisional: trained on 2 CPU cores on the offline corpus (see README)",
-    defaults={"backbone_scale": 0.5, "refine_mode": "sampling", "refine_sample_pixels": 80_000},
-))
-register_model(ModelInfo(
-    name="resnet50", file="bgmatting_resnet50.safetensors", architecture="MattingRefine", backbone="resnet50",
-    description="MattingRefine, ResNet-50, trained by bgmatting on its offline corpus (see DATA.md)",
-    defaults={"backbone_scale": 0.25, "refine_mode": "sampling", "refine_sample_pixels": 80_000},
-))
 
 
 # --------------------------------------------------------------------------------------------- file readers
@@ -208,12 +151,25 @@ def _read_torchscript(path: Path, archive: zipfile.ZipFile) -> tuple[dict[str, t
     return _collect_tensors(root), _torchscript_meta(archive, prefix)
 
 
+def _refusal_reason(message: str) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words, from its long multi-paragraph message."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return f"it holds Python objects that would run code when loaded (it asks for {found.group(1)})"
+    after = message.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in message else ""
+    detail = next((line.strip() for line in after.splitlines() if line.strip()), "")
+    detail = re.split(r"(?<=[.!?])\s", detail, maxsplit=1)[0]  # its first sentence
+    if len(detail) > 120:
+        detail = detail[:120].rsplit(" ", 1)[0] + " ..."
+    return f"PyTorch's safe loader stopped at: {detail}" if detail else "it holds more than tensors"
+
+
 def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
-        raise BgMattingError(f"'{path}' holds more than weights and is not loaded for safety ({first[:160]})") from None
+        raise BgMattingError(f"'{path}' is not a plain weights file: {_refusal_reason(str(e))}; refusing to load it "
+                             "(a .pth state_dict or a .safetensors file holds only tensors)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise BgMattingError(f"'{path}' is not a readable PyTorch weights file: {str(e).splitlines()[0][:160]}") from None
     for key in ("state_dict", "model_state_dict", "model"):
@@ -374,8 +330,9 @@ def load_model(source: str | os.PathLike | None = None, **overrides) -> nn.Modul
 
         check_onnx_options(overrides)
         return OnnxModel(source)
-    if source is None or (isinstance(source, str) and source in _REGISTRY):
-        info = _REGISTRY[DEFAULT_MODEL if source is None else source]
+    name = DEFAULT_MODEL if source is None else source
+    info = find_model(name) if isinstance(name, str) else None
+    if info is not None:
         if not info.available:
             raise BgMattingError(
                 f"the weights of model '{info.name}' are not included in this installation; pass a weights file "

@@ -23,6 +23,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 _MODES = {"RGB": 3, "L": 1, "RGBA": 4}
 
+DEFAULT_MAX_PIXELS = 40_000_000
+"""The most pixels (width × height) an image file may declare before it is refused unread: an 8K photo (7680×4320,
+33 MP) passes, a small file that declares a huge image (a decompression bomb) does not. ``None`` lifts it (Pillow's
+own guard, twice ``PIL.Image.MAX_IMAGE_PIXELS``, stays)."""
+
+_RAISE_HINT = "raise the limit with --max-pixels N (in Python: max_pixels=N)"
+
 
 def is_image_path(path: str | os.PathLike) -> bool:
     """Whether ``path`` has a suffix of an image format that :func:`read_image` reads."""
@@ -73,37 +80,87 @@ class ImageDecodeError(BgMattingError):
     """The data is not an image, or a corrupt or truncated one."""
 
 
-def _decode(fp, name: str, mode: str, max_pixels: int | None, formats: list[str] | None, uint8: bool) -> np.ndarray:
+def check_max_pixels(max_pixels: int | None) -> None:
+    """Refuse a ``max_pixels`` that is not ``None`` (no limit) or a positive integer."""
+    if max_pixels is not None and (not isinstance(max_pixels, (int, np.integer)) or isinstance(max_pixels, bool)
+                                   or max_pixels < 1):
+        raise BgMattingError(f"max_pixels must be a positive integer, or None for no limit; got {max_pixels!r}")
+
+
+def check_pixels(size: tuple[int, int], name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 hint: str = _RAISE_HINT) -> None:
+    """Refuse an image of ``size`` ``(H, W)`` with more than ``max_pixels`` pixels (``None``: no limit).
+
+    Meant for the size an image's header declares, before any pixel is decoded (video frames included).
+
+    Raises:
+        ImageTooLargeError: with a one-line message naming ``name``, its size, the limit and ``hint``.
+    """
+    check_max_pixels(max_pixels)
+    h, w = size
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageTooLargeError(f"{name} is {w}x{h} = {_amount(w * h, '.1f')}, over the limit of "
+                                 f"{_amount(max_pixels, '.3g')}; {hint}")
+
+
+def _amount(pixels: int, spec: str) -> str:
+    return f"{pixels / 1e6:{spec}} megapixels" if pixels >= 100_000 else f"{pixels} pixels"
+
+
+def _bomb_message(name: str) -> str:
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return (f"{name} is too large to decode safely: it declares more than {limit / 1e6:.0f} megapixels, Pillow's "
+            "limit against decompression bombs")
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    """Whether ``img`` carries transparency: an alpha channel or a transparent (palette) colour."""
+    return "A" in img.getbands() or img.mode in ("PA", "RGBa", "La") or "transparency" in img.info
+
+
+def _decode(fp, name: str, mode: str, max_pixels: int | None, formats: list[str] | None, uint8: bool,
+            hint: str = _RAISE_HINT, warn_alpha: bool = False) -> np.ndarray:
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {sorted(_MODES)}, not {mode!r}")
+    check_max_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns from MAX_IMAGE_PIXELS on; our limit decides instead (Pillow's error at twice it stays)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(fp, formats=formats) as img:
                 w, h = img.size
-                if max_pixels is not None and w * h > max_pixels:
-                    raise ImageTooLargeError(f"{name} is {w}x{h} ({w * h / 1e6:.1f} megapixels); at most "
-                                             f"{max_pixels / 1e6:.1f} megapixels are accepted: scale it down first")
+                check_pixels((h, w), name, max_pixels, hint)  # from the header, before any pixel is decoded
                 img.load()
+                dropped_alpha = mode != "RGBA" and _has_alpha(img)
                 img = ImageOps.exif_transpose(img)
                 if uint8 and img.mode in ("RGB", "L", "RGBA", "P", "LA", "CMYK", "YCbCr"):
-                    return np.asarray(img.convert(mode))
-                return _to_float(img, mode)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        limit = max_pixels or Image.MAX_IMAGE_PIXELS
-        raise ImageTooLargeError(f"{name} is too large to decode safely (over {limit} pixels)") from None
+                    array = np.asarray(img.convert(mode))
+                else:
+                    array = _to_float(img, mode)
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(_bomb_message(name)) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{name} is not an image file that can be read (corrupt or unsupported format)") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         raise ImageDecodeError(f"{name} is corrupt or truncated ({e})") from None
+    if dropped_alpha and warn_alpha:
+        warnings.warn(f"{name} has an alpha channel (transparency); it is ignored: the colours stored under "
+                      "transparent pixels are used as they are", stacklevel=3)
+    return array
 
 
-def read_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
+def read_image(path: str | os.PathLike, mode: str = "RGB", *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               warn_alpha: bool = True) -> np.ndarray:
     """Read an image file as ``float32`` in ``[0, 1]``, with its EXIF orientation applied.
 
     Args:
         path: an image file (PNG, JPEG, WebP, BMP, TIFF; 8 or 16 bit).
-        mode: ``"RGB"`` → ``(H, W, 3)``, ``"L"`` → ``(H, W)`` gray, ``"RGBA"`` → ``(H, W, 4)``.
+        mode: ``"RGB"`` → ``(H, W, 3)``, ``"L"`` → ``(H, W)`` gray, ``"RGBA"`` → ``(H, W, 4)``. An alpha channel
+            read as ``"RGB"`` or ``"L"`` is ignored, with a warning.
+        max_pixels: refuse images that declare more pixels than this, before decoding them (``None``: no limit;
+            default :data:`DEFAULT_MAX_PIXELS`, 40 MP).
+        warn_alpha: warn when an alpha channel is ignored (``False`` for callers that say it once for many files,
+            e.g. the frames of a sequence).
 
     Raises:
         BgMattingError: the file is missing, unreadable, truncated, not an image, or too large.
@@ -112,12 +169,12 @@ def read_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
     if not p.is_file():
         raise BgMattingError(f"image '{p}' does not exist" if not p.exists() else f"'{p}' is not a file")
     try:
-        return _decode(p, f"'{p}'", mode, None, None, uint8=False)
+        return _decode(p, f"'{p}'", mode, max_pixels, None, uint8=False, warn_alpha=warn_alpha)
     except PermissionError:
         raise BgMattingError(f"cannot read image '{p}': permission denied") from None
 
 
-def decode_image(data: bytes, mode: str = "RGB", *, name: str = "image", max_pixels: int | None = None,
+def decode_image(data: bytes, mode: str = "RGB", *, name: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  formats: list[str] | None = None, uint8: bool = False) -> np.ndarray:
     """Decode an image file held in memory, like :func:`read_image` (EXIF orientation applied).
 
@@ -125,7 +182,7 @@ def decode_image(data: bytes, mode: str = "RGB", *, name: str = "image", max_pix
         data: the file's bytes.
         mode: ``"RGB"``, ``"L"`` or ``"RGBA"``.
         name: what the user calls it, for the messages.
-        max_pixels: refuse images with more pixels than this, before decoding them.
+        max_pixels: refuse images with more pixels than this, before decoding them (``None``: no limit).
         formats: PIL format names to accept (``None``: any).
         uint8: return ``uint8`` for 8-bit images (faster) instead of ``float32`` in [0, 1].
 
@@ -135,25 +192,30 @@ def decode_image(data: bytes, mode: str = "RGB", *, name: str = "image", max_pix
     """
     if not data:
         raise ImageDecodeError(f"{name} is an empty file")
-    return _decode(io.BytesIO(data), name, mode, max_pixels, formats, uint8)
+    return _decode(io.BytesIO(data), name, mode, max_pixels, formats, uint8, hint="scale it down first")
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
+def image_size(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """``(H, W)`` of an image file as displayed (EXIF rotation applied), reading only its header.
 
-    Raises :class:`BgMattingError` when the file is missing or not an image.
+    Raises :class:`BgMattingError` when the file is missing or not an image, and :class:`ImageTooLargeError` when
+    it declares more than ``max_pixels`` pixels (``None``: no limit), as :func:`read_image` would.
     """
     p = Path(path)
     if not p.is_file():
         raise BgMattingError(f"image '{p}' does not exist" if not p.exists() else f"'{p}' is not a file")
+    check_max_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit decides, as in _decode
             with Image.open(p) as img:
                 w, h = img.size
-                orientation = img.getexif().get(0x0112, 1)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLargeError(f"'{p}' is too large to decode safely (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
+                check_pixels((h, w), f"'{p}'", max_pixels)
+                # the EXIF read with the header: a PNG's own getexif() decodes every pixel to look for an eXIf
+                # chunk after them, which would make this a full read
+                orientation = Image.Image.getexif(img).get(0x0112, 1)
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(_bomb_message(f"'{p}'")) from None
     except UnidentifiedImageError:
         raise BgMattingError(f"'{p}' is not an image file that can be read (corrupt or unsupported format)") from None
     except (OSError, SyntaxError, ValueError) as e:

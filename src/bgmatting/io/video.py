@@ -3,7 +3,10 @@
 Reading — :class:`VideoReader` streams the frames of a video file (or of a folder of images, taken as an image
 sequence) as ``(H, W, 3)`` ``uint8`` RGB arrays with their timestamps. It never trusts the frame count that a
 container states (that is only an estimate, :attr:`VideoInfo.frames`), turns phone videos upright from their
-display matrix (or their old ``rotate`` tag), and seeks for ``start``/``end``.
+display matrix (or their old ``rotate`` tag), and seeks for ``start``/``end``. A damaged file — it fails to decode,
+or its stream ends well short of the length its container declares (a download cut off) — is an error, or with
+``partial=True`` is read as far as it goes (:attr:`VideoReader.damage` says what was wrong).
+:func:`sample_video` picks frames spread over a long video by seeking, at a cost that does not grow with its length.
 
 Writing — :class:`VideoWriter` encodes frames into one of :data:`FORMATS`:
 
@@ -44,7 +47,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import BgMattingError
-from .atomic import atomic_path
+from .atomic import atomic_path, removing_new_folders
 from .images import image_size, is_image_path, list_images, read_image, to_uint, write_image
 
 FORMATS = ("mp4", "mov-prores4444", "webm-alpha", "png")
@@ -67,6 +70,13 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 DEFAULT_PRESET = "medium"
 DEFAULT_SEQUENCE_FPS = 25
 """Frame rate of an image-sequence folder read without ``fps``."""
+
+_PROBE_BACKOFF = (0.0, 2.0, 10.0, 60.0)  # seconds before the end's last frames where VideoReader.probe_end looks
+
+SHORT_TOLERANCE = (2, 0.05)
+"""A video file is taken as cut short when its stream ends more than ``max(2 frames, 5 %)`` of the declared
+length (time, and frame count where the container counts its frames) before its container says it does: declared
+lengths are slightly off in ordinary files (variable frame rate, B-frames, a longer last frame), never by that."""
 
 _CONTAINERS = {"mp4": "mp4", "mov-prores4444": "mov", "webm-alpha": "webm"}
 _ENCODERS = {"mp4": "libx264", "mov-prores4444": "prores_ks", "webm-alpha": "libvpx-vp9"}
@@ -327,6 +337,23 @@ class Frame:
 _READ_MODES = {"rgb": "rgb24", "rgba": "rgba", "gray": "gray"}
 
 
+def _declared_end(container, stream, tb: Fraction, rate: Fraction | None) -> float | None:
+    """Seconds from the video stream's start to its end as the file declares it (``None`` if it does not)."""
+    if stream.duration:
+        return float(stream.duration * tb)
+    tag = stream.metadata.get("DURATION")  # Matroska / WebM, per stream
+    if tag:
+        m = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d*)?)", tag.strip())
+        if m:
+            return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+    if stream.frames and rate:
+        return float(stream.frames / rate)
+    if container.duration and len(container.streams) == 1:  # the container's length is the video's alone
+        start = container.start_time or 0
+        return (container.duration + start) / 1_000_000 - float((stream.start_time or 0) * tb)
+    return None
+
+
 class VideoReader:
     """Stream the frames of a video file, or of a folder of images (an image sequence), in display order.
 
@@ -339,10 +366,15 @@ class VideoReader:
         mode: ``'rgb'`` → ``(H, W, 3)``, ``'rgba'`` → ``(H, W, 4)`` (alpha decoded where the codec carries it,
             VP9 alpha in WebM included; else 255), ``'gray'`` → ``(H, W)``; always uint8.
         fps: the frame rate of an image sequence (default :data:`DEFAULT_SEQUENCE_FPS`); ignored for files.
+        partial: what to do with a damaged file — one that fails to decode, or whose stream ends well short of
+            what its container declares (a download or copy cut off: see :data:`SHORT_TOLERANCE`). ``False``
+            (default): raise :class:`BgMattingError` there; ``True``: stop there, as at the end, and say why in
+            :attr:`damage`.
 
     The first frame is decoded when the reader is made (so :attr:`info` knows the upright size); errors the
     user can cause — missing file, not a video, no video stream, no frame in the range — raise
     :class:`BgMattingError` then. Use as an iterator of :class:`Frame`, once; close it (or use ``with``).
+    After the iteration, :attr:`damage` is ``None`` for a whole video, else what was wrong (one line).
 
     Example:
         >>> with VideoReader("clip.mp4", start=2.0) as reader:      # doctest: +SKIP
@@ -351,13 +383,17 @@ class VideoReader:
     """
 
     def __init__(self, path: str | os.PathLike, *, start: float | None = None, end: float | None = None,
-                 mode: str = "rgb", fps: float | Fraction | None = None):
+                 mode: str = "rgb", fps: float | Fraction | None = None, partial: bool = False):
         if mode not in _READ_MODES:
             raise ValueError(f"mode must be one of {sorted(_READ_MODES)}, not {mode!r}")
         self.path = Path(path)
         self.start = parse_time(start)
         self.end = parse_time(end)
         self.mode = mode
+        self.partial = partial
+        self.damage: str | None = None
+        self._declared_end: float | None = None  # seconds from the stream's start that the container declares
+        self._exact_count: int | None = None  # frames the container declares, when they are counted in it
         if self.start is not None and self.end is not None and self.end <= self.start:
             raise BgMattingError(f"end ({self.end:g} s) must come after start ({self.start:g} s)")
         self._container = None
@@ -444,39 +480,51 @@ class VideoReader:
         estimate = stream.frames or None
         if estimate is None and duration and rate:
             estimate = round(duration * rate)
+        self._declared_end = _declared_end(c, stream, tb, rate)
+        if stream.frames and self.start is None and self.end is None:
+            self._exact_count = stream.frames
         if estimate is not None and duration and (self.start is not None or self.end is not None):
             span = min(self.end if self.end is not None else duration, duration) - (self.start or 0.0)
             estimate = max(0, round(estimate * span / duration))
         self._start_pts = None if self.start is None else self._origin + round(self.start / tb)
         self._end_pts = None if self.end is None else self._origin + round(self.end / tb)
+        sought = False
         if self._start_pts is not None:
             try:
                 c.seek(self._start_pts, stream=stream, backward=True, any_frame=False)
+                sought = True
             except av.error.FFmpegError:  # unseekable: decode from the start and skip
-                custom = self._decoder is not stream.codec_context
-                c.close()
-                self._container = c = av.open(str(self.path), metadata_errors="ignore")
-                self._stream = stream = c.streams.video[0]
-                stream.thread_type = "AUTO"
-                if not custom:
-                    self._decoder = stream.codec_context
+                c, stream = self._reopen()
         # decoding state (an explicit state machine rather than generators, so that closing from any thread,
         # or the garbage collector, never meets a generator half-way through)
         self._tb = tb
         self._step = max(1, round(1 / (rate * tb))) if rate else 1
-        self._packets = c.demux(stream)
-        self._decoded: deque = deque()
-        self._drained = False
-        self._prev_pts: int | None = None
         self._orientation: Orientation | None = None
         self._open = True
-        try:
-            first = self._next_file_frame()
-        except BaseException:
-            self.close()
-            raise
+        for attempt in range(2):
+            self._packets = c.demux(stream)
+            self._decoded: deque = deque()
+            self._drained = False
+            self._prev_pts: int | None = None
+            self._reached: float = self.start or 0.0  # seconds from the stream's start: the end of the last frame
+            self._at_end = False  # stopped at ``end``, not at the end of the stream
+            self._demuxed = 0  # packets read
+            try:
+                first = self._next_file_frame()
+            except BaseException:
+                self.close()
+                raise
+            if first is not None or not sought or not self._demuxed or self.damage is not None or attempt:
+                break  # (no packet at all after the seek: the file ends before ``start``, or was cut short)
+            # packets, but no frame: the seek landed after the last keyframe before ``start`` (MPEG-TS seeks to any
+            # packet); decode from the start and skip
+            c, stream = self._reopen()
         if first is None:
             self.close()
+            if self.damage is not None or self._shortfall() is not None:
+                raise BgMattingError(f"video '{self.path}' is damaged or cut short: no frame could be read"
+                                     + (f" after {self.start:g} s" if self.start else "")
+                                     + (f" ({self.damage})" if self.damage else ""))
             where = "" if self.start is None and self.end is None else \
                 f" between {self.start or 0:g} s and {self.end if self.end is not None else 'the end'}" \
                 + (" s" if self.end is not None else "")
@@ -487,6 +535,20 @@ class VideoReader:
                               stream.codec_context.name, self._orientation, audio, first_pts=first.pts,
                               start_time=float(self._origin * tb))
 
+    def _reopen(self):
+        """Open the file again, at its start (after a seek that failed); returns ``(container, stream)``."""
+        av = require_av()
+        custom = self._decoder is not self._stream.codec_context
+        self._container.close()
+        self._container = c = av.open(str(self.path), metadata_errors="ignore")
+        self._stream = stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        if not custom:
+            self._decoder = stream.codec_context
+        else:
+            self._decoder.flush_buffers()
+        return c, stream
+
     def _next_av_frame(self):
         """The next decoded PyAV frame, or ``None`` at the end of the stream."""
         av = require_av()
@@ -496,6 +558,7 @@ class VideoReader:
                 if self._drained:
                     return None
                 packet = next(self._packets, None)
+                self._demuxed += packet is not None
                 if packet is None:
                     self._drained = True
                     if decoder is not stream.codec_context:
@@ -505,7 +568,12 @@ class VideoReader:
                 elif packet.size:
                     self._decoded.extend(decoder.decode(packet))
         except av.error.FFmpegError as e:
-            raise BgMattingError(f"video '{self.path}' cannot be decoded further (damaged file?): {e}") from None
+            if not self.partial:
+                raise BgMattingError(f"video '{self.path}' cannot be decoded after {self._index} frames (damaged "
+                                     f"file?): {e}") from None
+            self.damage = f"decoding failed after {self._index} frames: {e}"
+            self._drained, self._decoded = True, deque()
+            return None
         return self._decoded.popleft()
 
     def _next_file_frame(self) -> Frame | None:
@@ -522,9 +590,11 @@ class VideoReader:
             if self._start_pts is not None and pts < self._start_pts:
                 continue
             if self._end_pts is not None and pts >= self._end_pts:
-                self._drained, self._decoded = True, deque()
+                self._drained, self._decoded, self._at_end = True, deque(), True
                 return None
             self._prev_pts = pts
+            length = frame.duration if getattr(frame, "duration", None) and frame.duration > 0 else self._step
+            self._reached = float((pts + length - self._origin) * self._tb)
             if self._orientation is None:
                 self._orientation = _frame_orientation(frame, self._stream)
             kwargs = {}
@@ -546,9 +616,101 @@ class VideoReader:
         else:
             frame = self._next_sequence_frame() if self.info.sequence else self._next_file_frame()
         if frame is None:
+            if not self.info.sequence:
+                self._check_whole()
             raise StopIteration
         self._index += 1
         return frame
+
+    def _expected(self) -> tuple[float, float, float] | None:
+        """``(end, span, tolerance)`` in seconds: where the container says the range ends, its length, and how
+        much earlier the stream may end (see :data:`SHORT_TOLERANCE`); ``None`` when nothing is declared."""
+        if self._declared_end is None:
+            return None
+        expected = self._declared_end if self.end is None else min(self.end, self._declared_end)
+        span = expected - (self.start or 0.0)
+        interval = float(self._step * self._tb)
+        return expected, span, max(SHORT_TOLERANCE[0] * interval, SHORT_TOLERANCE[1] * span)
+
+    def _shortfall(self) -> str | None:
+        """Why the stream, now ended, is too short for what the container declares (``None`` if it is not)."""
+        expectation = None if self._at_end else self._expected()
+        if expectation is None:
+            return None
+        expected, span, tolerance = expectation
+        interval = float(self._step * self._tb)
+        if span <= 0 or expected - self._reached <= tolerance:
+            return None
+        if self._exact_count is not None:  # a long last frame (VFR) is no damage when every frame is there
+            if self._exact_count - self._index <= max(SHORT_TOLERANCE[0], SHORT_TOLERANCE[1] * self._exact_count):
+                return None
+        declared = self._exact_count or (round(span / interval) if interval > 0 else None)
+        of = f" of {'its' if self._exact_count else 'about'} {declared}" if declared else ""
+        return (f"it ends after {self._index}{of} frames ({self._reached - (self.start or 0.0):.2f} s of "
+                f"{span:.2f} s)")
+
+    def _check_whole(self) -> None:
+        """At the end of the stream: set :attr:`damage`, or raise, when the video was cut short."""
+        if self.damage is None:
+            self.damage = self._shortfall()
+            if self.damage is not None and not self.partial:
+                raise BgMattingError(f"video '{self.path}' is damaged or cut short: {self.damage}; repair or "
+                                     "re-export it")
+
+    def probe_end(self) -> str | None:
+        """Look for a cut-off file before reading it through: decode the last frames of the range (seeking there,
+        so at most about a keyframe interval is decoded) and say what is wrong with the video (as :attr:`damage`
+        would), or ``None`` when its end is there. This reader is not moved.
+        """
+        expectation = None if self.info.sequence else self._expected()
+        if expectation is None:
+            return None
+        expected, span, tolerance = expectation
+        origin = self.start or 0.0
+        at = max(origin, expected - tolerance - 8 * float(self._step * self._tb))
+        # from the keyframe before ``at`` to the end, every frame counts (a long last one included); where a seek
+        # lands after the last keyframe (MPEG-TS seeks to any packet), a little further back, or from the start
+        tail = VideoReader(self.path, end=self.end, mode="gray", partial=True)
+        try:
+            for back in _PROBE_BACKOFF:
+                if at - back <= 0.0:  # from the first frame (decoded when a reader is made), without seeking
+                    tail.close()
+                    tail = VideoReader(self.path, end=self.end, mode="gray", partial=True)
+                    break
+                if tail._keyframe_at(at - back) is not None:
+                    break
+                tail.damage = None
+            else:
+                return f"it declares {span:.2f} s but no frame can be read after {at - back:.2f} s into the video"
+            while tail._next_file_frame() is not None:
+                pass
+            if tail.damage is not None:
+                return tail.damage
+            reached = tail._reached
+        finally:
+            tail.close()
+        if expected - reached <= tolerance:
+            return None
+        return f"its frames stop at {reached - origin:.2f} s of {span:.2f} s"
+
+    def _keyframe_at(self, time: float) -> Frame | None:
+        """Seek to the keyframe at or before ``time`` (seconds) and decode it; ``None`` if that fails."""
+        av = require_av()
+        c, stream = self._container, self._stream
+        try:
+            c.seek(self._origin + round(time / self._tb), stream=stream, backward=True, any_frame=False)
+        except av.error.FFmpegError:
+            return None
+        self._decoder.flush_buffers()
+        self._packets = c.demux(stream)
+        self._decoded, self._drained, self._prev_pts, self._peeked, self._demuxed = deque(), False, None, None, 0
+        bounds, self._start_pts, self._end_pts = (self._start_pts, self._end_pts), None, None
+        try:
+            return self._next_file_frame()
+        except BgMattingError:  # damaged there: no sample
+            return None
+        finally:
+            self._start_pts, self._end_pts = bounds
 
     def count_frames(self) -> int:
         """The number of frames this reader yields in ``[start, end)``, counted from the packets (no decoding).
@@ -620,6 +782,42 @@ def frame_times(path: str | os.PathLike) -> list[float]:
         raise BgMattingError(f"video '{p}' has frames without timestamps, so frames cannot be looked up; "
                              "extract its frames into a folder (ffmpeg -i clip.mp4 clip/%05d.png)")
     return [float((t - origin) * tb) for t in sorted(pts)]
+
+
+def sample_video(path: str | os.PathLike, count: int, *, start: float | None = None, end: float | None = None,
+                 mode: str = "rgb") -> list[Frame]:
+    """About ``count`` frames spread evenly over ``[start, end)`` of a video, read by seeking (sparse sampling).
+
+    For each of ``count`` evenly spaced times, the keyframe at or before it is decoded: one seek and about one
+    decoded frame each, so the cost does not grow with the length of the video. A keyframe reached twice is kept
+    once, so fewer than ``count`` frames come back when keyframes are further apart than the times. For an image
+    sequence, the frames at those times. :attr:`Frame.index` is the frame's position in the whole video, estimated
+    from its time and the frame rate; :attr:`Frame.time` is exact.
+    """
+    frames: list[Frame] = []
+    with VideoReader(path, mode=mode) as reader:
+        info = reader.info
+        rate = float(info.rate or DEFAULT_SEQUENCE_FPS)
+        first = start or 0.0
+        last = end if end is not None else (info.duration if info.duration else (info.frames or 1) / rate)
+        if info.duration:
+            last = min(last, info.duration)
+        if last <= first or count < 1:
+            return frames
+        times = [first + (k + 0.5) * (last - first) / count for k in range(count)]
+        if info.sequence:
+            n = len(reader._files)
+            picks = sorted({min(n - 1, max(0, math.floor(t * rate))) for t in times})
+            return [Frame(to_uint(read_image(reader._files[i], mode={"rgb": "RGB", "rgba": "RGBA", "gray": "L"}[mode])),
+                          i, i / rate, i) for i in picks]
+        seen: set[int] = set()
+        for t in times:
+            frame = reader._keyframe_at(t)
+            if frame is None or frame.pts in seen or frame.time < first - 1e-9 or end is not None and frame.time >= end:
+                continue
+            seen.add(frame.pts)
+            frames.append(Frame(frame.image, frame.pts, frame.time, round(frame.time * rate)))
+    return frames
 
 
 def read_frame(path: str | os.PathLike, time: float = 0.0, mode: str = "rgb") -> np.ndarray:
@@ -873,6 +1071,7 @@ class VideoWriter:
     # ------------------------------------------------------------------ setup
     def _open_folder(self, audio) -> None:
         parent = self.path.parent
+        self._stack.enter_context(removing_new_folders(parent))  # made here, removed again by abort() if empty
         try:
             parent.mkdir(parents=True, exist_ok=True)
             self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent))
@@ -982,6 +1181,7 @@ class VideoWriter:
         try:
             if self.format == "png":
                 self._replace_folder()
+                self._stack.close()
             else:
                 for packet in self._stream.encode(None):
                     self._container.mux(packet)
@@ -1025,10 +1225,10 @@ class VideoWriter:
             tmp = getattr(self, "_tmp", None)
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            # leave the ExitStack through an exception: atomic_path deletes the temporary file
-            err = BgMattingError("aborted")
-            self._stack.__exit__(type(err), err, None)
+        # leave the ExitStack through an exception: atomic_path deletes the temporary file, and the folders made
+        # for the output go again if nothing else was written into them
+        err = BgMattingError("aborted")
+        self._stack.__exit__(type(err), err, None)
 
     def __enter__(self) -> VideoWriter:
         return self

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,24 @@ def _check_pair(src: torch.Tensor, bgr: torch.Tensor, multiple: int = 1) -> None
     if h % multiple or w % multiple:
         raise BgMattingError(f"the model needs H and W divisible by {multiple}, got {h}x{w} "
                              "(bgmatting.Matter pads any size for you)")
+
+
+def _fraction(scale: float) -> str:
+    """``0.125`` → ``'1/8'``; scales that are not 1/N as they are."""
+    n = round(1 / scale)
+    return f"1/{n}" if abs(n * scale - 1) < 1e-6 else f"{scale:g}"
+
+
+def check_backbone_size(size: tuple[int, int], backbone_scale: float) -> None:
+    """Refuse an input of ``size`` ``(H, W)`` that ``backbone_scale`` shrinks to nothing for the base network.
+
+    The base network sees ``floor(H·s) x floor(W·s)`` pixels (as ``F.interpolate`` rounds); it needs at least one.
+    """
+    h, w = size
+    sh, sw = math.floor(h * backbone_scale), math.floor(w * backbone_scale)
+    if sh < 1 or sw < 1:
+        raise BgMattingError(f"a {w}x{h} input is too small for backbone scale {_fraction(backbone_scale)}: the base "
+                             f"network would see {sw}x{sh} pixels; use a larger backbone scale or a larger image")
 
 
 class MattingBase(nn.Module):
@@ -104,6 +124,7 @@ class MattingRefine(MattingBase):
 
     def shrink(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``src`` and ``bgr`` downsampled by ``backbone_scale`` (bilinear): the base network's input."""
+        check_backbone_size(tuple(src.shape[2:]), self.backbone_scale)
         return tuple(F.interpolate(t, scale_factor=self.backbone_scale, mode="bilinear", align_corners=False,
                                    recompute_scale_factor=True) for t in (src, bgr))
 

@@ -10,7 +10,7 @@ command that installs it. See :mod:`bgmatting.web.app` for the HTTP and WebSocke
 
 from __future__ import annotations
 
-from ..errors import BgMattingError
+from ..errors import BgMattingError, install_hint
 
 __all__ = ["build_server", "create_app", "serve"]
 
@@ -24,7 +24,7 @@ def _app_module():
         missing = (e.name or "").split(".")[0]
         if missing in _WEB_PACKAGES:
             raise BgMattingError(f"the web page needs the 'web' extra ({missing} is not installed): "
-                                 "pip install 'bgmatting[web]'") from None
+                                 f"{install_hint('web')}") from None
         raise
     return app
 

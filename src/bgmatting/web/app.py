@@ -34,7 +34,8 @@ stack trace):
     image, or a background whose size does not fit the source; 503 the model could not be loaded or the
     server is busy.
 
-WebSocket ``/api/live`` (live mode). The client sends binary messages whose first byte says what they are:
+WebSocket ``/api/live`` (live mode). The server first sends ``{"type": "hello", "version", "max_bytes",
+"max_pixels"}``. The client sends binary messages whose first byte says what they are:
 
 - ``b"B" + image``: the background (JPEG/PNG), once; the reply is ``{"type": "background", "width", "height"}``.
 - ``b"T" + image``: an image to composite over (optional); the reply is ``{"type": "target", ...}``.
@@ -43,9 +44,22 @@ WebSocket ``/api/live`` (live mode). The client sends binary messages whose firs
   ``{"type": "dropped", "id"}`` when a newer frame arrived before this one was started: each client has
   at most one frame being matted and one waiting, so frames never queue up.
 
-and text messages ``{"type": "config", "output": "com"|"pha", "colour": "#RRGGBB", "quality": 1-100}``
-(reply ``{"type": "config", ...}``) and ``{"type": "clear_target"}``. Problems are reported as
-``{"type": "error", "message", "id"?}`` and leave the connection open.
+and text messages, JSON objects:
+
+- ``{"type": "config", "output": "com"|"pha", "colour": "#RRGGBB"|"r,g,b", "quality": 1-100}``, any of the three
+  fields (the others keep their values; other keys are ignored). The reply is the whole configuration,
+  ``{"type": "config", "output", "colour": "#rrggbb", "quality"}``; a field of the wrong type or value changes
+  nothing and is answered with an error.
+- ``{"type": "clear_target"}``: composite over the colour again; the reply is
+  ``{"type": "target", "width": null, "height": null}``.
+- ``{"type": "ping", "t": <number>}`` (``t`` optional): the reply is ``{"type": "pong", "t": <the same>}``.
+
+Problems are answered with ``{"type": "error", "message", "id"?}`` (``id``: the frame's) and leave the
+connection open: a message that is not one of the above (text that is not a JSON object, an unknown ``type``, a
+config field of the wrong type or value, an empty or unknown binary message, a frame without its id), an image
+that cannot be used, and a message over ``max_bytes`` (read, then ignored). The WebSocket server started by
+:func:`serve` / :func:`build_server` does not read messages over twice ``max_bytes``: it closes the connection
+with code 1009 (message too big) as they arrive. Every reply is valid JSON (no NaN or Infinity).
 
 All model work (HTTP and WebSocket) runs on one worker thread, so requests are served one at a time and
 memory stays bounded; at most ``max_queue`` HTTP requests wait for it (503 beyond that).
@@ -58,6 +72,8 @@ import base64
 import io
 import ipaddress
 import json
+import logging
+import math
 import socket
 import struct
 import sys
@@ -117,6 +133,7 @@ STATIC_DIR = Path(str(resources.files("bgmatting") / "web" / "static"))
 EXAMPLES = {"src": "src.jpg", "bgr": "bgr.jpg"}
 
 MatterSource = Union[Matter, Callable[[], Matter]]
+logger = logging.getLogger(__name__)
 
 
 class WebError(BgMattingError):
@@ -289,9 +306,7 @@ def _run_photo(worker: ModelWorker, job: _PhotoJob) -> tuple[int, int, dict[str,
     del src, bgr
     out = matter.forward_tensors(s, b)
     del s, b
-    arr = {k: v[0].permute(1, 2, 0).cpu().numpy() for k, v in out.items()}
-    result = MatteResult(pha=arr["pha"][..., 0], fgr=np.ascontiguousarray(arr["fgr"]), err=arr["err"][..., 0],
-                         ref=arr["ref"][..., 0])
+    result = MatteResult.from_tensors(out)
     t2 = time.perf_counter()
     images = {}
     for kind in job.kinds:
@@ -373,16 +388,49 @@ class _LiveSession:
         return _encode_jpeg(_tensor_to_uint8(image), self.quality)
 
     def configure(self, message: dict) -> dict:
-        output = message.get("output", self.output)
-        if output not in ("com", "composite", "pha"):
-            raise WebError(f"unknown live output '{output}'; use com or pha")
-        colour = parse_colour(message["colour"]) if message.get("colour") else self.colour
-        quality = message.get("quality", self.quality)
-        if not isinstance(quality, (int, float)) or not 1 <= quality <= 100:
-            raise WebError("quality must be a number from 1 to 100")
+        """Apply a config message: each of its fields is checked before any is changed (WebError if one is wrong)."""
+        output, colour, quality = self.output, self.colour, self.quality
+        if "output" in message:
+            output = message["output"]
+            if not isinstance(output, str) or output not in ("com", "composite", "pha"):
+                raise WebError(f'output must be "com" or "pha", not {_shown(output)}')
+        if "colour" in message:
+            colour = message["colour"]
+            if not isinstance(colour, str):
+                raise WebError(f'colour must be a string such as "#00b140" or "0,177,64", not {_shown(colour)}')
+            colour = parse_colour(colour)
+        if "quality" in message:
+            quality = message["quality"]
+            if not _is_number(quality) or not 1 <= quality <= 100:
+                raise WebError(f"quality must be a number from 1 to 100, not {_shown(quality)}")
         self.output, self.colour, self.quality = OUTPUT_ALIASES.get(output, output), colour, int(quality)
         return {"type": "config", "output": self.output,
                 "colour": "#" + "".join(f"{round(c * 255):02x}" for c in self.colour), "quality": self.quality}
+
+    def clear_target(self) -> dict:
+        self.target = None
+        self._target_cache = {}
+        return {"type": "target", "width": None, "height": None}
+
+
+def _is_number(value: Any) -> bool:
+    """Whether a JSON value is a finite number (``true``/``false`` are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _shown(value: Any) -> str:
+    """A client's JSON value, short, for an error message: ``'fgr'``, ``12``, ``NaN``, or its kind (``a list``)."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:40] + "...")
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)  # NaN, Infinity, -Infinity
+    if _is_number(value) and len(str(value)) <= 20:
+        return str(value)
+    kinds = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", list: "a list",
+             dict: "an object"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 # --------------------------------------------------------------------------------------------- safety
@@ -430,6 +478,15 @@ class _BodyLimit:
         await self.app(scope, limited_receive, app_send)
 
 
+def ws_max_size(max_bytes: int) -> int:
+    """The WebSocket server's own message limit for an app that accepts messages of ``max_bytes``.
+
+    Twice the app's limit: a message a little over it is still read and answered with an error message; a larger
+    one the server refuses as it arrives (closing the connection with code 1009), not to hold it all in memory.
+    """
+    return 2 * max_bytes
+
+
 def _host_of(value: str) -> str:
     """``'127.0.0.1:8000'`` / ``'[::1]:8000'`` → the host name part, lower case."""
     value = value.strip().lower()
@@ -459,7 +516,8 @@ def create_app(matter_or_factory: MatterSource, *, max_upload_mb: float = DEFAUL
         matter_or_factory: the :class:`~bgmatting.Matter` to serve, or a function returning one (loaded on
             the first request that needs it, so the page comes up at once).
         max_upload_mb: the largest request body (all files of one request together) and WebSocket message, in MB
-            (2**20 bytes); larger ones get 413.
+            (2**20 bytes); larger bodies get 413, larger WebSocket messages an error message (see the module's
+            docstring; the WebSocket server itself should read messages up to :func:`ws_max_size` bytes).
         max_pixels: the largest image (width × height) accepted; larger ones get 413 before they are decoded.
         max_queue: how many photo requests may wait for the model; more get 503.
         allowed_hosts: if given, requests whose ``Host`` header (and WebSocket ``Origin``) names another host
@@ -643,8 +701,9 @@ def create_app(matter_or_factory: MatterSource, *, max_upload_mb: float = DEFAUL
         closed = asyncio.Event()
 
         async def send_json(obj):
+            text = json.dumps(obj, allow_nan=False)  # valid JSON for the browser: a NaN here is a bug
             async with send_lock:
-                await ws.send_text(json.dumps(obj))
+                await ws.send_text(text)
 
         async def send_bytes(data):
             async with send_lock:
@@ -666,18 +725,55 @@ def create_app(matter_or_factory: MatterSource, *, max_upload_mb: float = DEFAUL
                     await send_json({"type": "error", "id": fid, "message": str(e)})
                     continue
                 except Exception as e:  # never kill the connection with a stack trace
+                    logger.exception("live frame %d failed", fid)
                     await send_json({"type": "error", "id": fid,
                                      "message": f"internal error ({type(e).__name__}) on this frame"})
                     continue
                 ms = (time.perf_counter() - t0) * 1e3
                 await send_bytes(b"R" + struct.pack("<If", fid, ms) + jpeg)
 
-        async def control(coro_fn):
+        async def control(fn):
+            """Run a change of the session on the model thread (so never under a frame) and send its reply."""
+            await send_json(await worker.run(fn))
+
+        async def on_bytes(data: bytes):
+            tag, body = data[:1], data[1:]
+            if tag == b"F":
+                if len(body) < 4:
+                    raise WebError("a frame is b'F' + its uint32 id (little-endian) + the JPEG; this one has no id")
+                fid = struct.unpack("<I", body[:4])[0]
+                stale = slot["frame"]
+                slot["frame"] = (fid, body[4:])  # the newest frame wins: never a queue
+                wake.set()
+                if stale is not None:
+                    await send_json({"type": "dropped", "id": stale[0]})
+            elif tag == b"B":
+                await control(lambda: session.set_background(body))
+            elif tag == b"T":
+                await control(lambda: session.set_target(body))
+            else:
+                raise WebError("unknown binary message; start it with b'F' + uint32 id, b'B' or b'T'")
+
+        async def on_text(text: str):
             try:
-                reply = await worker.run(coro_fn)
-            except BgMattingError as e:
-                reply = {"type": "error", "message": str(e)}
-            await send_json(reply)
+                msg = json.loads(text)
+            except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
+                msg = None
+            if not isinstance(msg, dict):
+                raise WebError('text messages must be JSON objects such as {"type": "config", "output": "pha"}')
+            kind = msg.get("type")
+            if kind == "config":
+                await control(lambda: session.configure(msg))
+            elif kind == "clear_target":
+                await control(session.clear_target)
+            elif kind == "ping":
+                t = msg.get("t")
+                if t is not None and not _is_number(t):
+                    raise WebError(f"ping's 't' must be a number, not {_shown(t)}")
+                await send_json({"type": "pong", "t": t})
+            else:
+                raise WebError(f'the message type must be "config", "clear_target" or "ping", not {_shown(kind)} '
+                               "(images go in binary messages)")
 
         matting = asyncio.create_task(matte_frames())
         await send_json({"type": "hello", "version": __version__, "max_bytes": max_bytes, "max_pixels": max_pixels})
@@ -687,46 +783,23 @@ def create_app(matter_or_factory: MatterSource, *, max_upload_mb: float = DEFAUL
                 if message["type"] == "websocket.disconnect":
                     break
                 data, text = message.get("bytes"), message.get("text")
-                if data is not None:
-                    if len(data) > max_bytes:
-                        await send_json({"type": "error", "message": f"message over {max_bytes} bytes ignored"})
-                        continue
-                    tag, body = data[:1], data[1:]
-                    if tag == b"F" and len(body) >= 4:
-                        fid = struct.unpack("<I", body[:4])[0]
-                        stale = slot["frame"]
-                        slot["frame"] = (fid, body[4:])  # the newest frame wins: never a queue
-                        wake.set()
-                        if stale is not None:
-                            await send_json({"type": "dropped", "id": stale[0]})
-                    elif tag == b"B":
-                        await control(lambda body=body: session.set_background(body))
-                    elif tag == b"T":
-                        await control(lambda body=body: session.set_target(body))
-                    else:
-                        await send_json({"type": "error", "message": "unknown binary message; start it with "
-                                                                     "b'F' + uint32 id, b'B' or b'T'"})
-                elif text is not None:
-                    try:
-                        msg = json.loads(text)
-                        if not isinstance(msg, dict):
-                            raise ValueError
-                    except ValueError:
-                        await send_json({"type": "error", "message": "text messages must be JSON objects"})
-                        continue
-                    kind = msg.get("type")
-                    if kind == "config":
-                        try:
-                            await send_json(session.configure(msg))
-                        except BgMattingError as e:
-                            await send_json({"type": "error", "message": str(e)})
-                    elif kind == "clear_target":
-                        session.target = None
-                        await send_json({"type": "target", "width": None, "height": None})
-                    elif kind == "ping":
-                        await send_json({"type": "pong", "t": msg.get("t")})
-                    else:
-                        await send_json({"type": "error", "message": f"unknown message type '{kind}'"})
+                try:
+                    size = len(data) if data is not None else len((text or "").encode("utf-8", "surrogatepass"))
+                    if size > max_bytes:
+                        raise WebError(f"a message of {size} bytes is over this server's limit of {max_bytes} "
+                                       "bytes; it is ignored (send smaller images)")
+                    if data is not None:
+                        await on_bytes(data)
+                    elif text is not None:
+                        await on_text(text)
+                except BgMattingError as e:
+                    await send_json({"type": "error", "message": str(e)})
+                except WebSocketDisconnect:
+                    raise
+                except Exception as e:  # a bug: answer it, log it, and keep the connection
+                    logger.exception("the live message could not be handled")
+                    await send_json({"type": "error", "message": f"internal error ({type(e).__name__}) on this "
+                                                                 "message; the server log has the details"})
         except WebSocketDisconnect:
             pass
         finally:
@@ -770,7 +843,7 @@ def build_server(matter_or_factory: MatterSource, host: str = "127.0.0.1", port:
 
     A server on a loopback address answers only to requests for localhost / 127.0.0.1 / ::1 (a guard against
     DNS rebinding). Start it with ``server.run(sockets=[sock])`` (blocks) and stop it with
-    ``server.should_exit = True``.
+    ``server.should_exit = True``. Its WebSocket messages may be up to :func:`ws_max_size` bytes.
 
     Returns:
         ``(server, sock)``: the ``uvicorn.Server`` and its listening socket (``sock.getsockname()[1]`` is the
@@ -782,7 +855,7 @@ def build_server(matter_or_factory: MatterSource, host: str = "127.0.0.1", port:
     try:
         app = create_app(matter_or_factory, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
                          allowed_hosts=list(LOOPBACK_HOSTS) if is_loopback(host) else None)
-        config = uvicorn.Config(app, log_level=log_level, ws_max_size=int(max_upload_mb * 2 ** 20) + 16,
+        config = uvicorn.Config(app, log_level=log_level, ws_max_size=ws_max_size(int(max_upload_mb * 2 ** 20)),
                                 timeout_graceful_shutdown=2)
         return uvicorn.Server(config), sock
     except BaseException:
