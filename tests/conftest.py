@@ -69,3 +69,47 @@ def decodes(monkeypatch):
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> str:
+    """A small randomly initialised MobileNetV2 ``MattingRefine`` saved as safetensors (for the command line)."""
+    from bgmatting import MattingRefine, save_weights
+
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    return str(save_weights(randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=320)), path))
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """``bgmatting ARGS`` in this process: ``(exit status, stdout, stderr)`` (usage errors exit through SystemExit)."""
+    from bgmatting.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 2
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_error_line(err: str, *words: str) -> str:
+    """``err`` is one ``bgmatting: error: ...`` line (after any ``bgmatting: warning: ...`` lines), with no traceback,
+    holding each of ``words``; returns the error line."""
+    lines = err.splitlines()
+    assert err.endswith("\n") and lines, repr(err)
+    assert lines[-1].startswith("bgmatting: error: "), err
+    assert all(line.startswith("bgmatting: warning: ") for line in lines[:-1]), err
+    assert "Traceback" not in err and "File \"" not in err, err
+    for word in words:
+        assert word in lines[-1], (word, lines[-1])
+    return lines[-1]
+
+
+def files_below(folder) -> list[str]:
+    """Every file and folder below ``folder`` (hidden temporary ones included), relative, sorted; ``[]`` if it does
+    not exist."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) if folder.exists() else []

@@ -34,7 +34,7 @@ from test_video_io import (
     streams,
 )
 
-from bgmatting import BgMattingError, Matter, MattingRefine, save_weights
+from bgmatting import BgMattingError, Matter, MattingRefine
 from bgmatting import video as vmod
 from bgmatting.io import video as vio
 from bgmatting.io.video import VideoReader, VideoWriter
@@ -546,12 +546,6 @@ def test_default_batch_on_the_cpu_is_one_frame(clip, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- hostile input
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    return str(save_weights(randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=320)), path))
-
 
 def _plate_64(path: Path) -> Path:
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(path)

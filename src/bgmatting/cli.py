@@ -10,7 +10,7 @@ from fractions import Fraction
 
 from . import __version__
 from .errors import BgMattingError
-from .names import BACKENDS
+from .names import BACKENDS, MAX_BATCH, MAX_PLATE_FRAMES, MAX_WORKERS
 
 
 def _error_line(prog: str, message: str) -> str:
@@ -23,6 +23,12 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit status 2
         self.exit(2, _error_line(self.prog, message))
 
+    def _get_values(self, action, arg_strings):
+        # `--flag=--`: Python 3.11's argparse drops the "--" and hands the flag an empty list instead of a value
+        if action.option_strings and action.nargs is None and arg_strings == ["--"]:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected one argument, not '--'")
+        return super()._get_values(action, arg_strings)
+
 
 MIN_BACKBONE_SCALE = 1 / 64  # e.g. a 4K frame at 1/64 is 60x33 pixels for the base network, whose stride is 16
 
@@ -32,13 +38,16 @@ def _scale(text: str) -> float:
         value = float(Fraction(text))
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"'{text}' is not a number (e.g. 0.25 or 1/4)") from None
+    except OverflowError:  # a number too large for a float
+        value = math.inf
     if not MIN_BACKBONE_SCALE <= value <= 0.5:
         raise argparse.ArgumentTypeError(f"backbone scale must be in [1/64, 1/2], got {text}")
     return value
 
 
-def _int_at_least(low: int, what: str = ""):
-    """An int flag of at least ``low``, checked at parse time (one line, status 2, before any work)."""
+def _int_at_least(low: int, what: str = "", high: int | None = None):
+    """An int flag of at least ``low`` (and at most ``high``), checked at parse time (one line, status 2, before
+    any work)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -46,6 +55,8 @@ def _int_at_least(low: int, what: str = ""):
             raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}{what}, not {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, not {text}")
         return value
 
     return parse
@@ -72,6 +83,14 @@ def _finite(text: str) -> float:
     return value
 
 
+def _positive_finite(text: str) -> float:
+    """A float flag that must be finite and above 0 (a size, a rate)."""
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text}")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -83,8 +102,17 @@ def _port(text: str) -> int:
 
 
 def _add_workers_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=_positive, help="model calls at the same time, each on its share of the "
-                                                     "threads (CPU only; default 2 on a CPU, 1 on a GPU)")
+    p.add_argument("--workers", type=_int_at_least(1, high=MAX_WORKERS),
+                   help="model calls at the same time, each on its share of the threads (CPU only; default 2 on a "
+                        "CPU, 1 on a GPU)")
+
+
+def _add_max_pixels_arg(p: argparse.ArgumentParser, what: str = "images") -> None:
+    from .io.images import DEFAULT_MAX_PIXELS
+
+    p.add_argument("--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse {what} of more than N pixels, before decoding them (default 40000000: 8K passes; "
+                        "0: no limit, but images keep Pillow's own guard against decompression bombs)")
 
 
 def _add_model_args(p: argparse.ArgumentParser, runtime: bool = True) -> None:
@@ -147,7 +175,7 @@ def _cmd_video(args) -> int:
                            start=args.start, end=args.end, fps=args.fps, overwrite=args.overwrite,
                            audio=not args.no_audio, progress=not args.quiet, align=args.align,
                            check_bgr=not args.no_bgr_check, plate_frames=args.plate_frames,
-                           keep_partial=args.keep_partial)
+                           keep_partial=args.keep_partial, max_pixels=args.max_pixels)
     if not args.quiet:
         print(f"matted {report.frames} frames ({report.fps:.1f} fps) into "
               f"{', '.join(str(p) for p in report.outputs.values())}", file=sys.stderr)
@@ -156,12 +184,14 @@ def _cmd_video(args) -> int:
 
 def _cmd_plate(args) -> int:
     from .io.video import parse_time
-    from .plate import estimate_plate, save_plate
+    from .plate import check_plate_outputs, estimate_plate, save_plate
 
+    start, end = parse_time(args.start), parse_time(args.end)
+    check_plate_outputs(args.output, args.coverage_map, overwrite=args.overwrite, inputs=[args.src])
     matter = None if args.no_refine else _matter(args)
-    result = estimate_plate(args.src, matter, align=not args.no_align, max_frames=args.frames,
-                            start=parse_time(args.start), end=parse_time(args.end), progress=not args.quiet)
-    save_plate(result, args.output, args.coverage_map)
+    result = estimate_plate(args.src, matter, align=not args.no_align, max_frames=args.frames, start=start, end=end,
+                            progress=not args.quiet, max_pixels=args.max_pixels)
+    save_plate(result, args.output, args.coverage_map, overwrite=args.overwrite)
     print(f"wrote {args.output} from {result.frames_used} frames; {100 * result.never_seen_fraction:.2f}% of the "
           "pixels were never seen uncovered" + (f" (see {args.coverage_map})" if args.coverage_map else ""))
     return 0
@@ -299,7 +329,6 @@ def _cmd_models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .io.images import DEFAULT_MAX_PIXELS
     from .io.video import FORMATS, X264_PRESETS
 
     parser = _Parser(prog="bgmatting", description="Real-time high-resolution background matting (BGMv2).")
@@ -321,9 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pha-16bit", action="store_true", help="write alpha as 16-bit PNG")
     p.add_argument("--mask-threshold", type=_finite, default=0.5, metavar="T", help="alpha threshold of 'mask'")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
-                   help="refuse images larger than N pixels, before decoding them (default 40000000: an 8K photo "
-                        "passes; 0: no limit but Pillow's own guard against decompression bombs)")
+    _add_max_pixels_arg(p)
     _add_workers_arg(p)
     _add_bgr_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -347,16 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=X264_PRESETS, metavar="PRESET",
                    help="H.264 encoder speed for mp4: ultrafast ... veryslow (default medium); faster presets leave "
                         "more CPU to the model and write larger files")
-    p.add_argument("--batch", type=_positive, help="frames per forward pass (default 1 on a CPU, 4 on a GPU)")
+    p.add_argument("--batch", type=_int_at_least(1, high=MAX_BATCH),
+                   help="frames per forward pass (default 1 on a CPU, 4 on a GPU)")
     _add_workers_arg(p)
     p.add_argument("--start", metavar="T", help="start time (seconds or [h:]m:s)")
     p.add_argument("--end", metavar="T", help="end time (seconds or [h:]m:s)")
     p.add_argument("--fps", type=_finite, help="frame rate of a folder of frames (default 25)")
     p.add_argument("--no-audio", action="store_true", help="do not copy the source's audio")
-    p.add_argument("--plate-frames", type=_positive, default=60, help="frames used by --bgr auto (default 60)")
+    p.add_argument("--plate-frames", type=_int_at_least(1, high=MAX_PLATE_FRAMES), default=60,
+                   help="frames used by --bgr auto (default 60)")
     p.add_argument("--keep-partial", action="store_true",
                    help="a damaged or cut-off source: matte and keep the frames that can be read (default: an error)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_max_pixels_arg(p, "videos (frames) and images")
     _add_bgr_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_model_args(p)
@@ -368,11 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="VIDEO", help="the video (or a folder of frames)")
     p.add_argument("-o", "--output", required=True, metavar="PLATE.png", help="the plate image to write")
     p.add_argument("--coverage-map", metavar="COV.png", help="also write where the background was seen (white)")
-    p.add_argument("--frames", type=_positive, default=60, help="frames used, spread over the video (default 60)")
+    p.add_argument("--frames", type=_int_at_least(1, high=MAX_PLATE_FRAMES), default=60,
+                   help="frames used, spread over the video (default 60)")
     p.add_argument("--start", metavar="T")
     p.add_argument("--end", metavar="T")
     p.add_argument("--no-align", action="store_true", help="the camera is static: skip the alignment")
     p.add_argument("--no-refine", action="store_true", help="plain median, without the matting model")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing plate (and coverage map)")
+    _add_max_pixels_arg(p, "videos (frames)")
     p.add_argument("-q", "--quiet", action="store_true")
     _add_model_args(p)
     p.set_defaults(func=_cmd_plate)
@@ -493,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "and onnxruntime on the CPU or graph on CUDA)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32, fp16, bf16 (default fp32)")
-    p.add_argument("--batch", type=_positive, default=1, help="frames per call (default 1)")
+    p.add_argument("--batch", type=_int_at_least(1, high=MAX_BATCH), default=1, help="frames per call (default 1)")
     p.add_argument("--frames", type=_positive, default=10, help="timed calls per configuration (default 10)")
     p.add_argument("--warmup", type=_non_negative, default=3, help="untimed calls first (default 3)")
     p.set_defaults(func=_cmd_bench)
@@ -502,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve the bgmatting page and its JSON/WebSocket API (OpenAPI at /docs).")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
-    p.add_argument("--max-upload-mb", type=_finite, default=32.0, help="largest request accepted (default 32 MB)")
+    p.add_argument("--max-upload-mb", type=_positive_finite, default=32.0,
+                   help="largest request accepted (default 32 MB)")
     p.add_argument("--max-pixels", type=_positive, default=16_000_000, help="largest image accepted (default 16 MP)")
     _add_model_args(p)
     p.set_defaults(func=_cmd_serve)

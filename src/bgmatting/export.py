@@ -188,6 +188,10 @@ def example_pair(size: tuple[int, int] = DEFAULT_EXAMPLE_SIZE, batch: int = 1, s
     return src.to(device=device, dtype=dtype), bgr.to(device=device, dtype=dtype)
 
 
+MAX_EXAMPLE_PIXELS = 3840 * 2160
+"""The largest example pair (height × width) an export is traced and checked with."""
+
+
 def _check_size(size: Sequence[int], architecture: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in size)
@@ -197,6 +201,9 @@ def _check_size(size: Sequence[int], architecture: str) -> tuple[int, int]:
     if h < 32 or w < 32 or h % multiple or w % multiple:
         rule = " with sides divisible by 4" if multiple > 1 else ""
         raise BgMattingError(f"example size must be at least 32x32{rule}, got {h}x{w}")
+    if h * w > MAX_EXAMPLE_PIXELS:  # the exported file takes any size: a larger example only costs memory
+        raise BgMattingError(f"example size must be at most {MAX_EXAMPLE_PIXELS} pixels (4K, 2160x3840), got "
+                             f"{h}x{w}; the exported file runs at any size")
     return h, w
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from .backends import make_runner, resolve_backend
 from .errors import BgMattingError
 from .models import MattingBase, MattingRefine
+from .names import MAX_WORKERS
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TENSOR_OUTPUTS = ("pha", "fgr", "err", "ref")
@@ -439,8 +440,8 @@ class ModelWorkers:
     def check(workers: int | None) -> None:
         """Refuse a ``workers`` that is not ``None`` or a positive integer (before any work)."""
         if workers is not None and (not isinstance(workers, (int, np.integer)) or isinstance(workers, bool)
-                                    or workers < 1):
-            raise BgMattingError(f"workers must be a positive integer, got {workers}")
+                                    or not 1 <= workers <= MAX_WORKERS):
+            raise BgMattingError(f"workers must be a positive integer, at most {MAX_WORKERS}, got {workers}")
 
     def start(self) -> "ModelWorkers":
         """Share the threads and start the workers (what ``with`` does on entry)."""

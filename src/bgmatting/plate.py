@@ -38,8 +38,10 @@ import numpy as np
 import torch
 
 from .errors import BgMattingError
+from .io.images import DEFAULT_MAX_PIXELS, check_max_pixels
+from .names import MAX_PLATE_FRAMES
 
-__all__ = ["PlateResult", "estimate_plate", "sample_frames", "save_plate"]
+__all__ = ["PlateResult", "check_plate_outputs", "estimate_plate", "sample_frames", "save_plate"]
 
 DEFAULT_MAX_FRAMES = 60
 LOW_MOTION = 0.05
@@ -128,8 +130,7 @@ def sample_frames(frames: Iterable[Any], max_frames: int = DEFAULT_MAX_FRAMES,
     Returns:
         ``(stack, indices)``: uint8 ``(N, H, W, 3)`` and the input positions of the kept frames.
     """
-    if max_frames < 1:
-        raise BgMattingError(f"the number of frames for the plate must be at least 1, got {max_frames}")
+    _check_max_frames(max_frames)
     stride = max(1, math.ceil(total / max_frames)) if total else 1
     stack: np.ndarray | None = None
     indices: list[int] = []
@@ -159,6 +160,13 @@ def sample_frames(frames: Iterable[Any], max_frames: int = DEFAULT_MAX_FRAMES,
     return stack[:count], indices
 
 
+def _check_max_frames(max_frames: Any) -> None:
+    if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) \
+            or not 1 <= max_frames <= MAX_PLATE_FRAMES:
+        raise BgMattingError(f"the number of frames for the plate must be a whole number, at least 1 and at most "
+                             f"{MAX_PLATE_FRAMES}, got {max_frames}")
+
+
 def _read_timed(reader: Any, max_frames: int, progress: bool, desc: str) -> tuple[np.ndarray, list[int], list[float]]:
     """:func:`sample_frames` over a ``VideoReader`` (closed afterwards): ``(stack, indices, times in seconds)``."""
     from tqdm import tqdm
@@ -183,22 +191,24 @@ def _read_timed(reader: Any, max_frames: int, progress: bool, desc: str) -> tupl
 
 
 def _sample_whole_video(path: str | os.PathLike, max_frames: int, start: float | None, end: float | None,
-                        progress: bool, notes: list[str], partial: bool) -> tuple[np.ndarray, list[int], list[float]]:
+                        progress: bool, notes: list[str], partial: bool,
+                        max_pixels: int | None) -> tuple[np.ndarray, list[int], list[float]]:
     """``whole_video``: frames of ``[start, end)`` (:data:`RANGE_SHARE` of them) and of the rest of the video (those
     of the same scene), in time order: ``(stack, indices in the whole video, times)``."""
     from .io.video import VideoReader, sample_video
 
     n_range = max(1, round(max_frames * RANGE_SHARE))
-    stack, _, times = _read_timed(VideoReader(path, start=start, end=end, partial=partial), n_range, progress,
-                                  "reading the range")
-    with VideoReader(path) as whole:
+    stack, _, times = _read_timed(VideoReader(path, start=start, end=end, partial=partial, max_pixels=max_pixels),
+                                  n_range, progress, "reading the range")
+    with VideoReader(path, max_pixels=max_pixels) as whole:
         total, rate = whole.info.frames, float(whole.info.rate or 25)
     n_rest = max_frames - len(stack)
     if n_rest > 0:  # outside the range, damage is no error: what can be read helps
         if total is not None and total <= SEQUENTIAL_LIMIT:
-            rest, _, rest_times = _read_timed(VideoReader(path, partial=True), n_rest, progress, "reading the video")
+            rest, _, rest_times = _read_timed(VideoReader(path, partial=True, max_pixels=max_pixels), n_rest,
+                                              progress, "reading the video")
         else:
-            sampled = sample_video(path, n_rest)
+            sampled = sample_video(path, n_rest, max_pixels=max_pixels)
             rest = np.stack([f.image for f in sampled]) if sampled else stack[:0]
             rest_times = [f.time for f in sampled]
         outside = [i for i, t in enumerate(rest_times)
@@ -338,7 +348,7 @@ def estimate_plate(frames: Any, matter: Any = None, *, iterations: int = 2, alig
                    max_frames: int = DEFAULT_MAX_FRAMES, start: float | None = None, end: float | None = None,
                    mask_size: int = 512, alpha_threshold: float = 0.05, dilate: float = 0.02,
                    progress: bool = False, whole_video: bool = False, warn: bool = True,
-                   partial: bool = False) -> PlateResult:
+                   partial: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> PlateResult:
     """Estimate the background of a video in which the subject moves (a "clean plate").
 
     Args:
@@ -350,7 +360,8 @@ def estimate_plate(frames: Any, matter: Any = None, *, iterations: int = 2, alig
         iterations: refinement passes with ``matter`` (0: the plain median).
         align: warp every frame onto the middle kept frame before the median (hand-held camera). The plate is
             then in the view of that frame; align it to each frame when matting (``--align``).
-        max_frames: the most frames kept, spread evenly over the video (memory: ``max_frames × H × W × 3`` bytes).
+        max_frames: the most frames kept, spread evenly over the video (memory: ``max_frames × H × W × 3`` bytes),
+            1 to :data:`~bgmatting.names.MAX_PLATE_FRAMES`.
         start, end: seconds: the range of a video file (or frame folder) to estimate the plate for.
         whole_video: with a path and ``start``/``end``: look beyond the range — a quarter of the frames come from
             the range, the rest are sampled over the whole video (read through up to :data:`SEQUENTIAL_LIMIT`
@@ -364,6 +375,8 @@ def estimate_plate(frames: Any, matter: Any = None, *, iterations: int = 2, alig
         warn: issue :attr:`PlateResult.notes` as warnings (too little motion: :data:`LOW_MOTION`).
         partial: a damaged video file (see :class:`~bgmatting.io.video.VideoReader`) is an error; with
             ``partial``, the frames that can be read are used.
+        max_pixels: with a path: refuse a video whose frames have more pixels than this, before decoding them
+            (``None``: no limit; default 40 MP, see :data:`~bgmatting.io.images.DEFAULT_MAX_PIXELS`).
 
     Returns:
         a :class:`PlateResult`.
@@ -375,20 +388,21 @@ def estimate_plate(frames: Any, matter: Any = None, *, iterations: int = 2, alig
         raise BgMattingError(f"iterations must be 0 or more, got {iterations}")
     if not 0.0 <= alpha_threshold < 1.0:
         raise BgMattingError(f"alpha_threshold must be in [0, 1), got {alpha_threshold}")
-    if max_frames < 1:
-        raise BgMattingError(f"the number of frames for the plate must be at least 1, got {max_frames}")
+    _check_max_frames(max_frames)
+    check_max_pixels(max_pixels)
     total = None
     times: list[float] | None = None
     notes: list[str] = []
     from tqdm import tqdm
 
     if isinstance(frames, (str, os.PathLike)) and whole_video and (start is not None or end is not None):
-        stack, indices, times = _sample_whole_video(frames, max_frames, start, end, progress, notes, partial)
+        stack, indices, times = _sample_whole_video(frames, max_frames, start, end, progress, notes, partial,
+                                                    max_pixels)
     elif isinstance(frames, (str, os.PathLike)):
         from .io.video import VideoReader
 
-        stack, indices, times = _read_timed(VideoReader(frames, start=start, end=end, partial=partial), max_frames,
-                                            progress, "reading")
+        stack, indices, times = _read_timed(VideoReader(frames, start=start, end=end, partial=partial,
+                                                        max_pixels=max_pixels), max_frames, progress, "reading")
     else:
         if hasattr(frames, "count_frames"):
             try:
@@ -441,14 +455,49 @@ def _finish(result: PlateResult, stack: np.ndarray, valid: np.ndarray | None, sp
     return result
 
 
-def save_plate(result: PlateResult, path: str | os.PathLike, coverage_path: str | os.PathLike | None = None) -> Path:
+def check_plate_outputs(path: str | os.PathLike, coverage_path: str | os.PathLike | None = None, *,
+                        overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse, before any work, to write the plate to ``path`` (and the coverage map to ``coverage_path``) where
+    :func:`save_plate` would fail or do harm: an existing file without ``overwrite``, an input (``inputs``), a
+    folder, both outputs on one path, a suffix that is not an image format, a folder that cannot be written.
+
+    Raises:
+        BgMattingError: with a one-line message that says what to do.
+    """
+    from .io import check_writable_folder, is_image_path
+
+    outputs = [Path(p) for p in (path, coverage_path) if p is not None]
+    if len(outputs) == 2 and os.path.abspath(outputs[0]) == os.path.abspath(outputs[1]):
+        raise BgMattingError(f"the plate and the coverage map would both be written to '{outputs[0]}'; give "
+                             "them different names")
+    protected = {Path(os.path.abspath(p)) for p in inputs}
+    for out in outputs:
+        if not is_image_path(out):
+            raise BgMattingError(f"cannot write '{out}': name it .png (or .jpg, .webp, .tif)")
+        where = Path(os.path.abspath(out))
+        if where in protected:
+            raise BgMattingError(f"output '{out}' would overwrite an input; choose another name")
+        if where.parent in protected:  # it would become a frame of the input sequence
+            raise BgMattingError(f"output '{out}' would be written among the input frames in '{out.parent}'; "
+                                 "choose another folder")
+        if out.is_dir():
+            raise BgMattingError(f"output '{out}' is a folder; give the name of the image to write")
+        if out.exists() and not overwrite:
+            raise BgMattingError(f"output '{out}' exists already; pass --overwrite to replace it")
+        check_writable_folder(out.parent)
+
+
+def save_plate(result: PlateResult, path: str | os.PathLike, coverage_path: str | os.PathLike | None = None, *,
+               overwrite: bool = False) -> Path:
     """Write the plate (RGB) to ``path`` and, if given, the coverage map to ``coverage_path``.
 
     The coverage map is gray: white where every kept frame showed the background, black where none did.
-    Both are written atomically; returns ``path``.
+    Both are written atomically; an existing file is replaced only with ``overwrite`` (else
+    :class:`BgMattingError`, before anything is written; see :func:`check_plate_outputs`). Returns ``path``.
     """
     from .io import write_image
 
+    check_plate_outputs(path, coverage_path, overwrite=overwrite)
     out = write_image(path, result.plate)
     if coverage_path is not None:
         write_image(coverage_path, result.coverage)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from .errors import BgMattingError
 from .io.atomic import check_writable_folder, removing_new_folders
-from .io.images import is_image_path, read_image, to_uint
+from .io.images import DEFAULT_MAX_PIXELS, check_max_pixels, is_image_path, read_image, to_uint
 from .io.video import (
     ALPHA_FORMATS,
     FORMAT_SUFFIXES,
@@ -53,6 +53,7 @@ from .io.video import (
     parse_time,
     plan_audio,
 )
+from .names import MAX_BATCH
 from .pipeline import Matter, ModelWorkers, check_background_size, cover_resize, parse_colour, tensor_to_uint
 
 OUTPUT_KINDS = ("com", "pha", "fgr", "err", "ref")
@@ -198,9 +199,9 @@ class _Frames:
             self.reader.close()
 
 
-def _load_image(x: Any, what: str) -> np.ndarray:
+def _load_image(x: Any, what: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     if _is_path_like(x):
-        return to_uint(read_image(x))
+        return to_uint(read_image(x, max_pixels=max_pixels))
     from .pipeline import to_tensor
 
     return to_uint(to_tensor(x, what)[0].permute(1, 2, 0).numpy())
@@ -213,15 +214,15 @@ def _median_background(reader: VideoReader, count: int) -> np.ndarray:
 
 
 def _open_background(bgr: Any, src: VideoReader, start, end, fps, notes: list[str],
-                     partial: bool = False) -> tuple[_Frames, str]:
+                     partial: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[_Frames, str]:
     size = src.info.size
     if _is_path_like(bgr) and not Path(bgr).exists():
         raise BgMattingError(f"background '{bgr}' does not exist")
     if not _is_path_like(bgr) or Path(bgr).is_file() and is_image_path(bgr):
-        image = _load_image(bgr, "background")
+        image = _load_image(bgr, "background", max_pixels)
         _check_view(image.shape[:2], size, "background", notes)
         return _Frames(size, still=_resize_uint8(image, size)), "still image"
-    reader = VideoReader(bgr, start=start, end=end, fps=fps, partial=partial)
+    reader = VideoReader(bgr, start=start, end=end, fps=fps, partial=partial, max_pixels=max_pixels)
     try:
         _check_view(reader.info.size, size, "background video", notes)
         n_bgr, n_src = reader.count_frames(), src.count_frames()
@@ -247,8 +248,8 @@ def _check_view(bgr_size: tuple[int, int], src_size: tuple[int, int], what: str,
         _notice(notes, f"{what} {bgr_size[1]}x{bgr_size[0]} is resized to the source size {src_size[1]}x{src_size[0]}")
 
 
-def _open_target(target: Any, size: tuple[int, int], fps,
-                 partial: bool = False) -> tuple[torch.Tensor | None, _Frames | None, str]:
+def _open_target(target: Any, size: tuple[int, int], fps, partial: bool = False,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor | None, _Frames | None, str]:
     """``target_bgr`` → (constant ``(1, 3, H|1, W|1)`` tensor, or a per-frame supply, description)."""
     if target is None:
         return None, None, ""
@@ -257,11 +258,11 @@ def _open_target(target: Any, size: tuple[int, int], fps,
         if is_image_path(p) and not p.is_dir():
             if not p.exists():
                 raise BgMattingError(f"target background '{p}' does not exist")
-            image = cover_resize(torch.from_numpy(read_image(p)).permute(2, 0, 1)[None], size)
+            image = cover_resize(torch.from_numpy(read_image(p, max_pixels=max_pixels)).permute(2, 0, 1)[None], size)
             return image, None, f"image {p.name}"
         if p.exists():
             def reopen() -> VideoReader:
-                return VideoReader(p, fps=fps, partial=partial)
+                return VideoReader(p, fps=fps, partial=partial, max_pixels=max_pixels)
             return None, _Frames(size, reader=reopen(), reopen=reopen, cover=True), f"video {p.name} (looped)"
         if p.suffix.lower() in VIDEO_SUFFIXES:
             raise BgMattingError(f"target background '{p}' does not exist")
@@ -345,13 +346,13 @@ def _write_loop(inp: queue.Queue, writers: dict[str, VideoWriter], stop: threadi
 # --------------------------------------------------------------------------------------------- convert
 
 def _auto_plate(src: Path, matter: Any, align: bool, frames: int, start, end, progress: bool,
-                notes: list[str], partial: bool = False) -> np.ndarray:
+                notes: list[str], partial: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """``bgr='auto'``: the clean plate of ``src`` as uint8 RGB, estimated with the help of the whole video (a
     subject standing still during ``start``–``end`` may move elsewhere)."""
     from .plate import estimate_plate
 
     plate = estimate_plate(src, matter, align=align, max_frames=frames, start=start, end=end, progress=progress,
-                           whole_video=True, warn=False, partial=partial)
+                           whole_video=True, warn=False, partial=partial, max_pixels=max_pixels)
     for note in plate.notes:
         _notice(notes, note)
     if plate.never_seen_fraction > 0.01:
@@ -366,7 +367,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
                   end: float | str | None = None, fps: float | None = None, overwrite: bool = False,
                   audio: bool = True, progress: bool = True, bgr_transform: BgrTransform | None = None,
                   check_bgr: bool = True, align: bool = False, plate_frames: int = 60,
-                  keep_partial: bool = False) -> VideoReport:
+                  keep_partial: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> VideoReport:
     """Matte a video and write the requested outputs as videos (or PNG sequences): what ``bgmatting video`` does.
 
     Args:
@@ -423,7 +424,11 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
             declares; see :data:`bgmatting.io.video.SHORT_TOLERANCE`) is an error and nothing is written; with
             ``keep_partial`` the frames that could be read are matted and kept, with a warning saying how many.
             Damaged background and target videos are likewise errors, or (with ``keep_partial``) hold their last
-            frame.
+            frame. In a folder of frames, a frame that cannot be decoded is such damage (the frames before it are
+            kept).
+        max_pixels: refuse any input — the source's frames (from the size its stream declares, before decoding),
+            a background or target image or video, every frame of a folder — with more pixels than this
+            (``None``: no limit; default 40 MP, see :data:`~bgmatting.io.images.DEFAULT_MAX_PIXELS`).
 
     Returns:
         a :class:`VideoReport`.
@@ -444,9 +449,11 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
         model = matter
         matter = lambda: Matter(model)  # noqa: E731  (made after the checks)
     kinds = parse_video_outputs(outputs)
-    if batch is not None and (not isinstance(batch, (int, np.integer)) or batch < 1):
-        raise BgMattingError(f"batch must be a positive integer, got {batch}")
+    if batch is not None and (not isinstance(batch, (int, np.integer)) or isinstance(batch, bool)
+                              or not 1 <= batch <= MAX_BATCH):
+        raise BgMattingError(f"batch must be a positive integer, at most {MAX_BATCH}, got {batch}")
     ModelWorkers.check(workers)
+    check_max_pixels(max_pixels)
     start, end = parse_time(start), parse_time(end)
     if start is not None and end is not None and end <= start:
         raise BgMattingError(f"--end ({end:g} s) must come after --start ({start:g} s)")
@@ -467,7 +474,8 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
     bar = None
     with removing_new_folders(next(iter(paths.values())).parent):  # made when written; gone on failure
         try:
-            reader = VideoReader(src_path, start=start, end=end, fps=fps, partial=True)  # damage: judged below
+            reader = VideoReader(src_path, start=start, end=end, fps=fps, partial=True,  # damage: judged below
+                                 max_pixels=max_pixels)
             closers.append(reader.close)
             info = reader.info
             size = info.size
@@ -478,14 +486,16 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
             if isinstance(bgr, str) and bgr == "auto":
                 if not isinstance(matter, Matter) and not hasattr(matter, "forward_tensors"):
                     matter = matter()
-                bgr = _auto_plate(src_path, matter, align, plate_frames, start, end, progress, notes, keep_partial)
+                bgr = _auto_plate(src_path, matter, align, plate_frames, start, end, progress, notes, keep_partial,
+                                  max_pixels)
                 check_bgr = False
-            bgr_frames, bgr_desc = _open_background(bgr, reader, start, end, fps, notes, partial=keep_partial)
+            bgr_frames, bgr_desc = _open_background(bgr, reader, start, end, fps, notes, partial=keep_partial,
+                                                    max_pixels=max_pixels)
             closers.append(bgr_frames.close)
             if check_bgr and bgr_frames.still is not None:
                 from .align import check_video_background
 
-                with VideoReader(src_path, start=start, end=end, fps=fps) as first:
+                with VideoReader(src_path, start=start, end=end, fps=fps, max_pixels=max_pixels) as first:
                     check_video_background(first, bgr_frames.still, align=align)
             if align and bgr_transform is None:
                 from .align import BackgroundAligner
@@ -500,7 +510,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
                                "--target-bgr, or use --format mov-prores4444, webm-alpha or png for transparency")
                 target_bgr = DEFAULT_TARGET
             target_const, target_frames, _ = _open_target(target_bgr if composite else None, size, fps,
-                                                          partial=keep_partial)
+                                                          partial=keep_partial, max_pixels=max_pixels)
             if target_frames is not None:
                 closers.append(target_frames.close)
 

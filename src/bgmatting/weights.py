@@ -14,6 +14,7 @@ import numbers
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -164,14 +165,22 @@ def _refusal_reason(message: str) -> str:
     return f"PyTorch's safe loader stopped at: {detail}" if detail else "it holds more than tensors"
 
 
+def _first_line(error: BaseException, limit: int = 160) -> str:
+    """An exception as a few words on one line: its message's first line (else its type), shortened."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:limit]
+
+
 def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a damaged file's "pickle protocol" notice: the error below says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise BgMattingError(f"'{path}' is not a plain weights file: {_refusal_reason(str(e))}; refusing to load it "
                              "(a .pth state_dict or a .safetensors file holds only tensors)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise BgMattingError(f"'{path}' is not a readable PyTorch weights file: {str(e).splitlines()[0][:160]}") from None
+        raise BgMattingError(f"'{path}' is not a readable PyTorch weights file: {_first_line(e)}") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -192,6 +201,27 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise BgMattingError(f"weights file '{p}' does not exist")
     if not p.is_file():
         raise BgMattingError(f"weights path '{p}' is not a file")
+    try:
+        state, meta = _read_weights_file(p)
+    except BgMattingError:
+        raise
+    except OSError as e:  # the file itself cannot be read (permissions, I/O): not a damaged file
+        raise BgMattingError(f"cannot read weights file '{p}': {e.strerror or _first_line(e)}") from None
+    except MemoryError:
+        raise BgMattingError(f"'{p}' is not a weights file that can be loaded: it asks for more memory than there "
+                             "is (a damaged or crafted file?)") from None
+    except Exception as e:  # noqa: BLE001 (the readers' many ways of failing on damaged bytes, IndexError to
+        # UnicodeDecodeError: all of them mean a damaged file, never a bug to show with a traceback)
+        raise BgMattingError(f"'{p}' is a damaged weights file (cut short or corrupt?): {type(e).__name__}: "
+                             f"{_first_line(e)}") from None
+    for prefix in ("model.", "module."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state, meta
+
+
+def _read_weights_file(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of an existing file, by its kind (see :func:`read_state_dict`)."""
     meta: dict[str, str] = {}
     if _is_safetensors(p):
         state, meta = _read_safetensors(p)
@@ -210,9 +240,6 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         if magic[:1] != b"\x80":  # legacy torch.save files start with a pickle protocol opcode
             raise BgMattingError(f"'{p}' is not a weights file (.pth state_dict, TorchScript or .safetensors)")
         state = _read_torch(p)
-    for prefix in ("model.", "module."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
     return state, meta
 
 
@@ -260,6 +287,12 @@ def build_model(architecture: str, backbone: str, **options) -> nn.Module:
         raise BgMattingError(f"unknown backbone '{backbone}'; choose one of {', '.join(BACKBONES)}")
     if architecture == "MattingBase":
         return MattingBase(backbone)
+    _check_refine_options(options)
+    return MattingRefine(backbone, **options)
+
+
+def _check_refine_options(options: dict[str, Any]) -> None:
+    """Raise :class:`BgMattingError` for a ``MattingRefine`` option of the wrong type or value."""
     mode = options.get("refine_mode", "sampling")
     if not isinstance(mode, str) or mode not in REFINE_MODES:
         raise BgMattingError(f"refine mode must be one of {', '.join(REFINE_MODES)}, not {mode!r}")
@@ -277,7 +310,6 @@ def build_model(architecture: str, backbone: str, **options) -> nn.Module:
                              f"{options['refine_prevent_oversampling']!r}")
     if options.get("refine_kernel_size", 3) not in (1, 3):
         raise BgMattingError(f"refine_kernel_size must be 1 or 3, not {options['refine_kernel_size']!r}")
-    return MattingRefine(backbone, **options)
 
 
 def _is_real(value: Any) -> bool:
@@ -344,7 +376,10 @@ def load_model(source: str | os.PathLike | None = None, **overrides) -> nn.Modul
             names = ", ".join(i.name for i in list_models()) or "none"
             raise BgMattingError(f"'{source}' is neither a file nor a model name (models: {names})")
     state, meta = read_state_dict(path)
-    cfg = detect_config(state)
+    try:
+        cfg = detect_config(state)
+    except BgMattingError as e:
+        raise BgMattingError(f"'{path}': {e}") from None
     options: dict[str, Any] = {}
     if meta.get("format") == FORMAT_TAG and meta.get("config"):
         try:
@@ -355,6 +390,10 @@ def load_model(source: str | os.PathLike | None = None, **overrides) -> nn.Modul
             raise BgMattingError(f"'{path}' has a corrupt bgmatting metadata header: its config is not a JSON object")
         options.update(header)
     if cfg["architecture"] == "MattingRefine":
+        try:  # a value stored in the file (and not overridden) is the file's fault: say so
+            _check_refine_options({k: v for k, v in options.items() if k in REFINE_OPTIONS and k not in overrides})
+        except BgMattingError as e:
+            raise BgMattingError(f"'{path}' has a bad refiner option in its metadata header: {e}") from None
         if "refine_kernel_size" in cfg:
             options["refine_kernel_size"] = cfg["refine_kernel_size"]
         options.update(overrides)

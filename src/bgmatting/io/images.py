@@ -217,9 +217,11 @@ def image_size(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
     except Image.DecompressionBombError:
         raise ImageTooLargeError(_bomb_message(f"'{p}'")) from None
     except UnidentifiedImageError:
-        raise BgMattingError(f"'{p}' is not an image file that can be read (corrupt or unsupported format)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise BgMattingError(f"cannot read image '{p}': {e}") from None
+        raise ImageDecodeError(f"'{p}' is not an image file that can be read (corrupt or unsupported format)") from None
+    except PermissionError:
+        raise BgMattingError(f"cannot read image '{p}': permission denied") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise ImageDecodeError(f"'{p}' is corrupt or truncated ({e})") from None
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 

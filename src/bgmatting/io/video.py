@@ -48,7 +48,18 @@ import numpy as np
 
 from ..errors import BgMattingError
 from .atomic import atomic_path, removing_new_folders
-from .images import image_size, is_image_path, list_images, read_image, to_uint, write_image
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    check_max_pixels,
+    check_pixels,
+    image_size,
+    is_image_path,
+    list_images,
+    read_image,
+    to_uint,
+    write_image,
+)
 
 FORMATS = ("mp4", "mov-prores4444", "webm-alpha", "png")
 """Output formats of :class:`VideoWriter` (and ``bgmatting video --format``)."""
@@ -70,6 +81,8 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 DEFAULT_PRESET = "medium"
 DEFAULT_SEQUENCE_FPS = 25
 """Frame rate of an image-sequence folder read without ``fps``."""
+MAX_SEQUENCE_FPS = 1_000_000
+"""The highest frame rate an image-sequence folder may be given (beyond it, timestamps overflow the encoders)."""
 
 _PROBE_BACKOFF = (0.0, 2.0, 10.0, 60.0)  # seconds before the end's last frames where VideoReader.probe_end looks
 
@@ -369,7 +382,11 @@ class VideoReader:
         partial: what to do with a damaged file — one that fails to decode, or whose stream ends well short of
             what its container declares (a download or copy cut off: see :data:`SHORT_TOLERANCE`). ``False``
             (default): raise :class:`BgMattingError` there; ``True``: stop there, as at the end, and say why in
-            :attr:`damage`.
+            :attr:`damage`. In a folder of frames, a frame that cannot be decoded (corrupt or truncated) is such
+            damage: with ``partial=True`` the sequence stops before it.
+        max_pixels: refuse a video whose frames have more pixels (width × height) than this, from the size its
+            stream (or first image) declares, before any frame is decoded (``None``: no limit; default
+            :data:`~bgmatting.io.images.DEFAULT_MAX_PIXELS`, 40 MP). Every frame of a folder is checked.
 
     The first frame is decoded when the reader is made (so :attr:`info` knows the upright size); errors the
     user can cause — missing file, not a video, no video stream, no frame in the range — raise
@@ -383,10 +400,13 @@ class VideoReader:
     """
 
     def __init__(self, path: str | os.PathLike, *, start: float | None = None, end: float | None = None,
-                 mode: str = "rgb", fps: float | Fraction | None = None, partial: bool = False):
+                 mode: str = "rgb", fps: float | Fraction | None = None, partial: bool = False,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
         if mode not in _READ_MODES:
             raise ValueError(f"mode must be one of {sorted(_READ_MODES)}, not {mode!r}")
+        check_max_pixels(max_pixels)
         self.path = Path(path)
+        self.max_pixels = max_pixels
         self.start = parse_time(start)
         self.end = parse_time(end)
         self.mode = mode
@@ -417,6 +437,10 @@ class VideoReader:
             raise BgMattingError(f"folder '{self.path}' holds no image directly (frames of an image sequence must "
                                  "lie in the folder itself)")
         files.sort(key=lambda f: _natural_key(f.relative_to(self.path)))
+        if fps is not None and not (isinstance(fps, (int, float, Fraction, np.integer, np.floating))
+                                    and 0 < fps <= MAX_SEQUENCE_FPS):
+            raise BgMattingError(f"frame rate must be a positive number of at most {MAX_SEQUENCE_FPS} frames per "
+                                 f"second, got {fps}")
         rate = Fraction(fps if fps is not None else DEFAULT_SEQUENCE_FPS).limit_denominator(1001)
         if rate <= 0:
             raise BgMattingError(f"frame rate must be positive, got {fps}")
@@ -428,8 +452,8 @@ class VideoReader:
                                  f"({len(files)} frames at {float(rate):g} fps)")
         self._files = files[first:stop]
         self._first_index = first
-        self.info = VideoInfo(self.path, image_size(self._files[0]), rate, 1 / rate, len(self._files),
-                              len(files) / rate, "image sequence", sequence=True, first_pts=first)
+        self.info = VideoInfo(self.path, image_size(self._files[0], max_pixels=self.max_pixels), rate, 1 / rate,
+                              len(self._files), len(files) / rate, "image sequence", sequence=True, first_pts=first)
         self._open = True
 
     def _next_sequence_frame(self) -> Frame | None:
@@ -437,7 +461,15 @@ class VideoReader:
         if i >= len(self._files):
             return None
         f, size = self._files[i], self.info.size
-        image = to_uint(read_image(f, mode={"rgb": "RGB", "rgba": "RGBA", "gray": "L"}[self.mode]))
+        try:
+            image = to_uint(read_image(f, mode={"rgb": "RGB", "rgba": "RGBA", "gray": "L"}[self.mode],
+                                       max_pixels=self.max_pixels))
+        except ImageDecodeError as e:  # a damaged frame: as a damaged stream in a file
+            if not self.partial:
+                raise
+            self.damage = f"frame {i + 1} of {len(self._files)} cannot be read: {e}"
+            self._files = self._files[:i]
+            return None
         if image.shape[:2] != size:
             raise BgMattingError(f"frame '{f}' is {image.shape[1]}x{image.shape[0]} but the first frame of the "
                                  f"sequence is {size[1]}x{size[0]}; all frames must have the same size")
@@ -450,8 +482,11 @@ class VideoReader:
         try:
             self._container = av.open(str(self.path), metadata_errors="ignore")
         except (av.error.InvalidDataError, av.error.DemuxerNotFoundError):
-            raise BgMattingError(f"'{self.path}' is not a video file that FFmpeg can read (corrupt or unsupported "
-                                 "format)") from None
+            raise BgMattingError(f"'{self.path}' is not a video file that FFmpeg can read (corrupt, cut short or an "
+                                 "unsupported format)") from None
+        except av.error.EOFError:  # the file ends inside its header or index (e.g. an mp4 cut before its moov)
+            raise BgMattingError(f"video '{self.path}' is damaged or cut short: it ends before its header could be "
+                                 "read; repair or re-export it") from None
         except av.error.FFmpegError as e:
             raise BgMattingError(f"cannot open video '{self.path}': {e}") from None
         except OSError as e:
@@ -459,8 +494,19 @@ class VideoReader:
         c = self._container
         if not c.streams.video:
             self.close()
-            raise BgMattingError(f"'{self.path}' has no video stream")
+            raise BgMattingError(f"'{self.path}' has no video stream (an audio file, or a video cut short or "
+                                 "damaged?)")
         stream = self._stream = c.streams.video[0]
+        try:
+            if stream.codec_context is None:  # e.g. an mp4 cut inside its index: the stream's parameters are lost
+                raise BgMattingError(f"video '{self.path}' is damaged or cut short: its video stream has no codec "
+                                     "parameters; repair or re-export it")
+            # from the stream's parameters, before a frame is decoded (rotation does not change the count)
+            check_pixels((stream.codec_context.height, stream.codec_context.width), f"video '{self.path}'",
+                         self.max_pixels)
+        except BgMattingError:
+            self.close()
+            raise
         stream.thread_type = "AUTO"
         tb = stream.time_base or Fraction(1, 90000)
         self._origin = stream.start_time if stream.start_time is not None else 0
@@ -493,7 +539,7 @@ class VideoReader:
             try:
                 c.seek(self._start_pts, stream=stream, backward=True, any_frame=False)
                 sought = True
-            except av.error.FFmpegError:  # unseekable: decode from the start and skip
+            except (av.error.FFmpegError, OverflowError):  # unseekable (or past any timestamp): decode and skip
                 c, stream = self._reopen()
         # decoding state (an explicit state machine rather than generators, so that closing from any thread,
         # or the garbage collector, never meets a generator half-way through)
@@ -528,7 +574,8 @@ class VideoReader:
             where = "" if self.start is None and self.end is None else \
                 f" between {self.start or 0:g} s and {self.end if self.end is not None else 'the end'}" \
                 + (" s" if self.end is not None else "")
-            raise BgMattingError(f"video '{self.path}' has no frames{where}")
+            hint = "" if where else " (is it cut short or damaged?)"
+            raise BgMattingError(f"video '{self.path}' has no frames{where}{hint}")
         self._peeked = first
         audio = c.streams.audio[0].codec_context.name if c.streams.audio else None
         self.info = VideoInfo(self.path, first.image.shape[:2], rate, tb, estimate, duration,
@@ -670,12 +717,13 @@ class VideoReader:
         at = max(origin, expected - tolerance - 8 * float(self._step * self._tb))
         # from the keyframe before ``at`` to the end, every frame counts (a long last one included); where a seek
         # lands after the last keyframe (MPEG-TS seeks to any packet), a little further back, or from the start
-        tail = VideoReader(self.path, end=self.end, mode="gray", partial=True)
+        tail = VideoReader(self.path, end=self.end, mode="gray", partial=True, max_pixels=self.max_pixels)
         try:
             for back in _PROBE_BACKOFF:
                 if at - back <= 0.0:  # from the first frame (decoded when a reader is made), without seeking
                     tail.close()
-                    tail = VideoReader(self.path, end=self.end, mode="gray", partial=True)
+                    tail = VideoReader(self.path, end=self.end, mode="gray", partial=True,
+                                       max_pixels=self.max_pixels)
                     break
                 if tail._keyframe_at(at - back) is not None:
                     break
@@ -699,7 +747,7 @@ class VideoReader:
         c, stream = self._container, self._stream
         try:
             c.seek(self._origin + round(time / self._tb), stream=stream, backward=True, any_frame=False)
-        except av.error.FFmpegError:
+        except (av.error.FFmpegError, OverflowError):
             return None
         self._decoder.flush_buffers()
         self._packets = c.demux(stream)
@@ -785,17 +833,17 @@ def frame_times(path: str | os.PathLike) -> list[float]:
 
 
 def sample_video(path: str | os.PathLike, count: int, *, start: float | None = None, end: float | None = None,
-                 mode: str = "rgb") -> list[Frame]:
+                 mode: str = "rgb", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[Frame]:
     """About ``count`` frames spread evenly over ``[start, end)`` of a video, read by seeking (sparse sampling).
 
     For each of ``count`` evenly spaced times, the keyframe at or before it is decoded: one seek and about one
     decoded frame each, so the cost does not grow with the length of the video. A keyframe reached twice is kept
     once, so fewer than ``count`` frames come back when keyframes are further apart than the times. For an image
     sequence, the frames at those times. :attr:`Frame.index` is the frame's position in the whole video, estimated
-    from its time and the frame rate; :attr:`Frame.time` is exact.
+    from its time and the frame rate; :attr:`Frame.time` is exact. ``max_pixels``: as for :class:`VideoReader`.
     """
     frames: list[Frame] = []
-    with VideoReader(path, mode=mode) as reader:
+    with VideoReader(path, mode=mode, max_pixels=max_pixels) as reader:
         info = reader.info
         rate = float(info.rate or DEFAULT_SEQUENCE_FPS)
         first = start or 0.0
@@ -808,7 +856,8 @@ def sample_video(path: str | os.PathLike, count: int, *, start: float | None = N
         if info.sequence:
             n = len(reader._files)
             picks = sorted({min(n - 1, max(0, math.floor(t * rate))) for t in times})
-            return [Frame(to_uint(read_image(reader._files[i], mode={"rgb": "RGB", "rgba": "RGBA", "gray": "L"}[mode])),
+            return [Frame(to_uint(read_image(reader._files[i], mode={"rgb": "RGB", "rgba": "RGBA", "gray": "L"}[mode],
+                                             max_pixels=max_pixels)),
                           i, i / rate, i) for i in picks]
         seen: set[int] = set()
         for t in times:
