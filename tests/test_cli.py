@@ -294,11 +294,12 @@ def test_bench_prints_a_table_with_every_backend(weights, capsys):
     table = capsys.readouterr().out.strip().splitlines()
     assert table[0].startswith("| backbone | resolution |") and len(table) == 2 + 4
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
-    assert [(r[1], r[5]) for r in rows] == [("96x64", "reference"), ("96x64", "eager"), ("64x48", "reference"),
+    assert [(r[1], r[6]) for r in rows] == [("96x64", "reference"), ("96x64", "eager"), ("64x48", "reference"),
                                             ("64x48", "eager")]
     assert rows[0][-3] == "(reference)" and float(rows[1][-3]) <= 1e-4 and rows[1][-1].endswith("x")
     assert rows[1][-2] == "0"  # the same patches refined
-    assert all(float(r[7]) > 0 for r in rows)  # fps
+    assert all(r[2] == "example" for r in rows)  # the input column
+    assert all(float(r[8]) > 0 for r in rows)  # fps
 
 
 def test_help_and_usage_errors_do_not_load_pytorch():

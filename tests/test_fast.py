@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from bgmatting import BgMattingError, MattingBase, MattingRefine
 from bgmatting.backends import make_runner, onnxruntime_available, resolve_backend
 from bgmatting.models import BACKBONES
-from bgmatting.models.fast import (FastMatting, WinogradConv2d, _fetched_crops, _sample_crops, fold_batchnorm,
-                                   nearest2_polyphase, nnpack_available, up2_conv3x3)
+from bgmatting.models.fast import (FastMatting, WinogradConv2d, _fetched_crops, _sample_crops, blocks_read,
+                                   fold_batchnorm, nearest2_polyphase, nnpack_available, tiles_of, up2_conv3x3)
 from bgmatting.models.refiner import crop_patches
 from conftest import randomize_
 
@@ -107,23 +107,27 @@ def test_sparse_hid_is_used_when_patches_are_chosen_per_frame(mode, static):
     assert not FastMatting(MattingBase("mobilenetv2")).sparse_hid
 
 
-@pytest.mark.parametrize("low_size,out_size", [((19, 15), (74, 58)), ((19, 15), (37, 29))])
-def test_coarse_where_read_equals_the_dense_coarse_maps_on_what_is_read(low_size, out_size, rng):
+@pytest.mark.parametrize("coarse_size", [(37, 29), (38, 30), (40, 32)])
+@pytest.mark.parametrize("resized", (True, False))
+def test_coarse_where_read_equals_the_dense_coarse_maps_on_what_is_read(coarse_size, resized, rng):
     """Blocks the crops read hold exactly the dense hidden channels (made from the low-resolution features, as
     the base network does), with pha and fgr; a gap in the selection stays 0. Crops resampled by 2 (backbone
-    scale 1/4) and not resampled (1/2)."""
+    scale 1/4) and not resampled (1/2); coarse maps that are the low features upsampled by exactly 2 (one conv
+    per phase, border corrections on the blocks along all four edges) or not."""
     model = randomize_(MattingRefine("mobilenetv2"))
     fast = FastMatting(model)
-    low = torch.rand(2, 48, *low_size, generator=rng)
-    src, bgr, pha, fgr = (torch.rand(2, c, 37, 29, generator=rng) for c in (3, 3, 1, 3))
+    low = torch.rand(2, 48, (coarse_size[0] + 1) // 2, (coarse_size[1] + 1) // 2, generator=rng)
+    src, bgr, pha, fgr = (torch.rand(2, c, *coarse_size, generator=rng) for c in (3, 3, 1, 3))
     conv = fast.net.decoder.conv4
     feat = fast.net.decoder._up_cat(low, torch.cat([src, bgr], 1))
     dense = torch.cat([F.conv2d(feat, conv.weight, conv.bias, padding=1)[:, 5:].relu(), pha, fgr], 1)
-    scale = out_size[0] // 37
+    scale = 2 if resized else 1
+    out_size = (scale * coarse_size[0], scale * coarse_size[1])
     ib, rows, cols = torch.tensor([0, 1, 1]), torch.tensor([0, 20, 30]) * scale, torch.tensor([0, 5, 22]) * scale
     size = 14
     with torch.no_grad():
-        store = fast._coarse_where_read(low, src, bgr, pha, fgr, ib, rows, cols, out_size, size)
+        blocks = blocks_read(tuple(src.shape), ib, rows, cols, out_size, size)
+        store = fast._coarse_where_read(low, src, bgr, pha, fgr, *blocks)
         crops = _fetched_crops(store.fetch, (store.h, store.w), ib, rows, cols, out_size, size)
         sparse = store.dense()
     assert sparse.shape == dense.shape
@@ -255,6 +259,23 @@ def test_sample_crops_equals_resize_then_crop(size, out_size, crop, rng):
     assert float((got - expected).abs().max()) <= 1e-5
 
 
+@pytest.mark.parametrize("size,margin", [(16, 6), (28, 18), (6, 4), (8, 2)])
+def test_windows_gathered_whole_or_by_pixel_agree(size, margin, rng):
+    """The two ways of cutting [src, bgr] windows (a view of the padded images, or pixel by pixel), on windows
+    that reach out of the image by up to ``margin`` on every side, and on images smaller than the windows."""
+    from bgmatting.models.fast import _windows, _windows_by_pixel
+
+    for h, w in ((40, 36), (4, 8)):
+        src, bgr = _pair(rng, 2, h, w)
+        n = 300  # enough windows to cover the images: gathered whole
+        ib = torch.randint(0, 2, (n,), generator=rng)
+        top = torch.randint(-margin, h + margin - size + 1, (n,), generator=rng)
+        left = torch.randint(-margin, w + margin - size + 1, (n,), generator=rng)
+        expected = _windows_by_pixel(src, bgr, ib, top, left, size)
+        assert torch.equal(_windows(src, bgr, ib, top, left, size, margin), expected)
+        assert torch.equal(_windows(src, bgr, ib[:1], top[:1], left[:1], size, margin), expected[:1])  # by pixel
+
+
 def test_crop_patches_reference_agrees_with_windows(rng):
     # the reference refiner's crops are the windows FastMatting cuts (the tiles' layout is an offset of them)
     from bgmatting.models.fast import _windows
@@ -262,7 +283,7 @@ def test_crop_patches_reference_agrees_with_windows(rng):
     src, bgr = _pair(rng, 2, 40, 32)
     idx = torch.tensor([[0, 0, 0], [1, 9, 7], [0, 4, 3]])
     expected = crop_patches(torch.cat([src, bgr], 1), idx, 4, 2)
-    got = _windows(src, bgr, idx[:, 0], 4 * idx[:, 1] - 2, 4 * idx[:, 2] - 2, 8)
+    got = _windows(src, bgr, idx[:, 0], 4 * idx[:, 1] - 2, 4 * idx[:, 2] - 2, 8, 2)
     assert torch.equal(expected, got)
 
 
@@ -401,3 +422,141 @@ def test_twin_under_fp16_autocast_follows_the_model_under_it(mode, static, rng):
         expected, got = model(src, bgr), fast(src, bgr)
     assert torch.equal(expected[5], got[5])  # the same patches refined
     assert _max_diff(expected, got) <= 2e-3
+
+
+# ------------------------------------------------------------------ the refiner's paths and their cost model
+
+PATHS = [("tiles", "blocks"), ("tiles", "dense"), ("patches", "blocks"), ("patches", "dense"), ("dense", "auto"),
+         ("full", "auto")]
+
+
+def _mixed_pair(h=96, w=128):
+    """Item 0: the noise worst case (patches scattered); item 1: the example photo (patches along the subject)."""
+    from bgmatting.bench import example_pair, noise_pair
+
+    (s0, b0), (s1, b1) = noise_pair((h, w)), example_pair((h, w))
+    return torch.cat([s0, s1]), torch.cat([b0, b1])
+
+
+def _split_threshold(model, src, bgr, grid):
+    """A threshold between two error values of the middle of the range, far from both."""
+    with torch.no_grad():
+        err = F.interpolate(model(src, bgr)[4], size=grid, mode="bilinear")
+    v = err[err > 0].unique()
+    mid = v[len(v) // 4: 3 * len(v) // 4]
+    i = int((mid[1:] - mid[:-1]).argmax())
+    return float(mid[i] + mid[i + 1]) / 2
+
+
+@pytest.mark.parametrize("path,hid_path", PATHS)
+@pytest.mark.parametrize("mode", ("sampling", "thresholding"))
+@pytest.mark.parametrize("backbone,scale", [("mobilenetv2", 1 / 2), ("resnet50", 1 / 4)])
+def test_every_refine_path_matches_reference(backbone, scale, mode, path, hid_path):
+    """Each way of running the refiner, forced, on a batch whose items select different numbers of patches
+    (scattered over a noise background in one, along a subject's outline in the other)."""
+    model = randomize_(MattingRefine(backbone, backbone_scale=scale, refine_mode=mode,
+                                     refine_sample_pixels=16 * 500))
+    src, bgr = _mixed_pair()
+    if mode == "thresholding":
+        model.refiner.threshold = _split_threshold(model, src, bgr, (24, 32))
+    fast = FastMatting(model, refine_path=path, hid_path=hid_path)
+    with torch.no_grad():
+        expected, got = model(src, bgr), fast(src, bgr)
+    counts = expected[5].sum((1, 2, 3))
+    assert 0 < float(counts.min()) and float(counts.max()) < 24 * 32 and counts[0] != counts[1]
+    assert torch.equal(expected[5], got[5])
+    assert _max_diff(expected, got) <= TOL
+
+
+@pytest.mark.parametrize("path,hid_path", PATHS)
+def test_every_refine_path_with_kernel_size_1(path, hid_path, rng):
+    model = randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=16 * 200, refine_kernel_size=1))
+    src, bgr = _pair(rng)
+    with torch.no_grad():
+        expected, got = model(src, bgr), FastMatting(model, refine_path=path, hid_path=hid_path)(src, bgr)
+    assert 0 < int(expected[5].sum()) and torch.equal(expected[5], got[5])
+    assert _max_diff(expected, got) <= TOL
+
+
+@pytest.mark.parametrize("kernel_size", (3, 1))
+def test_the_dense_refiner_gives_each_patch_what_its_crops_give(kernel_size, rng):
+    """What the dense paths rest on: the refiner's full mode (valid convs on the zero-padded whole image) has, at
+    every patch, the values that the patch's own crops give (sampling mode), at the image's borders too."""
+    model = randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=16 * 30 * 25,
+                                     refine_kernel_size=kernel_size, refine_prevent_oversampling=False))
+    src, bgr = _pair(rng)
+    with torch.no_grad():
+        src_sm, bgr_sm = model.shrink(src, bgr)
+        coarse = model._coarse(src_sm, bgr_sm)
+        sparse = model.refiner(src, bgr, *coarse)
+        model.refiner.mode = "full"
+        dense = model.refiner(src, bgr, *coarse)
+    assert int(sparse[2].sum()) == 2 * 30 * 25  # every patch of both items, from its own crops
+    assert _max_diff(sparse[:2], dense[:2]) <= 1e-5
+
+
+@pytest.mark.parametrize("path", ("patches", "dense", "full", "auto"))
+def test_static_paths_match_reference_with_no_host_synchronisation(path, rng):
+    model = randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=16 * 100))
+    fast = FastMatting(model, static=True, winograd=False, refine_path=path)
+    src, bgr = _pair(rng, 2, 64, 48)
+    with torch.no_grad():
+        assert _max_diff(_capture(fast, src, bgr), model(src, bgr)) <= TOL
+    with pytest.raises(ValueError, match="tiles"):
+        FastMatting(model, static=True, refine_path="tiles")
+    with pytest.raises(ValueError, match="refine_path"):
+        FastMatting(model, refine_path="sparse")
+
+
+def _hd_selection(kind, n, rng):
+    """``n`` patch indices on the 1/4 grid of an HD frame (270 x 480): ``scattered`` uniformly over the frame, or
+    ``clustered`` in a band along the outline of an ellipse (as along a subject's edge)."""
+    if kind == "scattered":
+        flat = torch.randperm(270 * 480, generator=rng)[:n]
+    else:
+        y, x = torch.meshgrid(torch.arange(270.0), torch.arange(480.0), indexing="ij")
+        r = (((y - 150) / 110) ** 2 + ((x - 240) / 100) ** 2).sqrt()
+        flat = (r - 1).abs().flatten().argsort()[:n]
+    ib = torch.zeros_like(flat)
+    return ib, flat // 480, flat % 480
+
+
+@pytest.mark.parametrize("backbone,scale", [("mobilenetv2", 1 / 2), ("resnet50", 1 / 4)])
+def test_cost_model_goes_dense_when_the_patches_are_scattered(backbone, scale, rng):
+    """The CPU's costs, on HD selections of the same size (20000 patches, 15% of the frame): tiles (and hidden
+    channels on blocks) for patches along an outline; the whole image for patches spread over the frame.
+    Behaviour only, nothing is timed."""
+    fast = FastMatting(MattingRefine(backbone, backbone_scale=scale))
+    coarse = (int(1080 * scale), int(1920 * scale))
+    picked = {}
+    for kind in ("clustered", "scattered"):
+        ib, rows, cols = _hd_selection(kind, 20_000, rng)
+        tiles = tiles_of((270, 480), ib, rows, cols)
+        picked[kind] = fast.choose_path(1, (1080, 1920), coarse, ib.shape[0], tiles[0].shape[0])
+        if kind == "clustered":
+            blocks = blocks_read((1, 3, *coarse), tiles[0], 2 * tiles[1] - 3, 2 * tiles[2] - 3, (540, 960), 14)
+            assert fast.hid_on_blocks(blocks[0].shape[0], (1, 3, *coarse))
+    assert picked["clustered"] == "tiles"
+    assert picked["scattered"] in ("dense", "full")
+
+
+def test_a_device_without_costs_keeps_tiles_and_blocks():
+    fast = FastMatting(MattingRefine("mobilenetv2"))
+    fast.costs = None
+    assert fast.choose_path(1, (1080, 1920), (540, 960), 20_000, 8000) == "tiles"
+    assert fast.choose_path(1, (1080, 1920), (540, 960), 20_000) == "patches"  # static: no tile count
+    assert fast.hid_on_blocks(10 ** 6, (1, 3, 540, 960))
+
+
+def test_auto_path_asks_the_cost_model_with_the_selection_counts(rng, monkeypatch):
+    model = randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=16 * 200))
+    fast = FastMatting(model)
+    calls = []
+    real = fast.choose_path
+    monkeypatch.setattr(fast, "choose_path", lambda *a: calls.append(a) or real(*a))
+    src, bgr = _pair(rng)
+    with torch.no_grad():
+        ref = fast(src, bgr)[5]
+    ib, rows, cols = torch.nonzero(ref[:, 0], as_tuple=True)
+    n_tiles = len(set(zip(ib.tolist(), (rows // 4).tolist(), (cols // 4).tolist())))
+    assert calls == [(2, (120, 100), (30, 25), int(ref.sum()), n_tiles)]

@@ -5,8 +5,9 @@ you pass, e.g. the original BGMv2 code in ``benchmarks/speed.py``) on one pair o
 the same alpha as the reference, and returns :class:`BenchRow` s; :func:`format_table` prints them.
 ``bgmatting bench`` is the command-line front end.
 
-Inputs are the shipped example pair resized to the benchmark resolution, so the refiner selects patches along a
-real subject's outline, as it does on real footage. The runners are timed in interleaved rounds
+Inputs (:data:`INPUTS`) are the shipped example pair resized to the benchmark resolution, so the refiner selects
+patches along a real subject's outline, as it does on real footage, or the worst case for the refiner's sparse
+ways, a noise background that spreads the selected patches over the whole frame (:func:`noise_pair`). The runners are timed in interleaved rounds
 (:func:`time_runners`), so that a drift in the machine's speed does not favour one of them.
 """
 
@@ -49,6 +50,7 @@ class BenchRow:
     max_diff: float = math.nan
     patches_diff: int = 0
     speedup: float = math.nan
+    input: str = "example"
 
     @property
     def fps(self) -> float:
@@ -80,6 +82,43 @@ def example_pair(size: tuple[int, int], batch: int = 1) -> tuple[torch.Tensor, t
         t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
         out.append(t.expand(batch, -1, -1, -1).contiguous())
     return out[0], out[1]
+
+
+def _texture(size: tuple[int, int], batch: int, generator: torch.Generator) -> torch.Tensor:
+    """``(batch, 3, H, W)`` in [0, 1]: the mean of two layers of uniform random colours, one per 32×32 block and
+    one per 4×4 block (one refiner patch), so that it varies at every patch and no two patches look alike."""
+    layers = []
+    for block in (32, 4):
+        h, w = -(-size[0] // block), -(-size[1] // block)
+        c = torch.rand(batch, 3, h, w, generator=generator)
+        layers.append(c.repeat_interleave(block, 2).repeat_interleave(block, 3)[:, :, :size[0], :size[1]])
+    return (layers[0] + layers[1]) / 2
+
+
+def noise_pair(size: tuple[int, int], batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A worst case for the refiner's sparse paths: two ``(batch, 3, H, W)`` tensors in [0, 1].
+
+    ``bgr`` is a noise texture (:func:`_texture`); ``src`` is the shipped example's subject (a soft ellipse of
+    the example photo around it) in front of *another* texture of the same kind, as if the background had
+    changed completely. The network cannot explain the background, so its error map is positive over most of
+    the frame and varies from patch to patch: the patches it selects are scattered over the whole frame, not
+    clustered along the subject's outline.
+    """
+    g = torch.Generator().manual_seed(seed)
+    photo = example_pair(size, batch)[0]
+    H, W = size
+    y = (torch.arange(H, dtype=torch.float32) + 0.5) / H
+    x = (torch.arange(W, dtype=torch.float32) + 0.5) / W
+    r = ((y[:, None] - 0.55) / 0.42) ** 2 + ((x[None, :] - 0.5) / 0.22) ** 2  # an upright ellipse, radius 1
+    pha = ((1.0 - r.sqrt()) * min(H, W) / 8.0).clamp(0, 1)  # a soft edge a few pixels wide
+    bgr = _texture(size, batch, g)
+    src = pha * photo + (1 - pha) * _texture(size, batch, g)
+    return src.contiguous(), bgr.contiguous()
+
+
+#: benchmark inputs by name: ``(size, batch) -> (src, bgr)``
+INPUTS: dict[str, Callable[[tuple[int, int], int], tuple[torch.Tensor, torch.Tensor]]] = {
+    "example": example_pair, "noise": noise_pair}
 
 
 def _sync(device: torch.device) -> None:
@@ -132,8 +171,8 @@ def time_runners(runs: Sequence[Callable], src: torch.Tensor, bgr: torch.Tensor,
 def run_bench(model: MattingBase, size: tuple[int, int], backends: Sequence[str], *, device: torch.device,
               precision: str = "fp32", batch: int = 1, frames: int = 10, warmup: int = 3,
               references: Mapping[str, Callable] | None = None, compare_with: torch.Tensor | None = None,
-              progress: Callable[[str], None] | None = None) -> list[BenchRow]:
-    """Time ``model`` (eval mode, on ``device``) with each of ``backends`` on the example pair at ``size``.
+              progress: Callable[[str], None] | None = None, inputs: str = "example") -> list[BenchRow]:
+    """Time ``model`` (eval mode, on ``device``) with each of ``backends`` on the ``inputs`` pair at ``size``.
 
     Args:
         references: extra implementations of the same model to time first, ``{name: callable(src, bgr)}``
@@ -142,12 +181,15 @@ def run_bench(model: MattingBase, size: tuple[int, int], backends: Sequence[str]
         compare_with: an alpha ``(B, 1, H, W)`` to compare every row with instead of the first row's (e.g. the
             fp32 reference when timing fp16).
         progress: called with a line before each configuration is measured.
+        inputs: which pair of frames (:data:`INPUTS`): ``"example"`` or ``"noise"``.
 
     Returns:
         One :class:`BenchRow` per reference and backend, in that order.
     """
+    if inputs not in INPUTS:
+        raise BgMattingError(f"unknown benchmark input '{inputs}'; use one of {', '.join(INPUTS)}")
     model = model.eval().to(device)
-    src, bgr = example_pair(size, batch)
+    src, bgr = INPUTS[inputs](size, batch)
     src, bgr = src.to(device), bgr.to(device)
     mode = model.refiner.mode if isinstance(model, MattingRefine) else "base"
     rows: list[BenchRow] = []
@@ -156,12 +198,13 @@ def run_bench(model: MattingBase, size: tuple[int, int], backends: Sequence[str]
     for name in backends:
         runners.append(make_runner(model, name, device, precision))
     if progress:
-        progress(f"{', '.join(n for n, _ in runners)}: {size[1]}x{size[0]} {precision} batch {batch}, "
+        progress(f"{', '.join(n for n, _ in runners)}: {size[1]}x{size[0]} {inputs} {precision} batch {batch}, "
                  f"{frames} interleaved rounds")
     timed = time_runners([run for _, run in runners], src, bgr, precision, frames, warmup)
     for (name, _), (ms, peak, out) in zip(runners, timed):
         refined = int(out[5].float().sum()) * 16 // batch if isinstance(model, MattingRefine) else 0
-        row = BenchRow(model.backbone_name, size, mode, precision, batch, name, ms / batch, peak, refined)
+        row = BenchRow(model.backbone_name, size, mode, precision, batch, name, ms / batch, peak, refined,
+                       input=inputs)
         pha = out[0].float()
         ref = out[5].float() if isinstance(model, MattingRefine) else None
         first = base_pha is None
@@ -180,11 +223,11 @@ def run_bench(model: MattingBase, size: tuple[int, int], backends: Sequence[str]
 
 def format_table(rows: Sequence[BenchRow]) -> str:
     """A Markdown table of ``rows``."""
-    head = ("backbone", "resolution", "mode", "precision", "batch", "backend", "refined px", "fps", "ms/frame",
-            "peak MiB", "max Δα", "Δ patches", "speed-up")
+    head = ("backbone", "resolution", "input", "mode", "precision", "batch", "backend", "refined px", "fps",
+            "ms/frame", "peak MiB", "max Δα", "Δ patches", "speed-up")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = (r.backbone, f"{r.size[1]}x{r.size[0]}", r.mode, r.precision, str(r.batch), r.backend,
+        cells = (r.backbone, f"{r.size[1]}x{r.size[0]}", r.input, r.mode, r.precision, str(r.batch), r.backend,
                  str(r.refined), f"{r.fps:.2f}", f"{r.ms:.1f}", "-" if r.peak_mb is None else f"{r.peak_mb:.0f}",
                  "(reference)" if math.isnan(r.max_diff) else f"{r.max_diff:.1e}", str(r.patches_diff),
                  "1.00x" if math.isnan(r.speedup) else f"{r.speedup:.2f}x")
@@ -194,8 +237,10 @@ def format_table(rows: Sequence[BenchRow]) -> str:
 
 def bench_model(weights: str | None, backbone: str | None, resolution: str, *, backbone_scale: float | None = None,
                 refine_mode: str | None = None, refine_sample_pixels: int | None = None,
-                refine_threshold: float | None = None) -> tuple[MattingBase, tuple[int, int]]:
-    """The model and ``(H, W)`` for a benchmark: the paper's settings for ``hd``/``4k`` unless overridden.
+                refine_threshold: float | None = None,
+                paper_settings: bool = True) -> tuple[MattingBase, tuple[int, int]]:
+    """The model and ``(H, W)`` for a benchmark: the paper's settings for ``hd``/``4k`` unless overridden, or
+    (``paper_settings=False``) the model's own (those stored with the weights, or the defaults of random ones).
 
     ``backbone`` without ``weights`` builds that architecture with random weights whose error map is positive
     everywhere (and varied: no ties), so sampling mode always refines its full ``sample_pixels`` (the worst case
@@ -205,7 +250,10 @@ def bench_model(weights: str | None, backbone: str | None, resolution: str, *, b
 
     size = parse_resolution(resolution)
     scale, pixels = RESOLUTIONS.get(resolution.strip().lower(), (None, 1 / 4, 80_000))[1:]
-    options = {"backbone_scale": backbone_scale or scale, "refine_sample_pixels": refine_sample_pixels or pixels}
+    if not paper_settings:
+        scale = pixels = None
+    options = {k: v for k, v in (("backbone_scale", backbone_scale or scale),
+                                 ("refine_sample_pixels", refine_sample_pixels or pixels)) if v}
     if refine_mode:
         options["refine_mode"] = refine_mode
     if refine_threshold is not None:
