@@ -1,5 +1,8 @@
 import os
 
+import struct
+import zlib
+
 import pytest
 import torch
 
@@ -38,17 +41,24 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def png_header_only(path, width: int, height: int, rows: int = 2) -> None:
-    """A PNG of a few hundred bytes that declares ``width`` x ``height`` but holds only ``rows`` rows of pixels."""
-    import struct
-    import zlib
-
+def rgb_png(width: int, height: int, idat: bytes, bits: int = 8) -> bytes:
+    """A ``bits``-bit RGB PNG whose header declares ``width`` x ``height``, with ``idat`` (zlib data) as its pixels."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    pixels = zlib.compress(b"".join(b"\x00" + bytes(3 * width) for _ in range(rows)), 9)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bits, 2, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG of ~70 bytes whose header declares ``width`` x ``height`` (a bomb's header, or an absurd size)."""
+    return rgb_png(width, height, zlib.compress(b"\x00" * 64))
+
+
+def png_header_only(path, width: int, height: int, rows: int = 2) -> None:
+    """A PNG of a few hundred bytes that declares ``width`` x ``height`` but holds only ``rows`` rows of pixels."""
+    rows_data = b"".join(b"\x00" + bytes(3 * width) for _ in range(rows))
+    path.write_bytes(rgb_png(width, height, zlib.compress(rows_data, 9)))
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from PIL import Image
 from bgmatting import MattingRefine
 from bgmatting.cli import build_parser
 from bgmatting.io.images import IMAGE_SUFFIXES
-from conftest import assert_one_error_line, files_below, randomize_, run_cli
+from conftest import assert_one_error_line, files_below, png_declaring, randomize_, rgb_png, run_cli
 
 
 def few(n: int):
@@ -59,24 +59,13 @@ def encode(array: np.ndarray, fmt: str, **options) -> bytes:
     return buf.getvalue()
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A PNG of ~70 bytes whose header declares ``width`` × ``height`` (a bomb's header, or an absurd size)."""
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + _chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _chunk(b"IEND", b""))
-
-
 def png_bomb(width: int, height: int) -> bytes:
     """A real decompression bomb: a complete PNG of ``width`` × ``height`` black pixels, which zlib shrinks about a
     thousandfold (9000 × 9000: 236 kB for 243 MB of pixels)."""
     z = zlib.compressobj(9)
     row = bytes(1 + 3 * width)
     data = b"".join([z.compress(row) for _ in range(height)] + [z.flush()])
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + _chunk(b"IDAT", data) + _chunk(b"IEND", b""))
+    return rgb_png(width, height, data)
 
 
 def jpeg_declaring(width: int, height: int) -> bytes:
@@ -227,8 +216,7 @@ def _rgb16_png(rgb: np.ndarray) -> bytes:
     """A 16-bit-per-channel RGB PNG (Pillow does not write them)."""
     h, w, _ = rgb.shape
     rows = b"".join(b"\x00" + (row.astype(">u2") * 257).tobytes() for row in rgb)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-            + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b""))
+    return rgb_png(w, h, zlib.compress(rows), bits=16)
 
 
 def _save_as(array: np.ndarray, path: Path, kind: str) -> None:

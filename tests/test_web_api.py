@@ -7,7 +7,6 @@ import json
 import struct
 import threading
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from starlette.websockets import WebSocketDisconnect  # noqa: E402
 from bgmatting import BgMattingError, Matter  # noqa: E402
 from bgmatting.models import MattingRefine  # noqa: E402
 from bgmatting.web import create_app  # noqa: E402
+from conftest import png_declaring  # noqa: E402
 
 MAX_PIXELS = 1_000_000
 MAX_UPLOAD_MB = 2
@@ -47,14 +47,6 @@ def make_pair(h: int = 48, w: int = 64, seed: int = 0) -> tuple[np.ndarray, np.n
     src = bgr.copy()
     src[h // 4: 3 * h // 4, w // 3: 2 * w // 3] = (230, 200, 40)
     return src, bgr
-
-
-def png_header_only(w: int, h: int) -> bytes:
-    """A PNG that declares ``w``×``h`` pixels but carries almost no data (a decompression bomb's header)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
 def decode(data: bytes) -> Image.Image:
@@ -250,8 +242,8 @@ def test_bad_source_files(client, pair, case, status, words):
         "truncated_png": lambda: png(src)[:200],
         "truncated_jpeg": lambda: jpeg(src)[:400],
         "garbage_after_signature": lambda: b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20,
-        "too_many_pixels": lambda: png_header_only(1500, 1000),       # 1.5 MP > the 1 MP limit
-        "decompression_bomb": lambda: png_header_only(40000, 40000),  # 1.6 GP declared in a few bytes
+        "too_many_pixels": lambda: png_declaring(1500, 1000),       # 1.5 MP > the 1 MP limit
+        "decompression_bomb": lambda: png_declaring(40000, 40000),  # 1.6 GP declared in a few bytes
     }[case]()
     r = post(client, data, png(bgr), output="pha")
     assert_json_error(r, status, *words)
@@ -504,7 +496,7 @@ def test_live_errors_keep_the_connection(client, pair):
         ws.send_bytes(frame_msg(3, jpeg(src)[:300]))
         assert ws.receive_json()["id"] == 3
         for fid, data, words in ((5, b"", "empty"), (6, b"GIF89a", "not a supported image"),
-                                 (7, png_header_only(50_000, 50_000), "too large"), (2 ** 32 - 1, b"\xff\xd8\xff", "")):
+                                 (7, png_declaring(50_000, 50_000), "too large"), (2 ** 32 - 1, b"\xff\xd8\xff", "")):
             ws.send_bytes(frame_msg(fid, data))
             err = receive_reply(ws)
             assert err["type"] == "error" and err["id"] == fid and words in err["message"], err
@@ -596,7 +588,7 @@ OVER = MAX_UPLOAD_MB * 2 ** 20 + 1  # one byte over the app's limit
     (b"B", "empty"),
     (b"B" + b"\x89PNG\r\n\x1a\n", "png"),
     (b"T" + b"<svg/>", "not a supported image"),
-    (b"B" + png_header_only(50_000, 50_000), "too large"),
+    (b"B" + png_declaring(50_000, 50_000), "too large"),
     (b"B" + bytes(OVER - 1), "over this server's limit"),
     (frame_msg(5, b"\xff" * (OVER - 5)), "over this server's limit"),
 ], ids=lambda v: repr(v[:40]) if isinstance(v, (str, bytes)) else None)
