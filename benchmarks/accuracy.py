@@ -38,6 +38,28 @@ EXAMPLE_CHECKS = (
 )
 
 
+# The six people in the example frame: (description, rows, cols) of a box around each. A person's pixels are those
+# of the box where source and plate differ (colour distance > KEY_DISTANCE; the camera is static and the plate a
+# temporal median, so the difference outlines the people well); ``example_people`` gives the mean alpha there.
+EXAMPLE_PEOPLE = (
+    ("person in red far on the left", slice(178, 255), slice(232, 260)),
+    ("man on the path at the top", slice(210, 311), slice(500, 537)),
+    ("man in black on the right of the path", slice(231, 312), slice(669, 704)),
+    ("man in black in the middle", slice(272, 374), slice(614, 652)),
+    ("man at the right edge", slice(323, 447), slice(713, 768)),
+    ("the two people at the bottom", slice(423, 576), slice(516, 613)),
+)
+KEY_DISTANCE = 0.15
+
+
+def example_people(matter) -> list[tuple[str, float]]:
+    """``(description, mean alpha over the person's pixels)`` for each of :data:`EXAMPLE_PEOPLE`."""
+    src, bgr = read_image(EXAMPLES / "src.jpg"), read_image(EXAMPLES / "bgr.jpg")
+    pha = matter(src, bgr).pha
+    person = np.sqrt(((src - bgr) ** 2).sum(axis=2)) > KEY_DISTANCE
+    return [(name, float(pha[rows, cols][person[rows, cols]].mean())) for name, rows, cols in EXAMPLE_PEOPLE]
+
+
 def example_checks(matter) -> list[tuple[str, float, float, bool]]:
     """``(description, value, bound, passed)`` for each of :data:`EXAMPLE_CHECKS` on the example pair."""
     pha = matter(read_image(EXAMPLES / "src.jpg"), read_image(EXAMPLES / "bgr.jpg")).pha

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from bgmatting.data import datasets
 from bgmatting.data.augment import BackgroundAugment, PairAugment
 from bgmatting.data.datasets import (
+    composite_subjects,
     BackgroundImageDataset,
     BackgroundVideoDataset,
     ImageMatteDataset,
@@ -305,6 +306,30 @@ def test_sample_dataset_seeded_is_reproducible(pair_sets):
     ids7 = [_bgr_id(MattingSampleDataset(*pair_sets, seed=7)[i]) for i in range(4)]
     ids8 = [_bgr_id(MattingSampleDataset(*pair_sets, seed=8)[i]) for i in range(4)]
     assert ids7 != ids8  # the seed matters
+
+
+def test_composite_subjects_equals_compositing_one_then_the_other():
+    g = torch.Generator().manual_seed(0)
+    f1, f2, bgr = (torch.rand(3, 6, 6, generator=g) for _ in range(3))
+    a1, a2 = (torch.rand(1, 6, 6, generator=g) for _ in range(2))
+    a1[:, :2] = 0  # neither subject there: any fgr is fine
+    a2[:, :2] = 0
+    fgr, pha = composite_subjects(f1, a1, f2, a2)
+    both = a2 * f2 + (1 - a2) * (a1 * f1 + (1 - a1) * bgr)
+    assert torch.allclose(pha * fgr + (1 - pha) * bgr, both, atol=1e-5)
+    assert torch.equal(pha[:, :2], torch.zeros_like(pha[:, :2]))
+    with pytest.raises(ValueError, match="differ in size"):
+        composite_subjects(f1, a1, f2[:, :3], a2[:, :3])
+
+
+def test_sample_dataset_adds_a_second_subject(pair_sets):
+    mattes, backgrounds = pair_sets
+    plain = MattingSampleDataset(mattes, backgrounds, seed=7)
+    extra = MattingSampleDataset(mattes, backgrounds, seed=7, extra_p=1.0)
+    never = MattingSampleDataset(mattes, backgrounds, seed=7, extra_p=0.0)
+    a, b, c = plain[0], extra[0], never[0]
+    assert torch.equal(a["pha"], c["pha"])
+    assert (b["pha"] >= a["pha"] - 1e-6).all() and not torch.equal(a["pha"], b["pha"])
 
 
 def test_sample_dataset_unseeded_uses_global_rng(pair_sets):

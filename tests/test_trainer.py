@@ -93,6 +93,10 @@ def test_config_file_roundtrip_and_overrides(corpus, tmp_path):
     ({"misalign_p": 1.5}, "misalign_p"),
     ({"compress_p": "often"}, "compress_p"),
     ({"perspective": 0.5}, "perspective"),
+    ({"extra_subject_p": 2}, "extra_subject_p"),
+    ({"extra_subject_scale": [0.3]}, "extra_subject_scale"),
+    ({"stage": "refine", "backbone_scales": [0.25, 0.3]}, "backbone_scales"),
+    ({"stage": "refine", "backbone_scales": [0]}, "backbone_scales"),
 ])
 def test_config_errors(corpus, tmp_path, bad, message):
     with pytest.raises(BgMattingError, match=message):
@@ -194,6 +198,33 @@ def test_fgr_scale_shrinks_the_subjects(corpus):
 
     full, small = mean_alpha([1.0, 1.0]), mean_alpha([0.25, 0.25])
     assert 0 < small < 0.3 * full  # a quarter of the size: about a sixteenth of the area
+
+
+def test_extra_subjects_add_alpha(corpus):
+    def mean_alpha(p):
+        cfg = tiny(corpus, corpus / "unused", extra_subject_p=p, batch_size=6).resolved()
+        torch.manual_seed(0)
+        loader = trainer_module._build_data(cfg, trainer_module._Dist(), torch.device("cpu"))[0]
+        return float(next(iter(loader))["pha"].mean())
+
+    assert mean_alpha(1.0) > mean_alpha(0.0) > 0
+
+
+def test_refine_stage_trains_at_each_backbone_scale(corpus, tmp_path, monkeypatch):
+    seen = []
+    real = trainer_module._train_step
+
+    def spy(model, *args):
+        seen.append(trainer_module._unwrap(model).backbone_scale)
+        return real(model, *args)
+
+    monkeypatch.setattr(trainer_module, "_train_step", spy)
+    ckpt = train(tiny(corpus, tmp_path / "r", stage="refine", size=64, steps=8, refine_sample_pixels=256,
+                      backbone_scale=0.5, backbone_scales=[0.25, 0.5]))
+    assert set(seen) == {0.25, 0.5}
+    assert load_checkpoint(ckpt)["model_config"]["backbone_scale"] == 0.5  # the configured scale is what ships
+    rows = read_metrics(tmp_path / "r")
+    assert all(r["height"] % 16 == 0 and r["width"] % 16 == 0 for r in rows.values())  # 4 / (1/4)
 
 
 def test_training_perturbations_reach_the_pairs(corpus):

@@ -441,6 +441,10 @@ class MattingSampleDataset(Dataset):
         background_dataset: a dataset of ``{"bgr"}`` samples (e.g. :class:`BackgroundImageDataset`).
         transform_pair: ``transform_pair(fgr, pha) -> (fgr, pha)``, shared geometry for the pair.
         transform_bgr: ``transform_bgr(bgr) -> bgr``, drawn independently of the pair's.
+        extra_p: probability that a second subject, a randomly chosen matte of ``matte_dataset`` put through
+            ``transform_extra`` (which must give the same size as ``transform_pair``), is composited over the
+            first: ``pha = a2 + (1 - a2) a1``, ``fgr`` the alpha-weighted mix. Scenes with several people.
+        transform_extra: the second subject's geometry (default ``transform_pair``).
         seed: ``None`` draws the background and the transforms' randomness from torch's global RNG (use it
             for training: each epoch sees new pairings; DataLoader workers are seeded apart by torch). An int
             makes sample ``i`` a pure function of ``(seed, i)`` — the same background and the same random
@@ -462,9 +466,13 @@ class MattingSampleDataset(Dataset):
         transform_pair: PairTransform | None = None,
         transform_bgr: ImageTransform | None = None,
         seed: int | None = None,
+        extra_p: float = 0.0,
+        transform_extra: PairTransform | None = None,
     ) -> None:
         if len(background_dataset) == 0:  # type: ignore[arg-type]
             raise BgMattingError("the background dataset is empty")
+        self.extra_p = extra_p
+        self.transform_extra = transform_extra if transform_extra is not None else transform_pair
         self.matte_dataset = matte_dataset
         self.background_dataset = background_dataset
         self.transform_pair = transform_pair
@@ -489,6 +497,28 @@ class MattingSampleDataset(Dataset):
         bgr = background["bgr"] if isinstance(background, dict) else background
         if self.transform_pair is not None:
             fgr, pha = self.transform_pair(fgr, pha)
+        if self.extra_p > 0 and float(torch.rand(())) < self.extra_p:
+            k = int(torch.randint(len(self.matte_dataset), ()).item())  # type: ignore[arg-type]
+            other = self.matte_dataset[k]
+            fgr2, pha2 = other["fgr"], other["pha"]
+            if self.transform_extra is not None:
+                fgr2, pha2 = self.transform_extra(fgr2, pha2)
+            fgr, pha = composite_subjects(fgr, pha, fgr2, pha2)
         if self.transform_bgr is not None:
             bgr = self.transform_bgr(bgr)
         return {"fgr": fgr, "pha": pha, "bgr": bgr}
+
+
+def composite_subjects(fgr: Tensor, pha: Tensor, fgr2: Tensor, pha2: Tensor) -> tuple[Tensor, Tensor]:
+    """Subject 2 ``(fgr2, pha2)`` in front of subject 1: the foreground and alpha of both as one layer.
+
+    ``pha = a2 + (1 - a2) a1``; ``fgr = (a2 f2 + (1 - a2) a1 f1) / pha`` where ``pha > 0`` (else ``f1``), so that
+    compositing the result over any background equals compositing subject 1, then subject 2.
+    """
+    if fgr.shape != fgr2.shape or pha.shape != pha2.shape:
+        raise ValueError(f"the subjects differ in size: {tuple(fgr.shape)} and {tuple(fgr2.shape)}")
+    a1, a2 = pha, pha2
+    out_pha = a2 + (1 - a2) * a1
+    num = a2 * fgr2 + (1 - a2) * a1 * fgr
+    out_fgr = torch.where(out_pha > 1e-6, num / out_pha.clamp_min(1e-6), fgr)
+    return out_fgr.clamp(0, 1), out_pha.clamp(0, 1)

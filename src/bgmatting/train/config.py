@@ -57,6 +57,9 @@ class TrainConfig:
         backbone: ``"mobilenetv2"``, ``"resnet50"`` or ``"resnet101"``.
         backbone_scale, refine_mode, refine_sample_pixels, refine_threshold, refine_kernel_size: the
             ``MattingRefine`` options (refine stage only; the paper trains in ``"sampling"`` mode).
+        backbone_scales: refine stage: each step draws its backbone scale from this list (empty: always
+            ``backbone_scale``, which the exported weights keep as their setting). Training at several scales
+            keeps the model working on subjects of every size in the base network's pixels.
 
     Data (folders; every list may hold several roots, their samples are concatenated):
         data_root: a corpus laid out as ``<root>/{train,valid}/{fgr,pha,backgrounds}`` (what ``bgmatting data
@@ -77,6 +80,9 @@ class TrainConfig:
         valid_size: side of the validation samples (= ``size``).
         fgr_scale: ``[min, max]`` zoom of the foreground's random affine (``PairAugment``'s ``scale``); the paper's
             ``[0.4, 1.0]`` never shows small subjects, a lower ``min`` teaches people far from the camera too.
+        extra_subject_p: probability that a second subject (another matte of the set, zoomed by
+            ``extra_subject_scale`` and placed anywhere) is composited over the first: scenes with several
+            people, most of them small (0: never).
 
     Perturbations of the training pairs (:func:`bgmatting.data.perturb.make_pair`; validation always uses BGMv2's):
         shadow_p, noise_p, colour_p, misalign_p: per-sample probabilities (BGMv2's 0.3, 0.4, 0.8, 0.3).
@@ -128,6 +134,8 @@ class TrainConfig:
     crop_max: int | None = None
     valid_size: int | None = None
     fgr_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
+    extra_subject_p: float = 0.0
+    extra_subject_scale: list[float] = field(default_factory=lambda: [0.1, 0.45])
     shadow_p: float = 0.3
     noise_p: float = 0.4
     colour_p: float = 0.8
@@ -139,6 +147,7 @@ class TrainConfig:
     motion_blur_p: float = 0.0
     # model (refine stage)
     backbone_scale: float = 0.25
+    backbone_scales: list[float] = field(default_factory=list)
     refine_mode: str = "sampling"
     refine_sample_pixels: int = 80_000
     refine_threshold: float = 0.1
@@ -244,7 +253,11 @@ class TrainConfig:
         """Crop sides are multiples of this: 4 (base) or ``4 / backbone_scale`` (refine)."""
         if self.stage == "base":
             return 4
-        return round(4 / self.backbone_scale)
+        return max(round(4 / s) for s in self.refine_scales())
+
+    def refine_scales(self) -> list[float]:
+        """The backbone scales the refine stage trains at (``backbone_scales`` or ``[backbone_scale]``)."""
+        return list(self.backbone_scales) or [self.backbone_scale]
 
     def crop_sizes(self) -> list[tuple[int, int]]:
         """All ``(H, W)`` candidates of the per-batch random crop (of a resolved config)."""
@@ -284,6 +297,12 @@ class TrainConfig:
             raise BgMattingError(f"backbone_scale must be in (0, 1/2], got {self.backbone_scale}")
         if self.stage == "refine" and abs(4 / self.backbone_scale - round(4 / self.backbone_scale)) > 1e-6:
             raise BgMattingError(f"backbone_scale must divide 4 evenly (1/4, 1/8, 1/2, ...), got {self.backbone_scale}")
+        bs = self.backbone_scales
+        if not isinstance(bs, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 0.5
+                and abs(4 / v - round(4 / v)) < 1e-6 for v in bs):
+            raise BgMattingError(f"backbone_scales must be a list of scales in (0, 1/2] that divide 4 evenly "
+                                 f"(1/4, 1/8, 1/2, ...), not {bs!r}")
         if self.refine_kernel_size not in (1, 3):
             raise BgMattingError(f"refine_kernel_size must be 1 or 3, not {self.refine_kernel_size}")
         if self.crop_min > self.crop_max:
@@ -297,10 +316,15 @@ class TrainConfig:
                                  f"multiple of {m}; widen the range")
         if self.stage == "refine" and self.valid_size % m:
             raise BgMattingError(f"valid_size ({self.valid_size}) must be a multiple of {m} in the refine stage")
-        fs = self.fgr_scale
-        if (not isinstance(fs, (list, tuple)) or len(fs) != 2 or not all(isinstance(v, (int, float)) for v in fs)
-                or not 0 < fs[0] <= fs[1]):
-            raise BgMattingError(f"fgr_scale must be [min, max] with 0 < min <= max, not {fs!r}")
+        for name in ("fgr_scale", "extra_subject_scale"):
+            fs = getattr(self, name)
+            if (not isinstance(fs, (list, tuple)) or len(fs) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in fs)
+                    or not 0 < fs[0] <= fs[1]):
+                raise BgMattingError(f"{name} must be [min, max] with 0 < min <= max, not {fs!r}")
+        p = self.extra_subject_p
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 1:
+            raise BgMattingError(f"extra_subject_p must be a probability in [0, 1], not {p!r}")
         for name in PERTURBATIONS:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:

@@ -233,8 +233,12 @@ class _ResumableSampler(Sampler):
 def _build_data(cfg: TrainConfig, d: _Dist, device: torch.device):
     matte = _matte_dataset(cfg.matte_roots, cfg.matte_kind, None, valid=False)
     bgr = _background_dataset(cfg.background_roots, cfg.background_kind, None)
+    extra = None
+    if cfg.extra_subject_p > 0:  # anywhere in the frame, mostly small
+        extra = PairAugment(cfg.size, scale=tuple(cfg.extra_subject_scale), translate=(0.45, 0.45))
     samples = _EpochSeeded(MattingSampleDataset(matte, bgr, PairAugment(cfg.size, scale=tuple(cfg.fgr_scale)),
-                                                BackgroundAugment(cfg.size)),
+                                                BackgroundAugment(cfg.size), extra_p=cfg.extra_subject_p,
+                                                transform_extra=extra),
                            cfg.seed)
     sampler = _ResumableSampler(samples, d, cfg.seed)
     steps_per_epoch = len(sampler.inner) // cfg.batch_size
@@ -605,6 +609,7 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device) -> Path:
 
     loader, sampler, steps_per_epoch, valid_loader = _build_data(cfg, d, device)
     crop_sizes = cfg.crop_sizes()
+    scales = cfg.refine_scales() if cfg.stage == "refine" else []
     logger = _Logger(out_dir, d, cfg.tensorboard)
     path = resume_from
     if step >= cfg.steps:
@@ -627,7 +632,11 @@ def _run(cfg: TrainConfig, d: _Dist, device: torch.device) -> Path:
                 seed = _derive_seed(cfg.seed, _TAG_STEP, step, d.rank)
                 torch.manual_seed(seed)  # dropout: a function of (seed, step, rank), like everything else
                 src, bgr, fgr, pha = _make_inputs(batch, seed, device, crop_sizes, cfg)
+                if len(scales) > 1:  # drawn from the step's seed: resuming repeats it
+                    _unwrap(model).backbone_scale = scales[seed % len(scales)]
                 terms = _train_step(model, optimizer, scaler, cfg.stage, src, bgr, fgr, pha, amp, device)
+                if len(scales) > 1:  # checkpoints, validation and export keep the configured scale
+                    _unwrap(model).backbone_scale = cfg.backbone_scale
                 bar.update(1)
                 if deadline is not None and step % cfg.log_every == 0:
                     out_of_time = _all_agree(time.perf_counter() >= deadline, d, device)
