@@ -129,6 +129,9 @@ def test_camera_errors(tmp_path):
         run(57, StubMatter, display=False)
     with pytest.raises(BgMattingError, match="neither a camera index"):
         run(tmp_path / "missing.mp4", StubMatter, display=False)
+    for huge in ("9" * 50, "10000", 2 ** 40, -1):  # OpenCV's VideoCapture raised a TypeError for the first
+        with pytest.raises(BgMattingError, match="out of range"):
+            run(huge, StubMatter, display=False)
     (tmp_path / "text.avi").write_text("not a video")
     with pytest.raises(BgMattingError, match="cannot read|gave no frame"):
         run(tmp_path / "text.avi", StubMatter, display=False)

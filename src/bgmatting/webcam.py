@@ -39,13 +39,17 @@ def _cv2():
 
 # --------------------------------------------------------------------------------------------- arguments
 
+MAX_CAMERA_INDEX = 9999
+
+
 def parse_camera(spec: str | int | os.PathLike) -> int | Path:
     """``--camera``: a camera index (``0``, ``1``, …) or a video file used as a camera."""
-    if isinstance(spec, int):
-        return spec
     text = str(spec).strip()
-    if text.isdigit():
-        return int(text)
+    if isinstance(spec, int) or (text.isascii() and text.isdigit()):
+        index = int(text)
+        if not 0 <= index <= MAX_CAMERA_INDEX:  # OpenCV takes a C int; larger values fail inside VideoCapture
+            raise BgMattingError(f"camera index {index} is out of range (0 to {MAX_CAMERA_INDEX})")
+        return index
     path = Path(text)
     if not path.is_file():
         raise BgMattingError(f"camera '{text}' is neither a camera index (0, 1, ...) nor an existing video file")
