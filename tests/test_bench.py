@@ -14,7 +14,8 @@ def test_parse_resolution():
     assert parse_resolution("hd") == (1080, 1920)
     assert parse_resolution("4K") == (2160, 3840)
     assert parse_resolution("1280x720") == (720, 1280)
-    for bad in ("720p", "1281x720", "16x16"):
+    assert parse_resolution("7680x4320") == (4320, 7680)
+    for bad in ("720p", "1281x720", "16x16", "100000x100000", "8192x8192"):
         with pytest.raises(BgMattingError):
             parse_resolution(bad)
 

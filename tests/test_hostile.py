@@ -307,6 +307,7 @@ def test_the_flag_list_is_found_by_introspection():
     for expected in [("matte", "--max-pixels"), ("matte", "--workers"), ("video", "--fps"), ("video", "--crf"),
                      ("video", "--max-pixels"), ("plate", "--frames"), ("plate", "--max-pixels"),
                      ("serve", "--port"), ("serve", "--max-upload-mb"), ("bench", "--warmup"),
+                     ("bench", "--resolution"),
                      ("export", "--example-size"), ("export", "--opset")]:
         assert expected in found
     assert len(found) >= 30

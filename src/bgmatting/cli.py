@@ -66,6 +66,18 @@ _positive = _int_at_least(1)
 _non_negative = _int_at_least(0)
 
 
+def _resolutions(text: str) -> str:
+    """``bench --resolution``: each comma-separated entry checked at parse time; the text itself is kept."""
+    from .bench import parse_resolution
+
+    try:
+        for entry in text.split(","):
+            parse_resolution(entry)
+    except BgMattingError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _max_pixels(text: str) -> int | None:
     """``--max-pixels``: a positive number of pixels, or 0 for no limit (``None``)."""
     value = _non_negative(text)
@@ -521,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--refine-sample-pixels", type=_int_at_least(16, " (one 4x4 patch)"), metavar="N",
                    help="default: 80000 for hd, 320000 for 4k")
     g.add_argument("--refine-threshold", type=_finite, metavar="T")
-    p.add_argument("--resolution", default="hd", help="comma-separated: hd, 4k or WxH (default hd)")
+    p.add_argument("--resolution", default="hd", type=_resolutions, help="comma-separated: hd, 4k or WxH (default hd)")
     p.add_argument("--backend", help="comma-separated backends, the reference first (default: reference, eager, "
                                      "and onnxruntime on the CPU or graph on CUDA)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
