@@ -278,15 +278,24 @@ FLAG_COMMANDS = {  # argv that parses, then stops at a missing file before any w
     "serve": ["serve", "--port", "0", "--weights", "{tmp}/missing.safetensors"],
     "bench": ["bench", "--weights", "{tmp}/missing.safetensors", "--device", "cpu"],
     "export": ["export", "--format", "onnx", "-o", "{tmp}/out.onnx", "--weights", "{tmp}/missing.safetensors"],
+    "eval": ["eval", "--data", "{tmp}/missing", "--weights", "{tmp}/missing.safetensors"],
+    "webcam": ["webcam", "--camera", "{tmp}/missing.mp4", "--no-display", "--weights", "{tmp}/missing.safetensors"],
+    "data prepare": ["data", "prepare", "--out", "{tmp}/out", "--cache", "{tmp}/cache", "--sources", "nosuch"],
+    "data heldout": ["data", "heldout", "--corpus", "{tmp}/missing", "--out", "{tmp}/out"],
 }
 
 
 def numeric_flags() -> list[tuple[str, str, argparse.Action]]:
     """``(command, flag, action)`` of every flag of the commands above that converts its value (a number, a size, a
     port...), found in the parser itself, so that a flag added later is covered."""
-    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    def parser_of(command: str) -> argparse.ArgumentParser:
+        parser = build_parser()
+        for word in command.split():  # "data prepare": a subcommand of a subcommand
+            parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+        return parser
+
     return [(command, action.option_strings[-1], action) for command in FLAG_COMMANDS
-            for action in subparsers.choices[command]._actions if action.type is not None and action.option_strings]
+            for action in parser_of(command)._actions if action.type is not None and action.option_strings]
 
 
 NUMERIC_FLAGS = numeric_flags()
@@ -307,7 +316,8 @@ def test_the_flag_list_is_found_by_introspection():
     for expected in [("matte", "--max-pixels"), ("matte", "--workers"), ("video", "--fps"), ("video", "--crf"),
                      ("video", "--max-pixels"), ("plate", "--frames"), ("plate", "--max-pixels"),
                      ("serve", "--port"), ("serve", "--max-upload-mb"), ("bench", "--warmup"),
-                     ("bench", "--resolution"),
+                     ("bench", "--resolution"), ("eval", "--seed"), ("webcam", "--max-frames"),
+                     ("data prepare", "--max-side"), ("data prepare", "--threads"), ("data heldout", "--cases"),
                      ("export", "--example-size"), ("export", "--opset")]:
         assert expected in found
     assert len(found) >= 30
