@@ -355,7 +355,8 @@ VALUES = st.one_of(st.sampled_from(["0", "-0", "-1", "1", "1/4", "1/64", "0.5", 
 @pytest.mark.parametrize("value", ["\x1e", "1\n2", "\r", "\x1b[31m", "\u2028"])
 def test_control_characters_in_echoed_values_stay_on_one_line(tmp_path, capsys, value):
     """A flag value or a file name holding a line break or an escape is echoed escaped: still one error line."""
-    code, _, err = run_cli(capsys, "matte", "a.png", "--bgr", "b.png", "-o", tmp_path / "o", f"--mask-threshold={value}")
+    code, _, err = run_cli(capsys, "matte", "a.png", "--bgr", "b.png", "-o", tmp_path / "o",
+                           f"--mask-threshold={value}")
     assert code == 2
     assert_one_error_line(err, "--mask-threshold")
     code, _, err = run_cli(capsys, "matte", f"{value}.png", "--bgr", "b.png", "-o", tmp_path / "o")

@@ -25,11 +25,11 @@ import torch.nn.functional as F
 
 from .backends import make_runner
 from .errors import BgMattingError
+from .io.images import check_pixels
 from .models import MattingBase, MattingRefine
 from .pipeline import PRECISIONS, to_tensor
 
 #: named resolutions and the paper's settings for them: (H, W), backbone_scale, refine_sample_pixels
-MAX_BENCH_PIXELS = 40_000_000  # 8K (33 MP) fits; the same cap as images (io.images.DEFAULT_MAX_PIXELS)
 RESOLUTIONS = {"hd": ((1080, 1920), 1 / 4, 80_000), "4k": ((2160, 3840), 1 / 8, 320_000)}
 
 
@@ -69,9 +69,7 @@ def parse_resolution(text: str) -> tuple[int, int]:
         raise BgMattingError(f"'{text}' is not a resolution; use hd, 4k or WIDTHxHEIGHT (e.g. 1280x720)") from None
     if w < 32 or h < 32 or w % 4 or h % 4:
         raise BgMattingError(f"resolution {w}x{h}: width and height must be at least 32 and multiples of 4")
-    if w * h > MAX_BENCH_PIXELS:
-        raise BgMattingError(f"resolution {w}x{h} is {w * h / 1e6:.0f} MP; the benchmark allows at most "
-                             f"{MAX_BENCH_PIXELS / 1e6:.0f} MP")
+    check_pixels((h, w), "the benchmark frame", hint="use a smaller --resolution")  # images' cap: 8K fits
     return h, w
 
 

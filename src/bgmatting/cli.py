@@ -13,7 +13,7 @@ from .errors import BgMattingError
 from .names import BACKENDS, MAX_BATCH, MAX_PLATE_FRAMES, MAX_WORKERS
 
 
-def printable(message: str) -> str:
+def _printable(message: str) -> str:
     """``message`` with control and other unprintable characters (an echoed flag value holding a record separator or
     a newline) written as escapes, so that an error stays one line on the terminal."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
@@ -22,7 +22,7 @@ def printable(message: str) -> str:
 def _error_line(prog: str, message: str) -> str:
     """``bgmatting: error: [command: ]message``: usage errors read like every other error."""
     root, _, command = prog.partition(" ")
-    return f"{root}: error: {command + ': ' if command else ''}{printable(message)}\n"
+    return f"{root}: error: {command + ': ' if command else ''}{_printable(message)}\n"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -609,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         with terminate_as_interrupt():  # SIGTERM cleans up as Ctrl-C does
             return args.func(args)
     except BgMattingError as e:
-        print(f"bgmatting: error: {printable(e)}", file=sys.stderr)
+        print(_error_line(parser.prog, str(e)), end="", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         what = "terminated" if isinstance(e, Terminated) else "interrupted"
