@@ -51,10 +51,13 @@ class StubMatter:
     def __init__(self, fail_at: int | None = None, exc: type[BaseException] = KeyboardInterrupt, delay: float = 0.0):
         self.batches: list[int] = []
         self.fail_at, self.exc, self.delay = fail_at, exc, delay
+        self.calls, self.calls_lock = 0, threading.Lock()  # counted under a lock: parallel workers share the stub
 
     def forward_tensors(self, src, bgr):
         assert src.shape == bgr.shape and src.dtype == torch.float32 and 0 <= src.min() and src.max() <= 1
-        if self.fail_at is not None and len(self.batches) == self.fail_at:
+        with self.calls_lock:
+            call, self.calls = self.calls, self.calls + 1
+        if call == self.fail_at:  # exactly one call fails, however the workers interleave
             raise self.exc()
         time.sleep(self.delay)
         self.batches.append(src.shape[0])
