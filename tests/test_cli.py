@@ -471,6 +471,14 @@ def test_an_ignored_alpha_channel_is_a_one_line_warning(tmp_path, weights, capsy
                    "stored under transparent pixels are used as they are\n")
 
 
+def test_a_warning_naming_a_file_with_a_newline_stays_one_line(tmp_path, weights, capsys):
+    src, bgr = tmp_path / "two\nlines.png", _img(tmp_path / "b.png", seed=1)
+    Image.open(_img(tmp_path / "rgb.png")).convert("RGBA").save(src)
+    assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "out", "--weights", weights, "-q") == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("bgmatting: warning: ") and "two\\nlines.png" in err, err
+
+
 def test_models_lists_the_zoo_without_pytorch():
     code = "import sys; from bgmatting.cli import main; main(['models']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -581,7 +581,7 @@ def _src_after_bgr(args) -> str | None:
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"bgmatting: warning: {message}", file=sys.stderr if file is None else file)
+    print(f"bgmatting: warning: {_printable(message)}", file=sys.stderr if file is None else file)
 
 
 def main(argv: list[str] | None = None) -> int:
