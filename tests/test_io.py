@@ -28,6 +28,18 @@ def test_roundtrip_8_and_16_bit(tmp_path):
     assert read_image(tmp_path / "g16.png", mode="RGB").shape == (5, 7, 3)
 
 
+@pytest.mark.parametrize("scale", [1.0, 255.0, 65535.0])
+def test_a_32_bit_float_tiff_is_read_in_its_range(tmp_path, scale):
+    want = np.array([[0, 0.25, 0.5, 1.0]], np.float32)  # whole numbers at 255 and 65535: 8/16-bit values as floats
+    Image.fromarray(np.round(want * scale) if scale > 1 else want, mode="F").save(tmp_path / "f.tif")
+    got = read_image(tmp_path / "f.tif", mode="L")
+    assert got.dtype == np.float32 and np.abs(got - want).max() <= 0.6 / 255
+    hdr = np.array([[0.5, 1.5, 3.25, np.nan, np.inf, -np.inf]], np.float32)  # not whole numbers: highlights clip
+    Image.fromarray(hdr, mode="F").save(tmp_path / "hdr.tif")
+    assert np.array_equal(read_image(tmp_path / "hdr.tif", mode="L"), [[0.5, 1, 1, 0, 1, 0]])
+    assert read_image(tmp_path / "f.tif", mode="RGB").shape == (1, 4, 3)
+
+
 def test_exif_orientation_is_applied(tmp_path):
     img = Image.new("RGB", (24, 16), (255, 0, 0))
     img.paste((0, 0, 255), (0, 0, 8, 8))  # a blue block at the top-left

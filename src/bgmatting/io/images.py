@@ -65,11 +65,21 @@ def _to_float(img: Image.Image, mode: str) -> np.ndarray:
             arr = np.concatenate([arr, np.ones_like(arr[..., :1])], axis=2)
         return arr
     if img.mode == "F":
-        arr = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+        arr = _float_pixels(np.asarray(img, dtype=np.float32))
         return arr if mode == "L" else np.repeat(arr[..., None], _MODES[mode], axis=2)
     if img.mode == "P":
         img = img.convert("RGBA")  # palette images, possibly with a transparent colour
     return np.asarray(img.convert(mode), dtype=np.float32) / 255.0
+
+
+def _float_pixels(arr: np.ndarray) -> np.ndarray:
+    """A floating-point image in ``[0, 1]``. Whole numbers above 1 are 8-bit (or, above 255, 16-bit) values stored
+    as floats, and are scaled; other values above 1 (HDR highlights) are clipped; NaN reads as 0, +-inf as 1/0."""
+    arr = np.nan_to_num(arr, nan=0.0, posinf=1.0, neginf=0.0)
+    top = float(arr.max(initial=0.0))
+    if top > 1.0 and np.array_equal(arr, np.round(arr)):
+        arr = arr / (255.0 if top <= 255.0 else 65535.0)
+    return np.clip(arr, 0.0, 1.0)
 
 
 class ImageTooLargeError(BgMattingError):
@@ -154,7 +164,7 @@ def read_image(path: str | os.PathLike, mode: str = "RGB", *, max_pixels: int | 
     """Read an image file as ``float32`` in ``[0, 1]``, with its EXIF orientation applied.
 
     Args:
-        path: an image file (PNG, JPEG, WebP, BMP, TIFF; 8 or 16 bit).
+        path: an image file (PNG, JPEG, WebP, BMP, TIFF; 8 or 16 bit, or 32-bit float gray: see ``_float_pixels``).
         mode: ``"RGB"`` → ``(H, W, 3)``, ``"L"`` → ``(H, W)`` gray, ``"RGBA"`` → ``(H, W, 4)``. An alpha channel
             read as ``"RGB"`` or ``"L"`` is ignored, with a warning.
         max_pixels: refuse images that declare more pixels than this, before decoding them (``None``: no limit;
