@@ -40,6 +40,20 @@ def test_a_32_bit_float_tiff_is_read_in_its_range(tmp_path, scale):
     assert read_image(tmp_path / "f.tif", mode="RGB").shape == (1, 4, 3)
 
 
+def test_a_damaged_lzw_tiff_is_one_error_without_libtiff_printing(tmp_path, capfd):
+    rgb = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "ok.tif", compression="tiff_lzw")
+    data = bytearray((tmp_path / "ok.tif").read_bytes())
+    for i in range(200, 2000, 37):  # flip bytes of the LZW strip: codes that are not in the table yet
+        data[i] ^= 0xFF
+    (tmp_path / "bad.tif").write_bytes(bytes(data))
+    capfd.readouterr()
+    with pytest.raises(BgMattingError, match="bad.tif' is corrupt"):
+        read_image(tmp_path / "bad.tif")
+    out, err = capfd.readouterr()  # libtiff writes to the file descriptor itself, past Python's sys.stderr
+    assert out == err == ""
+
+
 def test_exif_orientation_is_applied(tmp_path):
     img = Image.new("RGB", (24, 16), (255, 0, 0))
     img.paste((0, 0, 255), (0, 0, 8, 8))  # a blue block at the top-left

@@ -7,6 +7,8 @@ interrupted run never leaves a half-written file.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import io
 import os
 import struct
@@ -29,6 +31,32 @@ DEFAULT_MAX_PIXELS = 40_000_000
 own guard, twice ``PIL.Image.MAX_IMAGE_PIXELS``, stays)."""
 
 _RAISE_HINT = "raise the limit with --max-pixels N (in Python: max_pixels=N)"
+
+
+@functools.cache
+def _quiet_libtiff() -> bool:
+    """Stop the libtiff inside Pillow from printing its own warnings and errors on stderr ("tempfile.tif: Using code
+    not yet in table." for a damaged LZW strip, unknown-tag notices): a failed decode still raises in Pillow and
+    becomes our one-line error, and a file that decodes needs no notice. Whether the handlers were found (Linux)."""
+    from PIL import _imaging  # noqa: F401  (loads Pillow's libtiff)
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/libtiff" in line}
+    except OSError:
+        return False
+    quieted = False
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+            for name in ("TIFFSetWarningHandler", "TIFFSetErrorHandler"):
+                setter = getattr(lib, name)
+                setter.restype, setter.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+                setter(None)
+            quieted = True
+        except (OSError, AttributeError):
+            continue
+    return quieted
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
@@ -138,6 +166,8 @@ def _decode(fp, name: str, mode: str, max_pixels: int | None, formats: list[str]
             # Pillow warns from MAX_IMAGE_PIXELS on; our limit decides instead (Pillow's error at twice it stays)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(fp, formats=formats) as img:
+                if img.format == "TIFF":
+                    _quiet_libtiff()
                 w, h = img.size
                 check_pixels((h, w), name, max_pixels, hint)  # from the header, before any pixel is decoded
                 img.load()
