@@ -97,7 +97,8 @@ def test_base_backend_on_cuda():
 
 
 def test_mixed_precision_training_steps_on_cuda(tmp_path):
-    from bgmatting.train.trainer import load_checkpoint, train
+    from bgmatting.train.checkpoints import load_checkpoint
+    from bgmatting.train.trainer import train
     from test_trainer import make_corpus, read_metrics, tiny
 
     root = make_corpus(tmp_path / "corpus", side=64)

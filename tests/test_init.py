@@ -13,7 +13,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from bgmatting.errors import BgMattingError
 from bgmatting.models import MattingBase, MattingRefine
-from bgmatting.train.init import MODNET_CONVS, convs_from_onnx, load_init, map_init_name, modnet_backbone
+from bgmatting.train.initial_weights import MODNET_CONVS, convs_from_onnx, load_init, map_init_name, modnet_backbone
 
 
 def randomized(net: nn.Module, seed: int = 0) -> nn.Module:

@@ -14,8 +14,12 @@ from PIL import Image
 
 from bgmatting.errors import BgMattingError
 from bgmatting.train import trainer as trainer_module
+from bgmatting.train.checkpoints import export_weights, latest_checkpoint, load_checkpoint
 from bgmatting.train.config import TrainConfig, parse_overrides, to_toml
-from bgmatting.train.trainer import export_weights, latest_checkpoint, load_checkpoint, train
+from bgmatting.train.distributed import Dist, unwrap
+from bgmatting.train.loaders import build_loaders
+from bgmatting.train.steps import make_inputs
+from bgmatting.train.trainer import train
 from bgmatting.weights import load_model, read_state_dict
 
 
@@ -151,7 +155,7 @@ def test_resume_continues_exactly(corpus, tmp_path, monkeypatch):
     train(tiny(corpus, straight, steps=4))
 
     crashed = tmp_path / "crashed"
-    real_step, calls = trainer_module._train_step, []
+    real_step, calls = trainer_module.train_step, []
 
     def crash_at_third(*args, **kwargs):
         calls.append(1)
@@ -159,10 +163,10 @@ def test_resume_continues_exactly(corpus, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # killed after the checkpoint of step 2
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "_train_step", crash_at_third)
+    monkeypatch.setattr(trainer_module, "train_step", crash_at_third)
     with pytest.raises(KeyboardInterrupt):
         train(tiny(corpus, crashed, steps=4, checkpoint_every=2))
-    monkeypatch.setattr(trainer_module, "_train_step", real_step)
+    monkeypatch.setattr(trainer_module, "train_step", real_step)
     assert latest_checkpoint(crashed).name == "checkpoint-00000002.pt"
 
     final = train(tiny(corpus, crashed, steps=4, checkpoint_every=2, resume=True))
@@ -193,7 +197,7 @@ def test_time_budget_stops_with_a_checkpoint_and_resumes(corpus, tmp_path, monke
 def test_fgr_scale_shrinks_the_subjects(corpus):
     def mean_alpha(fgr_scale):
         cfg = tiny(corpus, corpus / "unused", fgr_scale=fgr_scale, batch_size=6).resolved()
-        loader = trainer_module._build_data(cfg, trainer_module._Dist(), torch.device("cpu"))[0]
+        loader = build_loaders(cfg, Dist(), torch.device("cpu"))[0]
         return float(next(iter(loader))["pha"].mean())
 
     full, small = mean_alpha([1.0, 1.0]), mean_alpha([0.25, 0.25])
@@ -204,7 +208,7 @@ def test_extra_subjects_add_alpha(corpus):
     def mean_alpha(p):
         cfg = tiny(corpus, corpus / "unused", extra_subject_p=p, batch_size=6).resolved()
         torch.manual_seed(0)
-        loader = trainer_module._build_data(cfg, trainer_module._Dist(), torch.device("cpu"))[0]
+        loader = build_loaders(cfg, Dist(), torch.device("cpu"))[0]
         return float(next(iter(loader))["pha"].mean())
 
     assert mean_alpha(1.0) > mean_alpha(0.0) > 0
@@ -212,13 +216,13 @@ def test_extra_subjects_add_alpha(corpus):
 
 def test_refine_stage_trains_at_each_backbone_scale(corpus, tmp_path, monkeypatch):
     seen = []
-    real = trainer_module._train_step
+    real = trainer_module.train_step
 
     def spy(model, *args):
-        seen.append(trainer_module._unwrap(model).backbone_scale)
+        seen.append(unwrap(model).backbone_scale)
         return real(model, *args)
 
-    monkeypatch.setattr(trainer_module, "_train_step", spy)
+    monkeypatch.setattr(trainer_module, "train_step", spy)
     ckpt = train(tiny(corpus, tmp_path / "r", stage="refine", size=64, steps=8, refine_sample_pixels=256,
                       backbone_scale=0.5, backbone_scales=[0.25, 0.5]))
     assert set(seen) == {0.25, 0.5}
@@ -229,17 +233,17 @@ def test_refine_stage_trains_at_each_backbone_scale(corpus, tmp_path, monkeypatc
 
 def test_training_perturbations_reach_the_pairs(corpus):
     cfg = tiny(corpus, corpus / "unused", batch_size=4).resolved()
-    batch = next(iter(trainer_module._build_data(cfg, trainer_module._Dist(), torch.device("cpu"))[0]))
+    batch = next(iter(build_loaders(cfg, Dist(), torch.device("cpu"))[0]))
     none = {name: 0.0 for name in ("shadow_p", "noise_p", "colour_p", "misalign_p")}
-    src, bgr, fgr, pha = trainer_module._make_inputs(batch, 1, torch.device("cpu"), None, cfg.replace(**none))
+    src, bgr, fgr, pha = make_inputs(batch, 1, torch.device("cpu"), None, cfg.replace(**none))
     assert torch.equal(bgr, batch["bgr"]) and torch.equal(pha, batch["pha"])
-    src, bgr, fgr, pha = trainer_module._make_inputs(batch, 1, torch.device("cpu"), None,
-                                                     cfg.replace(**none, compress_p=1.0, motion_blur_p=1.0))
+    src, bgr, fgr, pha = make_inputs(batch, 1, torch.device("cpu"), None,
+                                     cfg.replace(**none, compress_p=1.0, motion_blur_p=1.0))
     assert not torch.equal(bgr, batch["bgr"])  # compressed shot
     assert not torch.equal(pha, batch["pha"]) and abs(float(pha.sum() - batch["pha"].sum())) < 1  # blurred targets
     # validation (cfg None) keeps BGMv2's perturbations whatever the training config says
-    a = trainer_module._make_inputs(batch, 1, torch.device("cpu"), None)
-    b = trainer_module._make_inputs(batch, 1, torch.device("cpu"), None, cfg)
+    a = make_inputs(batch, 1, torch.device("cpu"), None)
+    b = make_inputs(batch, 1, torch.device("cpu"), None, cfg)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 

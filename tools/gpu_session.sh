@@ -69,7 +69,7 @@ for step in "${steps[@]}"; do
         # shellcheck disable=SC2086  # TRAIN_OPTIONS is a list of name=value words
         if $PY -m bgmatting.train.trainer "$TRAIN_CONFIG" data_root="$CORPUS" out_dir="$RUN" device="$DEVICE" \
                 max_minutes="$TRAIN_MINUTES" $TRAIN_OPTIONS; then
-            $PY -c "import sys; from bgmatting.train.trainer import export_weights; \
+            $PY -c "import sys; from bgmatting.train import export_weights; \
 export_weights(sys.argv[1], sys.argv[2])" "$RUN" "$OUT/weights.safetensors" || status=1
             cp "$RUN/metrics.jsonl" "$OUT/metrics.jsonl"
         else

@@ -275,7 +275,7 @@ def _cmd_data_heldout(args) -> int:
 def _cmd_export_weights(args) -> int:
     import torch
 
-    from .train.trainer import export_weights
+    from .train.checkpoints import export_weights
 
     out = export_weights(args.checkpoint, args.output, dtype=torch.float16 if args.dtype == "fp16" else None,
                          description=args.description, average_from=args.average_from)

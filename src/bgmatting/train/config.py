@@ -104,7 +104,8 @@ class TrainConfig:
     Run:
         out_dir: checkpoints, ``config.toml``, ``metrics.jsonl`` and TensorBoard logs go here.
         init: weights to start from (torchvision ImageNet ResNet/MobileNetV2, torchvision DeepLabV3, a BGMv2 or
-            bgmatting checkpoint, or MODNet's ``modnet.onnx``); see :func:`bgmatting.train.init.load_init`.
+            bgmatting checkpoint, or MODNet's ``modnet.onnx``); see
+            :func:`bgmatting.train.initial_weights.load_init`.
         base_checkpoint: refine stage: a trained base-stage checkpoint (weights matched by name).
         resume: continue from the latest checkpoint in ``out_dir`` (exactly: data order and randomness too).
         seed: the data order, augmentation and perturbations are functions of ``(seed, epoch/step)``.
