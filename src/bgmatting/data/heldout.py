@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import __version__
 from ..errors import BgMattingError
 from ..io import atomic_write_text, image_size, is_image_path, read_image, write_image
 from .perturb import composite
@@ -510,14 +511,6 @@ def render_case(case: dict[str, Any], sources: HeldoutSources) -> dict[str, np.n
 MIN_PEOPLE, MIN_PHOTOS = 4, 8  # what the benchmark is meant to hold at least
 
 
-def _own_version() -> str:
-    try:
-        from .. import __version__
-    except ImportError:  # pragma: no cover
-        return "unknown"
-    return __version__
-
-
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise BgMattingError(f"'{out}' exists and is not a folder")
@@ -581,7 +574,7 @@ def build_heldout(
         manifest = {
             "format": FORMAT,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "generator": f"bgmatting {_own_version()} (bgmatting.data.heldout)",
+            "generator": f"bgmatting {__version__} (bgmatting.data.heldout)",
             "corpus": str(Path(corpus_dir)),
             "seed": int(seed),
             "cases": len(plan),
