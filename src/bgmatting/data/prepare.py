@@ -58,7 +58,8 @@ from .catalog import (
 )
 from .downloads import fetch_packages, package_version
 from .mattes import cut_out, instance_roi, uncertain_ratio
-from .teachers import ModnetTeacher, SaliencyTeacher, resize_float
+from .resize import resize_float
+from .teachers import ModnetTeacher, SaliencyTeacher
 
 __all__ = ["CorpusSummary", "build_corpus", "prepare_corpus", "read_video_frames", "write_preview"]
 

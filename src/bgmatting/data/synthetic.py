@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from .resize import resize_float
+
 __all__ = ["make_foreground", "make_background", "random_texture"]
 
 _SS = 3  # supersampling factor for drawing: edges get 1/9 alpha steps before any blur
@@ -51,11 +53,7 @@ def _resize(arr: np.ndarray, size: tuple[int, int], resample=Image.BICUBIC) -> n
     H, W = size
     if arr.shape[:2] == (H, W):
         return arr.astype(np.float32, copy=False)
-    if arr.ndim == 2:
-        img = Image.fromarray(arr.astype(np.float32), mode="F").resize((W, H), resample)
-        return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
-    chans = [np.asarray(Image.fromarray(arr[..., c].astype(np.float32), mode="F").resize((W, H), resample)) for c in range(arr.shape[2])]
-    return np.clip(np.stack(chans, axis=2).astype(np.float32), 0.0, 1.0)
+    return np.clip(resize_float(arr, (W, H), resample), 0.0, 1.0)
 
 
 def _conv(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:

@@ -10,8 +10,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BgMattingError
+from .resize import resize_float
 
-__all__ = ["ModnetTeacher", "SaliencyTeacher", "resize_float"]
+__all__ = ["ModnetTeacher", "SaliencyTeacher"]
 
 
 def _onnx_session(model_path: str | os.PathLike, threads: int):
@@ -30,15 +31,6 @@ def _onnx_session(model_path: str | os.PathLike, threads: int):
         return ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
         raise BgMattingError(f"cannot load teacher model '{model_path}': {e}") from None
-
-
-def resize_float(arr: np.ndarray, size_wh: tuple[int, int], resample=Image.BICUBIC) -> np.ndarray:
-    """Resize float ``(H, W)`` or ``(H, W, C)`` to ``size_wh = (W, H)``, channel by channel, no clipping."""
-    if arr.shape[1::-1] == tuple(size_wh):
-        return arr.astype(np.float32, copy=False)
-    if arr.ndim == 2:
-        return np.asarray(Image.fromarray(arr.astype(np.float32), "F").resize(size_wh, resample), np.float32)
-    return np.stack([resize_float(arr[..., c], size_wh, resample) for c in range(arr.shape[2])], axis=2)
 
 
 class ModnetTeacher:
