@@ -35,8 +35,8 @@ class AudioPlan:
         source: the file whose first audio stream is used.
         codec: the source's codec (``copy``) or the encoder (``transcode``).
         reason: for ``'none'``, why (``''`` when the source has no audio).
-        start, end: source-clock seconds (see :attr:`VideoInfo.start_time`) of the audio to keep; ``None`` for
-            no limit.
+        start, end: source-clock seconds (see :attr:`~.video_reader.VideoInfo.start_time`) of the audio to keep;
+            ``None`` for no limit.
     """
 
     mode: str

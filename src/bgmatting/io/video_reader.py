@@ -152,10 +152,11 @@ class VideoReader:
             VP9 alpha in WebM included; else 255), ``'gray'`` → ``(H, W)``; always uint8.
         fps: the frame rate of an image sequence (default :data:`DEFAULT_SEQUENCE_FPS`); ignored for files.
         partial: what to do with a damaged file — one that fails to decode, or whose stream ends well short of
-            what its container declares (a download or copy cut off: see :data:`~.video_damage.SHORT_TOLERANCE`). ``False``
-            (default): raise :class:`BgMattingError` there; ``True``: stop there, as at the end, and say why in
-            :attr:`damage`. In a folder of frames, a frame that cannot be decoded (corrupt or truncated) is such
-            damage: with ``partial=True`` the sequence stops before it.
+            what its container declares (a download or copy cut off: see
+            :data:`~.video_damage.SHORT_TOLERANCE`). ``False`` (default): raise :class:`BgMattingError` there;
+            ``True``: stop there, as at the end, and say why in :attr:`damage`. In a folder of frames, a frame
+            that cannot be decoded (corrupt or truncated) is such damage: with ``partial=True`` the sequence
+            stops before it.
         max_pixels: refuse a video whose frames have more pixels (width × height) than this, from the size its
             stream (or first image) declares, before any frame is decoded (``None``: no limit; default
             :data:`~bgmatting.io.images.DEFAULT_MAX_PIXELS`, 40 MP). Every frame of a folder is checked.
@@ -443,14 +444,19 @@ class VideoReader:
         self._index += 1
         return frame
 
+    @property
+    def _interval(self) -> float:
+        """Seconds per frame at the nominal rate."""
+        return float(self._step * self._tb)
+
     def _expected(self) -> tuple[float, float, float] | None:
         """See :func:`~.video_damage.expected_end`."""
-        return expected_end(self._declared_end, self.start, self.end, float(self._step * self._tb))
+        return expected_end(self._declared_end, self.start, self.end, self._interval)
 
     def _shortfall(self) -> str | None:
         """Why the stream, now ended, is too short for what the container declares (``None`` if it is not)."""
         return shortfall(None if self._at_end else self._expected(), self._reached, self._index, self._exact_count,
-                         self.start, float(self._step * self._tb))
+                         self.start, self._interval)
 
     def _check_whole(self) -> None:
         """At the end of the stream: set :attr:`damage`, or raise, when the video was cut short."""
@@ -470,7 +476,7 @@ class VideoReader:
             return None
         expected, span, tolerance = expectation
         origin = self.start or 0.0
-        at = max(origin, expected - tolerance - 8 * float(self._step * self._tb))
+        at = max(origin, expected - tolerance - 8 * self._interval)
         # from the keyframe before ``at`` to the end, every frame counts (a long last one included); where a seek
         # lands after the last keyframe (MPEG-TS seeks to any packet), a little further back, or from the start
         tail = VideoReader(self.path, end=self.end, mode="gray", partial=True, max_pixels=self.max_pixels)

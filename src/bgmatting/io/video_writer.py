@@ -56,7 +56,7 @@ class VideoWriter:
     Args:
         path: the output file (``.mp4``, ``.mov``, ``.webm``), or the folder of a ``png`` sequence.
         size: ``(H, W)`` of the frames to write.
-        format: one of :data:`FORMATS`, or ``'auto'`` (from the suffix of ``path``; a folder → ``png``).
+        format: one of :data:`~.video_formats.FORMATS`, or ``'auto'`` (from the suffix of ``path``; a folder → ``png``).
         channels: 1 (gray), 3 (RGB) or 4 (RGBA, alpha formats only).
         rate: the nominal frame rate (default 25).
         time_base: the unit of the ``pts`` given to :meth:`write` (default ``1 / rate``); pass the source's to
@@ -74,7 +74,8 @@ class VideoWriter:
 
     def __init__(self, path: str | os.PathLike, size: tuple[int, int], *, format: str = "auto", channels: int = 3,
                  rate: float | Fraction | None = None, time_base: Fraction | None = None, crf: int | None = None,
-                 preset: str | None = None, audio: AudioPlan | None = None, audio_offset: float = 0.0, overwrite: bool = False):
+                 preset: str | None = None, audio: AudioPlan | None = None, audio_offset: float = 0.0,
+                 overwrite: bool = False):
         self.path = Path(path)
         if format == "auto":
             format = format_from_path(self.path) or "png"
@@ -203,7 +204,8 @@ class VideoWriter:
             image = np.pad(image, pad, mode="edge")
         if image.ndim == 2:  # via RGB: swscale rounds gray → Y'CbCr less exactly
             image = np.repeat(image[..., None], 3, axis=2)
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=_FRAME_FORMATS[(image.dtype, image.shape[2])])
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image),
+                                           format=_FRAME_FORMATS[(image.dtype, image.shape[2])])
         frame = frame.reformat(format=self._pix_fmt, dst_colorspace=1, dst_color_range=1)
         frame.pts = pts
         frame.time_base = self.time_base

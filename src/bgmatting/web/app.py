@@ -58,11 +58,17 @@ Problems are answered with ``{"type": "error", "message", "id"?}`` (``id``: the 
 connection open: a message that is not one of the above (text that is not a JSON object, an unknown ``type``, a
 config field of the wrong type or value, an empty or unknown binary message, a frame without its id), an image
 that cannot be used, and a message over ``max_bytes`` (read, then ignored). The WebSocket server started by
-:func:`serve` / :func:`build_server` does not read messages over twice ``max_bytes``: it closes the connection
-with code 1009 (message too big) as they arrive. Every reply is valid JSON (no NaN or Infinity).
+:func:`~bgmatting.web.serve` / :func:`~bgmatting.web.build_server` does not read messages over twice
+``max_bytes``: it closes the connection with code 1009 (message too big) as they arrive. Every reply is valid
+JSON (no NaN or Infinity).
 
 All model work (HTTP and WebSocket) runs on one worker thread, so requests are served one at a time and
 memory stays bounded; at most ``max_queue`` HTTP requests wait for it (503 beyond that).
+
+This module builds the app (:func:`create_app`) and holds its small routes; the rest lives in :mod:`.photo`
+(``/api/matte``), :mod:`.live` (``/api/live``), :mod:`.codecs` (images in and out), :mod:`.worker` (the model
+thread), :mod:`.limits` (body and message sizes), :mod:`.hosts` (the Host/Origin check), :mod:`.errors` and
+:mod:`.server` (:func:`~bgmatting.web.serve`).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def build_server(matter_or_factory: MatterSource, host: str = "127.0.0.1", port:
 
     A server on a loopback address answers only to requests for localhost / 127.0.0.1 / ::1 (a guard against
     DNS rebinding). Start it with ``server.run(sockets=[sock])`` (blocks) and stop it with
-    ``server.should_exit = True``. Its WebSocket messages may be up to :func:`ws_max_size` bytes.
+    ``server.should_exit = True``. Its WebSocket messages may be up to :func:`~.limits.ws_max_size` bytes.
 
     Returns:
         ``(server, sock)``: the ``uvicorn.Server`` and its listening socket (``sock.getsockname()[1]`` is the
@@ -62,8 +62,9 @@ def build_server(matter_or_factory: MatterSource, host: str = "127.0.0.1", port:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, weights: str | None = None, device: str = "auto",
-          precision: str = "fp32", *, backend: str | None = None, matter: Matter | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-          max_pixels: int = DEFAULT_MAX_PIXELS, log_level: str = "warning", **model_options) -> None:
+          precision: str = "fp32", *, backend: str | None = None, matter: Matter | None = None,
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS,
+          log_level: str = "warning", **model_options) -> None:
     """Serve the page and the API until interrupted (Ctrl+C). What ``bgmatting serve`` runs.
 
     Args:
