@@ -36,7 +36,7 @@ from test_video_io import (
 
 from bgmatting import BgMattingError, Matter, MattingRefine
 from bgmatting import video as vmod
-from bgmatting.io import video as vio
+from bgmatting.io import video_formats as vio
 from bgmatting.io.video import VideoReader, VideoWriter
 from bgmatting.pipeline import TENSOR_OUTPUTS, ModelWorkers, tensor_to_uint
 from bgmatting.cli import main

@@ -14,6 +14,7 @@ av = pytest.importorskip("av")
 
 from bgmatting import BgMattingError
 from bgmatting.io import video as vio
+from bgmatting.io import video_formats
 from bgmatting.io.video import (
     FORMATS,
     Orientation,
@@ -534,7 +535,7 @@ def test_clear_errors_for_bad_formats(tmp_path, monkeypatch):
         VideoWriter(tmp_path / "a.mp4", (H, W), format="webm-alpha")
     with pytest.raises(BgMattingError, match="--crf for mp4"):
         VideoWriter(tmp_path / "a.mp4", (H, W), crf=99)
-    monkeypatch.setattr(vio, "has_encoder", lambda name: name != "prores_ks")
+    monkeypatch.setattr(video_formats, "has_encoder", lambda name: name != "prores_ks")
     with pytest.raises(BgMattingError, match="no 'prores_ks' encoder.*--format mp4"):
         VideoWriter(tmp_path / "a.mov", (H, W))
     assert "mov-prores4444" not in vio.available_formats()

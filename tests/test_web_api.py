@@ -618,7 +618,7 @@ def test_live_config_is_all_or_nothing(client, pair):
 
 
 def test_live_internal_errors_keep_the_connection(client, pair, monkeypatch):
-    from bgmatting.web import app as web_app
+    from bgmatting.web.live import LiveSession
 
     def broken(self, data):
         raise RuntimeError("a bug")
@@ -627,7 +627,7 @@ def test_live_internal_errors_keep_the_connection(client, pair, monkeypatch):
     with client.websocket_connect("/api/live") as ws:
         ws.receive_json()
         with monkeypatch.context() as m:
-            m.setattr(web_app._LiveSession, "set_background", broken)
+            m.setattr(LiveSession, "set_background", broken)
             ws.send_bytes(b"B" + png(bgr))
             reply = receive_reply(ws)
         assert reply["type"] == "error" and "internal error (RuntimeError)" in reply["message"]
@@ -690,7 +690,7 @@ def test_live_message_size_limits_on_a_real_server(matter):
     from websockets.exceptions import ConnectionClosed
 
     from bgmatting.web import build_server
-    from bgmatting.web.app import ws_max_size
+    from bgmatting.web.limits import ws_max_size
 
     server, sock = build_server(matter, "127.0.0.1", 0, max_upload_mb=0.01)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -742,7 +742,7 @@ def test_live_drops_stale_frames(matter, pair):
 # --------------------------------------------------------------------------------------------- serve
 
 def test_loopback_detection():
-    from bgmatting.web.app import is_loopback
+    from bgmatting.web.hosts import is_loopback
 
     assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.2", "example.org"))
@@ -750,7 +750,7 @@ def test_loopback_detection():
 
 def test_serve_reports_a_busy_port_and_warns_off_loopback(matter):
     from bgmatting.web import build_server, serve
-    from bgmatting.web.app import bind_socket
+    from bgmatting.web.server import bind_socket
 
     busy = bind_socket("127.0.0.1", 0)
     port = busy.getsockname()[1]

@@ -10,26 +10,28 @@ command that installs it. See :mod:`bgmatting.web.app` for the HTTP and WebSocke
 
 from __future__ import annotations
 
+import importlib
+
 from ..errors import BgMattingError, install_hint
 
 __all__ = ["build_server", "create_app", "serve"]
 
 _WEB_PACKAGES = {"fastapi", "starlette", "uvicorn", "multipart", "python_multipart", "pydantic"}
+_HOMES = {"create_app": "app", "build_server": "server", "serve": "server"}
 
 
-def _app_module():
+def _web_module(name: str):
     try:
-        from . import app
+        return importlib.import_module(f"{__name__}.{name}")
     except ImportError as e:
         missing = (e.name or "").split(".")[0]
         if missing in _WEB_PACKAGES:
             raise BgMattingError(f"the web page needs the 'web' extra ({missing} is not installed): "
                                  f"{install_hint('web')}") from None
         raise
-    return app
 
 
 def __getattr__(name: str):
     if name in __all__:
-        return getattr(_app_module(), name)
+        return getattr(_web_module(_HOMES[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
