@@ -1,5 +1,5 @@
 """Speed of the refiner's last step, the full-resolution composition: PyTorch's four passes against the one-pass
-Triton kernel (:mod:`bgmatting.models.compose`), at the paper's settings.
+Triton kernel (:mod:`bgmatting.models.optimised.compose`), at the paper's settings.
 
     python benchmarks/compose.py --device cuda          # HD (80 000 refined pixels) and 4K (320 000)
     python benchmarks/compose.py --device cpu           # the PyTorch route only (the kernel needs CUDA)
@@ -18,7 +18,7 @@ import sys
 import torch
 
 from bgmatting.bench import RESOLUTIONS, parse_resolution, time_runners
-from bgmatting.models.compose import compose_torch, compose_triton, triton
+from bgmatting.models.optimised.compose import compose_torch, compose_triton, triton
 from bgmatting.pipeline import resolve_device
 
 

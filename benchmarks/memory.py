@@ -49,7 +49,7 @@ def measure(path: str, backbone: str, resolution: str, threads: int) -> float:
 
         run = original_twin(model)
     elif path == "static":
-        from bgmatting.models.fast import FastMatting
+        from bgmatting.models.optimised import FastMatting
 
         run = FastMatting(model, static=True)
     else:

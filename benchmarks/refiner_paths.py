@@ -8,7 +8,7 @@ input (the example photo, the noise worst case of :func:`bgmatting.bench.noise_p
 model's ``sample_pixels`` and 4 times it), the base network runs once; then ``FastMatting.refine_patches`` is
 timed with every ``refine_path`` (``tiles`` and ``patches`` with the hidden channels on blocks and dense) on the
 same selection, in interleaved rounds, and ``FastMatting.hidden`` alone. From these times the script fits the
-per-pixel costs of :class:`bgmatting.models.fast.PathCosts` (medians of ratios; least squares for the dense ways)
+per-pixel costs of :class:`bgmatting.models.optimised.PathCosts` (medians of ratios; least squares for the dense ways)
 and shows, per case, the path each set of costs picks next to the fastest measured one.
 """
 
@@ -26,8 +26,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bgmatting.bench import INPUTS, bench_model, parse_resolution  # noqa: E402
-from bgmatting.models.fast import (HID_BLOCK, PATH_COSTS, TILE, FastMatting, PathCosts,  # noqa: E402
-                                   blocks_read, tiles_of)
+from bgmatting.models.optimised import PATH_COSTS, FastMatting, PathCosts  # noqa: E402
+from bgmatting.models.optimised.crops import HID_BLOCK, TILE, blocks_read, tiles_of  # noqa: E402
 from bgmatting.pipeline import resolve_device  # noqa: E402
 from bgmatting.weights import load_model  # noqa: E402
 

@@ -8,12 +8,12 @@ import textwrap
 import pytest
 import torch
 
-from bgmatting.models.compose import compose, triton, triton_usable
+from bgmatting.models.optimised.compose import compose, triton, triton_usable
 
 CHECK = textwrap.dedent("""
     import torch
     import torch.nn.functional as F
-    from bgmatting.models.compose import compose_torch, compose_triton
+    from bgmatting.models.optimised.compose import compose_torch, compose_triton
 
     g = torch.Generator().manual_seed(0)
     worst = 0.0

@@ -17,7 +17,6 @@ from bgmatting import (
 )
 from bgmatting.cli import main
 from bgmatting.export import (
-    ExportRefiner,
     OnnxModel,
     example_pair,
     export_onnx,
@@ -60,39 +59,6 @@ def assert_matches(model, run, batch_h_w=OTHER, seed=7, tol=1e-4):
         assert (g.float() - e).abs().max() <= tol
     if isinstance(model, MattingRefine) and model.refiner.mode != "full":
         assert 0 < want[-1].sum() < want[-1].numel()  # some patches refined, not all: a real test of the selection
-
-
-# --------------------------------------------------------------------------------------------- the export refiner
-
-@pytest.mark.parametrize("kernel", [1, 3])
-@pytest.mark.parametrize("mode", ["sampling", "thresholding", "full"])
-def test_exportable_copy_is_bit_identical_and_leaves_the_model_alone(mode, kernel):
-    model = make_model(mode, kernel)
-    copy = exportable(model)
-    assert type(model.refiner) is Refiner and isinstance(copy.refiner, ExportRefiner)
-    for batch_h_w in ((1, 64, 96), (2, 32, 32)):
-        src, bgr = example_pair(batch_h_w[1:], batch_h_w[0])
-        with torch.no_grad():
-            for a, b in zip(model(src, bgr), copy(src, bgr)):
-                assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("prevent", [True, False])
-def test_topk_free_selection_equals_topk_without_ties(prevent):
-    g = torch.Generator().manual_seed(0)
-    for k_patches, shape in ((5, (2, 1, 6, 8)), (40, (1, 1, 16, 24)), (100, (1, 1, 8, 8))):  # the last: k > patches
-        err = torch.rand(shape, generator=g)
-        err[err < 0.3] = 0  # exact zeros, as the clamp gives them
-        eager = Refiner("sampling", sample_pixels=16 * k_patches, prevent_oversampling=prevent)
-        free = ExportRefiner("sampling", sample_pixels=16 * k_patches, prevent_oversampling=prevent, topk_free=True)
-        want = eager.select(err)
-        if prevent or (err > 0).flatten(1).sum(1).min() >= k_patches:  # otherwise zeros tie at the threshold
-            assert torch.equal(free.select(err), want)
-        assert torch.equal(ExportRefiner.from_refiner(eager).select(err), want)
-    # ties at the k-th value: top-k takes some of them, the TopK-free selection takes them all
-    err = torch.tensor([0.9, 0.5, 0.5, 0.5, 0.1]).view(1, 1, 1, 5)
-    free = ExportRefiner("sampling", sample_pixels=16 * 2, topk_free=True)
-    assert free.select(err).flatten().tolist() == [1, 1, 1, 1, 0]
 
 
 # --------------------------------------------------------------------------------------------- ONNX

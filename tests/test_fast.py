@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from bgmatting import BgMattingError, MattingBase, MattingRefine
 from bgmatting.backends import make_runner, onnxruntime_available, resolve_backend
 from bgmatting.models import BACKBONES
-from bgmatting.models.fast import (FastMatting, WinogradConv2d, _fetched_crops, _sample_crops, blocks_read,
-                                   fold_batchnorm, nearest2_polyphase, nnpack_available, tiles_of, up2_conv3x3)
-from bgmatting.models.refiner import crop_patches
+from bgmatting.models.optimised import FastMatting, WinogradConv2d, fold_batchnorm, nnpack_available
+from bgmatting.models.optimised.crops import (blocks_read, fetched_crops, pair_windows, pair_windows_by_pixel,
+                                              sample_crops, tiles_of)
+from bgmatting.models.optimised.polyphase import nearest2_polyphase, up2_conv3x3
+from bgmatting.models.patches import crop_patches
 from conftest import randomize_
 
 TOL = 1e-4
@@ -88,7 +90,7 @@ def test_encoder_replaces_the_backbone_and_aspp(sparse_hid, rng):
 
     def encoder(s, b):  # what the backbone and ASPP compute
         calls.append(s.shape)
-        return model._encode(s, b)[:4]
+        return model.encode(s, b)[:4]
 
     src, bgr = _pair(rng, 1)
     with torch.no_grad():
@@ -119,7 +121,7 @@ def test_coarse_where_read_equals_the_dense_coarse_maps_on_what_is_read(coarse_s
     low = torch.rand(2, 48, (coarse_size[0] + 1) // 2, (coarse_size[1] + 1) // 2, generator=rng)
     src, bgr, pha, fgr = (torch.rand(2, c, *coarse_size, generator=rng) for c in (3, 3, 1, 3))
     conv = fast.net.decoder.conv4
-    feat = fast.net.decoder._up_cat(low, torch.cat([src, bgr], 1))
+    feat = fast.net.decoder.up_cat(low, torch.cat([src, bgr], 1))
     dense = torch.cat([F.conv2d(feat, conv.weight, conv.bias, padding=1)[:, 5:].relu(), pha, fgr], 1)
     scale = 2 if resized else 1
     out_size = (scale * coarse_size[0], scale * coarse_size[1])
@@ -128,10 +130,10 @@ def test_coarse_where_read_equals_the_dense_coarse_maps_on_what_is_read(coarse_s
     with torch.no_grad():
         blocks = blocks_read(tuple(src.shape), ib, rows, cols, out_size, size)
         store = fast._coarse_where_read(low, src, bgr, pha, fgr, *blocks)
-        crops = _fetched_crops(store.fetch, (store.h, store.w), ib, rows, cols, out_size, size)
+        crops = fetched_crops(store.fetch, (store.h, store.w), ib, rows, cols, out_size, size)
         sparse = store.dense()
     assert sparse.shape == dense.shape
-    assert torch.allclose(crops, _sample_crops(dense, ib, rows, cols, out_size, size), atol=1e-5)
+    assert torch.allclose(crops, sample_crops(dense, ib, rows, cols, out_size, size), atol=1e-5)
     known = (sparse != 0).any(1, keepdim=True)
     assert torch.allclose(sparse, dense * known, atol=1e-5)  # what is known is right
     assert not bool(known[0, :, 20:, :].any())  # item 0: only its top-left corner is read
@@ -163,7 +165,7 @@ def test_nearest2_polyphase_equals_nearest_upsample_then_valid_conv(size, rng):
 def test_fast_matting_computes_the_last_conv_at_low_resolution_where_it_can(rng, monkeypatch):
     """At backbone scale 1/2 the decoder's last upsampling is by exactly 2 here (up2_conv3x3 used); at 1/4 it is
     not (30 rows from 15, 25 columns from 13: the direct conv). Both match the reference."""
-    from bgmatting.models import fast as fast_module
+    from bgmatting.models.optimised import fast_matting as fast_module
 
     calls = []
     real = fast_module.up2_conv3x3
@@ -194,7 +196,7 @@ def test_winograd_conv_equals_conv_and_serves_the_decoder(rng):
 
 @pytest.mark.skipif(not nnpack_available(), reason="this PyTorch has no NNPACK")
 def test_winograd_conv_gives_nnpack_one_image_per_call(rng, monkeypatch):
-    from bgmatting.models import fast as fast_module
+    from bgmatting.models.optimised import winograd as fast_module
 
     batches, real = [], torch._nnpack_spatial_convolution
 
@@ -211,7 +213,7 @@ def test_winograd_conv_gives_nnpack_one_image_per_call(rng, monkeypatch):
 
 
 def test_winograd_conv_falls_back_to_onednn_if_nnpack_fails(rng, monkeypatch):
-    from bgmatting.models import fast as fast_module
+    from bgmatting.models.optimised import winograd as fast_module
 
     def broken(*args):
         raise RuntimeError("NNPACK SpatialConvolution_updateOutput failed")
@@ -243,7 +245,7 @@ def test_import_asks_openmp_not_to_spin_unless_told_otherwise(preset):
 
 @pytest.mark.parametrize("size,out_size,crop", [((30, 25), (60, 50), 8), ((15, 13), (60, 50), 14),
                                                ((60, 50), (60, 50), 8), ((17, 23), (60, 50), 6)])
-def test_sample_crops_equals_resize_then_crop(size, out_size, crop, rng):
+def testsample_crops_equals_resize_then_crop(size, out_size, crop, rng):
     x = torch.rand(2, 5, *size, generator=rng)
     resized = F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
     border = 3
@@ -251,7 +253,7 @@ def test_sample_crops_equals_resize_then_crop(size, out_size, crop, rng):
     ib = torch.randint(0, 2, (n,), generator=rng)
     rows = torch.randint(-border, out_size[0] - crop + border, (n,), generator=rng)
     cols = torch.randint(-border, out_size[1] - crop + border, (n,), generator=rng)
-    got = _sample_crops(x, ib, rows, cols, out_size, crop)
+    got = sample_crops(x, ib, rows, cols, out_size, crop)
     padded = F.pad(resized, (border, border + crop, border, border + crop))
     expected = torch.stack([padded[b, :, r + border:r + border + crop, c + border:c + border + crop]
                             for b, r, c in zip(ib.tolist(), rows.tolist(), cols.tolist())])
@@ -263,7 +265,6 @@ def test_sample_crops_equals_resize_then_crop(size, out_size, crop, rng):
 def test_windows_gathered_whole_or_by_pixel_agree(size, margin, rng):
     """The two ways of cutting [src, bgr] windows (a view of the padded images, or pixel by pixel), on windows
     that reach out of the image by up to ``margin`` on every side, and on images smaller than the windows."""
-    from bgmatting.models.fast import _windows, _windows_by_pixel
 
     for h, w in ((40, 36), (4, 8)):
         src, bgr = _pair(rng, 2, h, w)
@@ -271,19 +272,18 @@ def test_windows_gathered_whole_or_by_pixel_agree(size, margin, rng):
         ib = torch.randint(0, 2, (n,), generator=rng)
         top = torch.randint(-margin, h + margin - size + 1, (n,), generator=rng)
         left = torch.randint(-margin, w + margin - size + 1, (n,), generator=rng)
-        expected = _windows_by_pixel(src, bgr, ib, top, left, size)
-        assert torch.equal(_windows(src, bgr, ib, top, left, size, margin), expected)
-        assert torch.equal(_windows(src, bgr, ib[:1], top[:1], left[:1], size, margin), expected[:1])  # by pixel
+        expected = pair_windows_by_pixel(src, bgr, ib, top, left, size)
+        assert torch.equal(pair_windows(src, bgr, ib, top, left, size, margin), expected)
+        assert torch.equal(pair_windows(src, bgr, ib[:1], top[:1], left[:1], size, margin), expected[:1])  # by pixel
 
 
-def test_crop_patches_reference_agrees_with_windows(rng):
+def test_crop_patches_reference_agrees_withpair_windows(rng):
     # the reference refiner's crops are the windows FastMatting cuts (the tiles' layout is an offset of them)
-    from bgmatting.models.fast import _windows
 
     src, bgr = _pair(rng, 2, 40, 32)
     idx = torch.tensor([[0, 0, 0], [1, 9, 7], [0, 4, 3]])
     expected = crop_patches(torch.cat([src, bgr], 1), idx, 4, 2)
-    got = _windows(src, bgr, idx[:, 0], 4 * idx[:, 1] - 2, 4 * idx[:, 2] - 2, 8, 2)
+    got = pair_windows(src, bgr, idx[:, 0], 4 * idx[:, 1] - 2, 4 * idx[:, 2] - 2, 8, 2)
     assert torch.equal(expected, got)
 
 
@@ -487,7 +487,7 @@ def test_the_dense_refiner_gives_each_patch_what_its_crops_give(kernel_size, rng
     src, bgr = _pair(rng)
     with torch.no_grad():
         src_sm, bgr_sm = model.shrink(src, bgr)
-        coarse = model._coarse(src_sm, bgr_sm)
+        coarse = model.coarse(src_sm, bgr_sm)
         sparse = model.refiner(src, bgr, *coarse)
         model.refiner.mode = "full"
         dense = model.refiner(src, bgr, *coarse)

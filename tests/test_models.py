@@ -7,7 +7,7 @@ import torch
 
 from bgmatting import BgMattingError, MattingBase, MattingRefine
 from bgmatting.models import BACKBONES, REFINE_MODES
-from bgmatting.models.refiner import crop_patches, paste_patches
+from bgmatting.models.patches import crop_patches, paste_patches
 from conftest import randomize_
 
 oracle = pytest.importorskip("BackgroundMattingV2.model", reason="parity oracle backgroundmattingv2==1.0 missing")
@@ -112,7 +112,7 @@ def test_tiny_inputs(size):
 @pytest.mark.parametrize("scale, size, seen", [(1 / 8, (4, 4), "0x0"), (1 / 8, (4, 12), "1x0"),
                                                (1 / 1_000_000, (64, 96), "0x0")])
 def test_an_input_that_the_backbone_scale_shrinks_to_nothing_is_refused(scale, size, seen):
-    from bgmatting.models.fast import FastMatting
+    from bgmatting.models.optimised import FastMatting
 
     model = MattingRefine("mobilenetv2", backbone_scale=scale).eval()
     x = torch.rand(1, 3, *size)
@@ -144,7 +144,7 @@ def test_outputs_in_range_and_fgr_formula(rng):
     src, bgr = torch.rand(1, 3, 32, 32, generator=rng), torch.rand(1, 3, 32, 32, generator=rng)
     with torch.no_grad():
         pha, fgr, err, hid = model(src, bgr)
-        _, residual, _, _ = model._coarse(src, bgr)
+        _, residual, _, _ = model.coarse(src, bgr)
     for t in (pha, fgr, err):
         assert t.min() >= 0 and t.max() <= 1
     assert hid.shape == (1, 32, 32, 32) and hid.min() >= 0

@@ -1,7 +1,7 @@
 """Execution backends: the same model, run by the engine that is fastest on the machine at hand.
 
 * ``"reference"``: the ``nn.Module`` as loaded (what training and the parity tests use).
-* ``"eager"``: :class:`~bgmatting.models.fast.FastMatting` in PyTorch eager mode: BatchNorm folded,
+* ``"eager"``: :class:`~bgmatting.models.optimised.FastMatting` in PyTorch eager mode: BatchNorm folded,
   channels_last, Winograd convolutions in the decoder on the CPU, a refiner that cuts its patches straight from
   the inputs.
 * ``"onnxruntime"``: the same, with the backbone and ASPP (most of the FLOPs) exported to ONNX and run by ONNX
@@ -30,7 +30,7 @@ from .export import _LEGACY_EXPORTER, _quiet_trace
 from .io.atomic import atomic_write_bytes
 from .io.cache import cache_dir
 from .models import MattingBase, MattingRefine
-from .models.fast import FastMatting
+from .models.optimised import FastMatting
 from .names import BACKENDS
 
 
@@ -74,7 +74,7 @@ class _Encoder(nn.Module):
         self.net = net
 
     def forward(self, src: torch.Tensor, bgr: torch.Tensor):
-        return self.net._encode(src, bgr)[:4]
+        return self.net.encode(src, bgr)[:4]
 
 
 OPSET = 17

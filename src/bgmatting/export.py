@@ -5,8 +5,9 @@ Both exporters trace the network once on an example pair and give graphs with dy
 The eager refiner has two parts that do not trace into a size-independent graph: its top-k count is
 ``min(sample_pixels // 16, patches)`` (a Python ``min`` that a trace freezes), and it crops patches with
 ``Tensor.unfold``, which the ONNX exporter cannot convert at dynamic sizes. The export therefore runs on a copy of
-the model whose refiner is an :class:`ExportRefiner` (same weights, same outputs: bit-identical in eager mode on
-inputs without ties in the error map), built by :func:`exportable`; the eager model is never changed.
+the model whose refiner selects a fixed top-k and crops by one gather (options of the same refiner, see
+:mod:`bgmatting.models.patches`; same outputs, bit-identical in eager mode on inputs without ties in the error
+map), made by :func:`exportable`; the eager model is never changed.
 
 ``topk_free=True`` replaces the sampling mode's TopK by a fixed number of bisection steps that find the k-th largest
 error value (for TensorRT, whose TopK has a maximum k: 3840 in TensorRT 8, below the 5000 patches of the default
@@ -38,8 +39,8 @@ from torch import nn
 from .errors import BgMattingError, install_hint
 from .io.atomic import atomic_path
 from .models import MattingBase, MattingRefine
-from .models.matting import _check_pair, check_backbone_size
-from .models.refiner import Refiner, _resize
+from .models.matting import check_pair, check_backbone_size
+from .models.patches import patch_count, resize_bilinear
 from .weights import FORMAT_TAG, load_model, model_config, pytorch_weights
 
 INPUT_NAMES = ("src", "bgr")
@@ -48,7 +49,6 @@ OUTPUT_NAMES = {"MattingBase": ("pha", "fgr", "err", "hid"),
 FORMATS = ("onnx", "torchscript")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 MIN_OPSET, MAX_OPSET = 17, 20  # 20: the newest opset of torch's TorchScript-based ONNX exporter
-BISECTION_STEPS = 32
 DEFAULT_EXAMPLE_SIZE = (256, 384)
 # The check: fp32 exports must give alpha within 1e-4 (max |difference|) of PyTorch; fp16 ones within 5e-3 on average
 # (fp16 rounding moves single pixels of alpha by up to ~0.15 with the shipped model, in PyTorch too). A patch may be
@@ -57,87 +57,6 @@ DEFAULT_EXAMPLE_SIZE = (256, 384)
 TOLERANCES = {"fp32": ("max", 1e-4), "fp16": ("mean", 5e-3)}
 BOUNDARY_TOLERANCES = {"fp32": 1e-6, "fp16": 2e-2}
 TORCHSCRIPT_EXTRA_FILE = "bgmatting.json"
-
-
-# --------------------------------------------------------------------------------------------- exportable refiner
-
-def _arange_like(x: torch.Tensor, n: int) -> torch.Tensor:
-    """``arange(n)`` (long) on ``x``'s device, without a device constant in a trace: ``x``'s last dim must be ≥ n."""
-    return torch.ones_like(x[0, 0, 0, :n], dtype=torch.long).cumsum(0) - 1
-
-
-def gather_patches(x: torch.Tensor, idx: torch.Tensor, size: int, border: int) -> torch.Tensor:
-    """:func:`bgmatting.models.refiner.crop_patches` by one gather: same result, exportable at dynamic sizes.
-
-    ``x`` ``(B, C, H, W)``, ``idx`` ``(N, 3)`` of ``(batch, row, col)`` grid cells of ``size`` pixels →
-    ``(N, C, size + 2*border, size + 2*border)`` (zeros outside the image).
-    """
-    if border:
-        x = F.pad(x, (border, border, border, border))
-    _, c, h, w = x.shape
-    k = size + 2 * border
-    offsets = _arange_like(x, k)
-    rows = idx[:, 1:2] * size + offsets  # (N, k)
-    cols = idx[:, 2:3] * size + offsets
-    flat = (idx[:, 0:1, None] * h + rows[:, :, None]) * w + cols[:, None, :]  # (N, k, k) into (B*H*W)
-    pixels = x.permute(0, 2, 3, 1).reshape(-1, c)
-    return pixels[flat.reshape(-1)].reshape(-1, k, k, c).permute(0, 3, 1, 2).contiguous()
-
-
-class ExportRefiner(Refiner):
-    """A :class:`~bgmatting.models.refiner.Refiner` that traces into a graph valid at every input size.
-
-    Differences from the eager refiner, none of which changes an output (without ties in the error map):
-
-    * sampling mode pads the error list with ``k`` values of -1 and takes a fixed top-``k``, instead of
-      top-``min(k, patches)``;
-    * ``topk_free=True``: no TopK at all; the k-th largest error ``t`` is found by :data:`BISECTION_STEPS`
-      bisection steps on [-1, 1] (count of ``err > mid`` against ``k``), and every patch with ``err ≥ t`` is selected
-      (``err > 0`` too with ``prevent_oversampling``): top-k except that ties at ``t`` are all selected;
-    * patches are cropped by one gather (:func:`gather_patches`) instead of ``unfold``, and the patch code runs
-      even when no patch is selected (an empty batch), so the trace has no data-dependent branch;
-    * no tensor is created with a fixed device, so a TorchScript trace made on the CPU also runs on a GPU.
-    """
-
-    crop = staticmethod(gather_patches)
-
-    def __init__(self, *args, topk_free: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.topk_free = topk_free
-
-    @classmethod
-    def from_refiner(cls, refiner: Refiner, topk_free: bool = False) -> ExportRefiner:
-        new = cls(refiner.mode, refiner.sample_pixels, refiner.threshold, refiner.kernel_size,
-                  refiner.prevent_oversampling, topk_free=topk_free)
-        new.load_state_dict(refiner.state_dict())
-        p = next(refiner.parameters())
-        return new.to(device=p.device, dtype=p.dtype).train(refiner.training)
-
-    def select(self, err: torch.Tensor) -> torch.Tensor:
-        if self.mode != "sampling":
-            return super().select(err)
-        b = err.shape[0]
-        flat = err.reshape(b, -1)
-        k = self.sample_pixels // 16
-        if self.topk_free:
-            f = flat.float()  # count in float32: exact up to 2**24 patches, also for fp16 models
-            lo = torch.zeros_like(f[:, :1]) - 1.0  # count(f > lo) ≥ k, unless there are fewer than k patches
-            hi = lo + 2.0
-            for _ in range(BISECTION_STEPS):
-                mid = (lo + hi) * 0.5
-                enough = (f > mid).to(f.dtype).sum(dim=1, keepdim=True) >= k
-                lo = torch.where(enough, mid, lo)
-                hi = torch.where(enough, hi, mid)
-            ref = f > lo  # the k-th largest value lies in (lo, hi], hi - lo = 2 ** (1 - BISECTION_STEPS)
-            if self.prevent_oversampling:
-                ref = ref & (f > 0)
-            return ref.to(err.dtype).reshape(err.shape)
-        padded = torch.cat([flat, torch.zeros_like(flat[:, :1]).expand(b, k) - 1.0], dim=1)  # err ≥ 0 > -1
-        top = padded.topk(k, dim=1, sorted=False).indices
-        ref = torch.zeros_like(padded).scatter(1, top, 1.0)[:, : flat.shape[1]]
-        if self.prevent_oversampling:
-            ref = ref * (flat > 0).to(ref.dtype)
-        return ref.reshape(err.shape)
 
 
 def _version() -> str:
@@ -153,11 +72,14 @@ def _check_model(model: nn.Module) -> str:
 
 
 def exportable(model: nn.Module, topk_free: bool = False, dtype: torch.dtype | None = None) -> nn.Module:
-    """A copy of ``model`` in eval mode whose refiner is an :class:`ExportRefiner` (``model`` is not changed)."""
+    """A copy of ``model`` in eval mode that traces into a graph valid at every input size (``model`` is not
+    changed): its refiner selects a fixed top-k (``"fixed-k"``; ``topk_free``: ``"bisection"``, no TopK) and crops
+    by one gather (see :mod:`bgmatting.models.patches`), with the same outputs."""
     _check_model(model)
     out = copy.deepcopy(model).eval()
     if isinstance(out, MattingRefine):
-        out.refiner = ExportRefiner.from_refiner(out.refiner, topk_free=topk_free)
+        out.refiner.selection = "bisection" if topk_free else "fixed-k"
+        out.refiner.crop = "gather"
     return out if dtype is None else out.to(dtype)
 
 
@@ -312,12 +234,12 @@ def _boundary_mask(model: nn.Module, ref_out: tuple, got_ref: torch.Tensor, tol:
     if not differ.any():
         return differ
     r = model.refiner
-    e = _resize(err_sm, tuple(want_ref.shape[2:]))
+    e = resize_bilinear(err_sm, tuple(want_ref.shape[2:]))
     if r.mode == "thresholding":
         boundary = torch.full_like(e, r.threshold)
     else:
         flat = e.flatten(1)
-        k = min(r.sample_pixels // 16, flat.shape[1])
+        k = min(patch_count(r.sample_pixels), flat.shape[1])
         boundary = flat.topk(k, dim=1).values[:, -1].view(-1, 1, 1, 1)
     near = (e - boundary).abs() <= tol
     return differ if bool((near | ~differ).all()) else None
@@ -440,7 +362,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, p
         opset: ONNX opset, 17 to 20.
         precision: ``"fp32"``, or ``"fp16"`` (a half model, meant for GPU runtimes: CUDA/TensorRT execution
             providers; it is checked on ONNX Runtime's CPU provider with a loose tolerance).
-        topk_free: sampling mode without a TopK node (for TensorRT); see :class:`ExportRefiner`.
+        topk_free: sampling mode without a TopK node (for TensorRT); see :func:`exportable`.
         validate: run the file with ONNX Runtime (CPUExecutionProvider) on an example pair at ``example_size``
             (batch 1) and at another size (batch 2) and compare with the float32 PyTorch model; raise when alpha
             differs by more than 1e-4 (fp32: max |difference|) or 5e-3 (fp16: mean |difference|).
@@ -565,7 +487,7 @@ class OnnxModel:
         return f"OnnxModel('{self.path}', {self.architecture}({self.backbone_name}), {self.precision})"
 
     def __call__(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        _check_pair(src, bgr, multiple=4 if self.architecture == "MattingRefine" else 1)
+        check_pair(src, bgr, multiple=4 if self.architecture == "MattingRefine" else 1)
         if isinstance(self.config.get("backbone_scale"), (int, float)):
             check_backbone_size(tuple(src.shape[2:]), self.config["backbone_scale"])
         feed = {n: t.detach().cpu().contiguous().numpy().astype(self._np_dtype, copy=False)

@@ -32,16 +32,16 @@ class Decoder(nn.Module):
         self.relu = nn.ReLU(True)
 
     @staticmethod
-    def _up_cat(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    def up_cat(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=skip.shape[2:], mode="bilinear", align_corners=False)
         return torch.cat([x, skip], dim=1)
 
     def low_features(self, x4, x3, x2, x1) -> torch.Tensor:
         """The third conv's output ``(B, c3, h, w)`` at the size of ``x1``: upsampled to the size of ``x0`` and
         concatenated with ``x0``, it is the last conv's input."""
-        x = self.relu(self.bn1(self.conv1(self._up_cat(x4, x3))))
-        x = self.relu(self.bn2(self.conv2(self._up_cat(x, x2))))
-        return self.relu(self.bn3(self.conv3(self._up_cat(x, x1))))
+        x = self.relu(self.bn1(self.conv1(self.up_cat(x4, x3))))
+        x = self.relu(self.bn2(self.conv2(self.up_cat(x, x2))))
+        return self.relu(self.bn3(self.conv3(self.up_cat(x, x1))))
 
     def forward(self, x4, x3, x2, x1, x0) -> torch.Tensor:
-        return self.conv4(self._up_cat(self.low_features(x4, x3, x2, x1), x0))
+        return self.conv4(self.up_cat(self.low_features(x4, x3, x2, x1), x0))

@@ -22,7 +22,7 @@ HIDDEN_CHANNELS = 32
 _OUT_CHANNELS = 1 + 3 + 1 + HIDDEN_CHANNELS  # pha, fgr residual, err, hid
 
 
-def _check_pair(src: torch.Tensor, bgr: torch.Tensor, multiple: int = 1) -> None:
+def check_pair(src: torch.Tensor, bgr: torch.Tensor, multiple: int = 1) -> None:
     if src.ndim != 4 or src.shape[1] != 3:
         raise BgMattingError(f"src must be a (B, 3, H, W) tensor, got shape {tuple(src.shape)}")
     if bgr.shape != src.shape:
@@ -70,28 +70,28 @@ class MattingBase(nn.Module):
         self.aspp = ASPP(deep, [3, 6, 9])
         self.decoder = Decoder((256, 128, 64, 48, _OUT_CHANNELS), tuple(skips))
 
-    def _encode(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def encode(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Backbone and ASPP: the decoder's inputs ``(aspp(x4), x3, x2, x1, x0)``, ``x0`` = ``cat([src, bgr])``."""
         x, *skips = self.backbone(torch.cat([src, bgr], dim=1))
         return (self.aspp(x), *skips)
 
     @staticmethod
-    def _outputs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def outputs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The first 5 channels of the last conv: ``pha`` in [0, 1], foreground *residual*, ``err`` in [0, 1]."""
         return x[:, 0:1].clamp(0.0, 1.0), x[:, 1:4], x[:, 4:5].clamp(0.0, 1.0)
 
     @classmethod
-    def _heads(cls, x: torch.Tensor):
-        """All the last conv's channels: :meth:`_outputs` and the hidden channels ``hid`` ≥ 0."""
-        return (*cls._outputs(x), x[:, 5:].relu())
+    def heads(cls, x: torch.Tensor):
+        """All the last conv's channels: :meth:`outputs` and the hidden channels ``hid`` ≥ 0."""
+        return (*cls.outputs(x), x[:, 5:].relu())
 
-    def _coarse(self, src: torch.Tensor, bgr: torch.Tensor):
+    def coarse(self, src: torch.Tensor, bgr: torch.Tensor):
         """Base network: ``pha`` in [0, 1], foreground *residual*, ``err`` in [0, 1], ``hid`` ≥ 0."""
-        return self._heads(self.decoder(*self._encode(src, bgr)))
+        return self.heads(self.decoder(*self.encode(src, bgr)))
 
     def forward(self, src: torch.Tensor, bgr: torch.Tensor):
-        _check_pair(src, bgr)
-        pha, fgr_res, err, hid = self._coarse(src, bgr)
+        check_pair(src, bgr)
+        pha, fgr_res, err, hid = self.coarse(src, bgr)
         return pha, (fgr_res + src).clamp(0.0, 1.0), err, hid
 
 
@@ -129,9 +129,9 @@ class MattingRefine(MattingBase):
                                    recompute_scale_factor=True) for t in (src, bgr))
 
     def forward(self, src: torch.Tensor, bgr: torch.Tensor):
-        _check_pair(src, bgr, multiple=4)
+        check_pair(src, bgr, multiple=4)
         src_sm, bgr_sm = self.shrink(src, bgr)
-        pha_sm, fgr_sm, err_sm, hid_sm = self._coarse(src_sm, bgr_sm)
+        pha_sm, fgr_sm, err_sm, hid_sm = self.coarse(src_sm, bgr_sm)
         pha, fgr, ref_sm = self.refiner(src, bgr, pha_sm, fgr_sm, err_sm, hid_sm)
         pha = pha.clamp(0.0, 1.0)
         fgr = (fgr + src).clamp(0.0, 1.0)

@@ -20,39 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-REFINE_MODES = ("full", "sampling", "thresholding")
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-def crop_patches(x: torch.Tensor, idx: torch.Tensor, size: int, border: int) -> torch.Tensor:
-    """Crop the patch-grid cells ``idx`` out of ``x``.
-
-    Args:
-        x: ``(B, C, H, W)``, where ``H`` and ``W`` are multiples of ``size``.
-        idx: ``(N, 3)`` long tensor of ``(batch, row, col)`` patch-grid coordinates.
-        size: the grid cell size in pixels.
-        border: extra pixels on each side (zero outside the image).
-
-    Returns:
-        ``(N, C, size + 2*border, size + 2*border)``.
-    """
-    if border:
-        x = F.pad(x, (border, border, border, border))
-    k = size + 2 * border
-    windows = x.unfold(2, k, size).unfold(3, k, size)  # (B, C, H/size, W/size, k, k), a view
-    return windows[idx[:, 0], :, idx[:, 1], idx[:, 2]]
-
-
-def paste_patches(x: torch.Tensor, patches: torch.Tensor, idx: torch.Tensor, size: int = 4) -> torch.Tensor:
-    """Return ``x`` ``(B, C, H, W)`` with the grid cells ``idx`` replaced by ``patches`` ``(N, C, size, size)``."""
-    b, c, h, w = x.shape
-    grid = x.reshape(b, c, h // size, size, w // size, size).permute(0, 2, 4, 1, 3, 5).clone()
-    grid[idx[:, 0], idx[:, 1], idx[:, 2]] = patches.to(grid.dtype)
-    return grid.permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
-
+from .patches import CROPS, REFINE_MODES, SELECTIONS, crop_patches, paste_patches, resize_bilinear, select_patches
 
 class Refiner(nn.Module):
     """Patch refiner. ``forward(src, bgr, pha, fgr, err, hid) -> (pha, fgr, ref)``.
@@ -66,12 +34,17 @@ class Refiner(nn.Module):
     """
 
     def __init__(self, mode: str = "sampling", sample_pixels: int = 80_000, threshold: float = 0.1,
-                 kernel_size: int = 3, prevent_oversampling: bool = True):
+                 kernel_size: int = 3, prevent_oversampling: bool = True, selection: str = "topk",
+                 crop: str = "unfold"):
         super().__init__()
         if mode not in REFINE_MODES:
             raise ValueError(f"refine mode must be one of {', '.join(REFINE_MODES)}, not {mode!r}")
         if kernel_size not in (1, 3):
             raise ValueError(f"refine kernel size must be 1 or 3, not {kernel_size!r}")
+        if selection not in SELECTIONS or crop not in CROPS:
+            raise ValueError(f"selection must be one of {SELECTIONS} and crop one of {CROPS}, not {selection!r} and "
+                             f"{crop!r}")
+        self.selection, self.crop = selection, crop  # how to run it (patches.py): not in the state dict
         self.mode = mode
         self.sample_pixels = sample_pixels
         self.threshold = threshold
@@ -88,32 +61,23 @@ class Refiner(nn.Module):
         self.relu = nn.ReLU(True)
 
     def extra_repr(self) -> str:
+        ways = "" if (self.selection, self.crop) == ("topk", "unfold") else \
+            f", selection={self.selection!r}, crop={self.crop!r}"
         return (f"mode={self.mode!r}, sample_pixels={self.sample_pixels}, threshold={self.threshold}, "
-                f"kernel_size={self.kernel_size}, prevent_oversampling={self.prevent_oversampling}")
+                f"kernel_size={self.kernel_size}, prevent_oversampling={self.prevent_oversampling}{ways}")
 
     def select(self, err: torch.Tensor) -> torch.Tensor:
-        """Which patches to refine: ``err`` ``(B, 1, h, w)`` at 1/4 resolution → ``ref`` ``(B, 1, h, w)`` of 0/1."""
-        if self.mode == "sampling":
-            b, _, h, w = err.shape
-            flat = err.reshape(b, h * w)
-            k = min(self.sample_pixels // 16, h * w)
-            ref = torch.zeros_like(flat)
-            top = flat.topk(k, dim=1, sorted=False).indices
-            ref.scatter_(1, top, 1.0)
-            if self.prevent_oversampling:
-                ref = ref * (flat > 0).to(ref.dtype)
-            return ref.reshape(b, 1, h, w)
-        return (err > self.threshold).to(err.dtype)
+        """Which patches to refine: ``err`` ``(B, 1, h, w)`` at 1/4 resolution → ``ref`` ``(B, 1, h, w)`` of 0/1
+        (:func:`~bgmatting.models.patches.select_patches` with this refiner's options)."""
+        return select_patches(err, self.mode, self.sample_pixels, self.threshold, self.prevent_oversampling,
+                              self.selection)
 
-    def _stage1(self, x: torch.Tensor) -> torch.Tensor:
+    def stage1(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         return self.relu(self.bn2(self.conv2(x)))
 
-    def _stage2(self, x: torch.Tensor) -> torch.Tensor:
+    def stage2(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv4(self.relu(self.bn3(self.conv3(x))))
-
-    #: how patches are cut out: ``(x, idx, size, border) -> crops`` (the export subclass swaps in a traceable gather)
-    crop = staticmethod(crop_patches)
 
     def forward(self, src, bgr, pha, fgr, err, hid):
         H, W = src.shape[2:]
@@ -123,29 +87,29 @@ class Refiner(nn.Module):
         k3 = self.kernel_size == 3
 
         if self.mode == "full":
-            x = _resize(coarse, half)
-            y = _resize(src_bgr, half)
+            x = resize_bilinear(coarse, half)
+            y = resize_bilinear(src_bgr, half)
             if k3:  # 3 px of zeros on each side: two valid 3×3 convs leave a 1 px border for stage 2
                 x, y = F.pad(x, (3, 3, 3, 3)), F.pad(y, (3, 3, 3, 3))
-            x = self._stage1(torch.cat([x, y], dim=1))
+            x = self.stage1(torch.cat([x, y], dim=1))
             if k3:
                 x = F.interpolate(x, size=(H + 4, W + 4), mode="nearest")
                 y = F.pad(src_bgr, (2, 2, 2, 2))
             else:
                 x = F.interpolate(x, size=(H, W), mode="nearest")
                 y = src_bgr
-            out = self._stage2(torch.cat([x, y], dim=1))
+            out = self.stage2(torch.cat([x, y], dim=1))
             ref = torch.ones_like(src[:, :1, ::4, ::4])  # (B, 1, H/4, W/4); no device constant in a trace
             return out[:, :1], out[:, 1:], ref
 
-        ref = self.select(_resize(err, quarter))
+        ref = self.select(resize_bilinear(err, quarter))
         idx = torch.nonzero(ref[:, 0])  # (N, 3): batch, row, col on the 1/4 grid
-        out = _resize(torch.cat([pha, fgr], dim=1), (H, W))
+        out = resize_bilinear(torch.cat([pha, fgr], dim=1), (H, W))
         if idx.shape[0] > 0 or torch.jit.is_tracing():  # a trace keeps the patch path (it copes with none)
-            x = self.crop(_resize(coarse, half), idx, 2, 3 if k3 else 0)
-            y = self.crop(_resize(src_bgr, half), idx, 2, 3 if k3 else 0)
-            x = self._stage1(torch.cat([x, y], dim=1))
+            x = crop_patches(resize_bilinear(coarse, half), idx, 2, 3 if k3 else 0, self.crop)
+            y = crop_patches(resize_bilinear(src_bgr, half), idx, 2, 3 if k3 else 0, self.crop)
+            x = self.stage1(torch.cat([x, y], dim=1))
             x = F.interpolate(x, size=(8, 8) if k3 else (4, 4), mode="nearest")
-            y = self.crop(src_bgr, idx, 4, 2 if k3 else 0)
-            out = paste_patches(out, self._stage2(torch.cat([x, y], dim=1)), idx)
+            y = crop_patches(src_bgr, idx, 4, 2 if k3 else 0, self.crop)
+            out = paste_patches(out, self.stage2(torch.cat([x, y], dim=1)), idx)
         return out[:, :1], out[:, 1:], ref
