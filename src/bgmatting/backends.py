@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from .errors import BgMattingError, install_hint
-from .export import _LEGACY_EXPORTER, _quiet_trace
+from .onnx_runtime import open_session
+from .tracing import LEGACY_EXPORTER, quiet_trace
 from .io.atomic import atomic_write_bytes
 from .io.cache import cache_dir
 from .models import MattingBase, MattingRefine
@@ -88,10 +89,10 @@ def _encoder_onnx(model: MattingBase) -> bytes:
     example = torch.rand(1, 3, 64, 64, device=next(model.parameters()).device)
     buf = io.BytesIO()
     axes = {0: "batch", 2: "height", 3: "width"}
-    with _quiet_trace():
+    with quiet_trace():
         torch.onnx.export(net, (example, example), buf, input_names=["src", "bgr"], output_names=ENCODER_OUTPUTS,
                           dynamic_axes={n: axes for n in ["src", "bgr", *ENCODER_OUTPUTS]}, opset_version=OPSET,
-                          **_LEGACY_EXPORTER)
+                          **LEGACY_EXPORTER)
     return buf.getvalue()
 
 
@@ -139,16 +140,9 @@ class OnnxEncoder:
     """
 
     def __init__(self, model: MattingBase, threads: int | None = None, cache: Path | None = None):
-        import onnxruntime as ort
-
         data = cached_encoder_onnx(model, cache)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # leave the cores to torch
-        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        self.session = open_session(data, "the backbone's ONNX graph does not load", threads=threads or
+                                    torch.get_num_threads(), spin=False, what="the onnxruntime backend")
 
     def __call__(self, src: torch.Tensor, bgr: torch.Tensor):
         feed = {"src": src.detach().float().contiguous().numpy(), "bgr": bgr.detach().float().contiguous().numpy()}

@@ -1,5 +1,5 @@
-"""TorchScript and ONNX export of ``MattingBase``/``MattingRefine``, validated against PyTorch, and an ONNX Runtime
-runner, :class:`OnnxModel`.
+"""TorchScript and ONNX export of ``MattingBase``/``MattingRefine``, validated against PyTorch (the ONNX files
+run with :class:`bgmatting.onnx_runtime.OnnxModel`).
 
 Both exporters trace the network once on an example pair and give graphs with dynamic batch, height and width.
 The eager refiner has two parts that do not trace into a size-independent graph: its top-k count is
@@ -22,12 +22,9 @@ model. The file is written atomically: a failed export or check leaves nothing b
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import os
-import warnings
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,16 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import BgMattingError, install_hint
+from .errors import BgMattingError, import_optional
 from .io.atomic import atomic_path
 from .models import MattingBase, MattingRefine
-from .models.matting import check_pair, check_backbone_size
 from .models.patches import patch_count, resize_bilinear
-from .weights import FORMAT_TAG, load_model, model_config, pytorch_weights
+from .model_metadata import FORMAT_TAG, INPUT_NAMES, OUTPUT_NAMES
+from .onnx_runtime import OnnxModel
+from .tracing import LEGACY_EXPORTER, quiet_trace
+from .weights import load_model, model_config, pytorch_weights
 
-INPUT_NAMES = ("src", "bgr")
-OUTPUT_NAMES = {"MattingBase": ("pha", "fgr", "err", "hid"),
-                "MattingRefine": ("pha", "fgr", "pha_sm", "fgr_sm", "err_sm", "ref_sm")}
 FORMATS = ("onnx", "torchscript")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 MIN_OPSET, MAX_OPSET = 17, 20  # 20: the newest opset of torch's TorchScript-based ONNX exporter
@@ -309,19 +305,6 @@ def _notes(checks: list[ExportCheck], precision: str) -> list[str]:
     return notes
 
 
-@contextmanager
-def _quiet_trace():
-    """Silence the tracer's and the legacy ONNX exporter's warnings: they are about the shape arithmetic and the
-    size checks that the trace records as constants, which this module handles (and checks)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*(legacy TorchScript-based ONNX|Constant folding|torch.tensor "
-                                                  "results|feature will be removed).*")
-        yield
-
-
 def _prepare(model: nn.Module, precision: str, example_size) -> tuple[str, dict, tuple[int, int], torch.device]:
     architecture = _check_model(model)
     if precision not in PRECISIONS:
@@ -332,18 +315,6 @@ def _prepare(model: nn.Module, precision: str, example_size) -> tuple[str, dict,
 
 
 # --------------------------------------------------------------------------------------------- ONNX
-
-# torch's TorchScript-based ONNX exporter (the dynamo one needs the onnxscript package, which is not a dependency);
-# older torch versions have no `dynamo` argument and only this exporter
-_LEGACY_EXPORTER = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-
-
-def _import(name: str, what: str):
-    try:
-        return __import__(name)
-    except ImportError:
-        raise BgMattingError(f"{what} needs the '{name}' package: {install_hint('onnx')}") from None
-
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, precision: str = "fp32",
                 topk_free: bool = False, validate: bool = True,
@@ -378,8 +349,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, p
     architecture, config, size, device = _prepare(model, precision, example_size)
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise BgMattingError(f"ONNX opset must be an integer from {MIN_OPSET} to {MAX_OPSET}, not {opset!r}")
-    onnx = _import("onnx", "ONNX export")
-    ort = _import("onnxruntime", "checking an ONNX export") if validate else None
+    onnx = import_optional("onnx", "ONNX export", "onnx")
+    ort = import_optional("onnxruntime", "checking an ONNX export", "onnx") if validate else None
     names = OUTPUT_NAMES[architecture]
     dtype = PRECISIONS[precision]
     reference = _reference_model(model)
@@ -396,8 +367,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, p
         report.notes.append("topk_free only changes the sampling refine mode; this graph has no TopK anyway")
     with atomic_path(path) as tmp:
         try:
-            with torch.no_grad(), _quiet_trace():
-                torch.onnx.export(net, example, str(tmp), **_LEGACY_EXPORTER, opset_version=opset,
+            with torch.no_grad(), quiet_trace():
+                torch.onnx.export(net, example, str(tmp), **LEGACY_EXPORTER, opset_version=opset,
                                   input_names=list(INPUT_NAMES), output_names=list(names), dynamic_axes=dynamic,
                                   do_constant_folding=True)
         except RuntimeError as e:  # torch.onnx.errors.OnnxExporterError is one
@@ -413,87 +384,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, p
             report.runtime = f"onnxruntime {ort.__version__} (CPUExecutionProvider)"
             _validate(reference, runner, names, size, precision, device, report)
     return report
-
-
-def _read_onnx_meta(meta: dict[str, str], path: Path) -> dict[str, Any]:
-    if meta.get("format") != FORMAT_TAG:
-        raise BgMattingError(f"'{path}' is an ONNX model but not one exported by bgmatting (no bgmatting metadata); "
-                             "export one with 'bgmatting export --format onnx'")
-    try:
-        cfg = {"architecture": meta["architecture"], "backbone": meta["backbone"], **json.loads(meta.get("config", "{}"))}
-    except (KeyError, json.JSONDecodeError, TypeError):
-        raise BgMattingError(f"'{path}' has corrupt bgmatting metadata") from None
-    if cfg["architecture"] not in OUTPUT_NAMES:
-        raise BgMattingError(f"'{path}' holds an unknown architecture '{cfg['architecture']}'")
-    return cfg
-
-
-class OnnxModel:
-    """Run an ONNX file written by :func:`export_onnx` with ONNX Runtime, like the PyTorch model.
-
-    ``model(src, bgr)`` with ``src``, ``bgr`` ``(B, 3, H, W)`` tensors in [0, 1] (``H``, ``W`` multiples of 4 for
-    ``MattingRefine``) returns the same tuple as the PyTorch model — ``(pha, fgr, err, hid)`` or
-    ``(pha, fgr, pha_sm, fgr_sm, err_sm, ref_sm)`` — as tensors on ``src``'s device, in the file's precision.
-
-    Args:
-        path: the ``.onnx`` file.
-        providers: ONNX Runtime execution providers in order of preference (default ``["CPUExecutionProvider"]``;
-            e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` with ``onnxruntime-gpu``).
-        intra_op_threads: threads of one operator (default: ONNX Runtime's choice, all cores).
-
-    Attributes:
-        config: architecture, backbone and refiner options, as :func:`bgmatting.weights.model_config` gives them.
-        metadata: the file's raw ``metadata_props``.
-        output_names: the outputs' names, in order.
-        session: the ``onnxruntime.InferenceSession``.
-
-    Raises:
-        BgMattingError: ``onnxruntime`` missing, a file that is not an ONNX model or not one of ours, or an
-        unavailable provider.
-    """
-
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
-                 intra_op_threads: int | None = None):
-        ort = _import("onnxruntime", "OnnxModel")
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise BgMattingError(f"ONNX file '{self.path}' does not exist")
-        providers = list(providers or ["CPUExecutionProvider"])
-        missing = [p for p in providers if p not in ort.get_available_providers()]
-        if missing:
-            raise BgMattingError(f"ONNX Runtime provider(s) {', '.join(missing)} not available here; available: "
-                                 f"{', '.join(ort.get_available_providers())}")
-        options = ort.SessionOptions()
-        if intra_op_threads:
-            options.intra_op_num_threads = int(intra_op_threads)
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as e:  # noqa: BLE001 -- onnxruntime's own types (InvalidProtobuf, Fail, ...)
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise BgMattingError(f"'{self.path}' is not a readable ONNX model: {first}") from None
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.config = _read_onnx_meta(self.metadata, self.path)
-        self.architecture = self.config["architecture"]
-        self.backbone_name = self.config["backbone"]
-        self.precision = self.metadata.get("precision", "fp32")
-        self.output_names = tuple(o.name for o in self.session.get_outputs())
-        inputs = self.session.get_inputs()
-        if tuple(i.name for i in inputs) != INPUT_NAMES or self.output_names != OUTPUT_NAMES[self.architecture]:
-            raise BgMattingError(f"'{self.path}' does not have the inputs/outputs of a bgmatting export")
-        self._np_dtype = {"tensor(float16)": "float16", "tensor(float)": "float32"}.get(inputs[0].type, "float32")
-
-    def __repr__(self) -> str:
-        return f"OnnxModel('{self.path}', {self.architecture}({self.backbone_name}), {self.precision})"
-
-    def __call__(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        check_pair(src, bgr, multiple=4 if self.architecture == "MattingRefine" else 1)
-        if isinstance(self.config.get("backbone_scale"), (int, float)):
-            check_backbone_size(tuple(src.shape[2:]), self.config["backbone_scale"])
-        feed = {n: t.detach().cpu().contiguous().numpy().astype(self._np_dtype, copy=False)
-                for n, t in zip(INPUT_NAMES, (src, bgr))}
-        outs = self.session.run(None, feed)
-        return tuple(torch.from_numpy(o).to(src.device) for o in outs)
 
 
 # --------------------------------------------------------------------------------------------- TorchScript
@@ -530,14 +420,14 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, *, precision: 
     report = ExportReport(Path(path), "torchscript", precision, config)
     with atomic_path(path) as tmp:
         try:
-            with torch.no_grad(), _quiet_trace():
+            with torch.no_grad(), quiet_trace():
                 traced = torch.jit.trace(net, example, check_trace=False)
         except RuntimeError as e:
             raise BgMattingError(f"TorchScript export failed: {str(e).strip().splitlines()[0][:300]}") from None
-        with _quiet_trace():  # torch.jit.save/load warn that TorchScript is deprecated
+        with quiet_trace():  # torch.jit.save/load warn that TorchScript is deprecated
             torch.jit.save(traced, str(tmp), _extra_files=extra)
         if validate:
-            with _quiet_trace():
+            with quiet_trace():
                 loaded = torch.jit.load(str(tmp), map_location=device)
             report.runtime = f"torch.jit.load (torch {torch.__version__}, {device})"
             _validate(reference, loaded, names, size, precision, device, report)

@@ -24,6 +24,8 @@ from torch import nn
 
 from .errors import BgMattingError
 from .io.atomic import atomic_path
+from .model_metadata import FORMAT_TAG, REFINE_OPTIONS
+from .onnx_runtime import OnnxModel
 from .models import BACKBONES, REFINE_MODES, MattingBase, MattingRefine
 from .zoo import DEFAULT_MODEL, ModelInfo, find_model, list_models, register_model
 
@@ -31,9 +33,6 @@ __all__ = ["DEFAULT_MODEL", "FORMAT_TAG", "REFINE_OPTIONS", "ModelInfo", "build_
            "detect_config", "is_onnx_file", "list_models", "load_model", "model_config", "pytorch_weights",
            "read_state_dict", "register_model", "save_weights"]
 
-FORMAT_TAG = "bgmatting"
-REFINE_OPTIONS = ("backbone_scale", "refine_mode", "refine_sample_pixels", "refine_threshold",
-                  "refine_prevent_oversampling")
 _ARCHITECTURES = {"MattingBase": MattingBase, "MattingRefine": MattingRefine}
 
 
@@ -345,7 +344,7 @@ def load_model(source: str | os.PathLike | None = None, **overrides) -> nn.Modul
             path of an original BGMv2 ``.pth`` state_dict, an original TorchScript export, or one of our
             ``.safetensors`` files. The architecture (``MattingBase``/``MattingRefine``) and backbone are
             detected from the weights. An ``.onnx`` file written by ``bgmatting export`` gives an
-            :class:`~bgmatting.export.OnnxModel` instead: called like the model (same outputs), run by ONNX
+            :class:`~bgmatting.onnx_runtime.OnnxModel` instead: called like the model (same outputs), run by ONNX
             Runtime on the CPU, in the precision and refine options it was exported with.
         **overrides: ``MattingRefine`` options to use instead of the file's defaults: ``backbone_scale``,
             ``refine_mode``, ``refine_sample_pixels``, ``refine_threshold``, ``refine_prevent_oversampling``.
@@ -358,8 +357,6 @@ def load_model(source: str | os.PathLike | None = None, **overrides) -> nn.Modul
     if unknown:
         raise BgMattingError(f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(REFINE_OPTIONS)}")
     if is_onnx_file(source):
-        from .export import OnnxModel
-
         check_onnx_options(overrides)
         return OnnxModel(source)
     name = DEFAULT_MODEL if source is None else source

@@ -17,20 +17,15 @@ __all__ = ["ModnetTeacher", "SaliencyTeacher"]
 
 def _onnx_session(model_path: str | os.PathLike, threads: int):
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError:
         raise BgMattingError("onnxruntime is needed to run the MODNet teacher: pip install onnxruntime "
                              "(or install bgmatting with its training extra), or leave out the 'people' source") from None
     if not Path(model_path).is_file():
         raise BgMattingError(f"teacher model '{model_path}' does not exist")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = max(1, int(threads))
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types
-        raise BgMattingError(f"cannot load teacher model '{model_path}': {e}") from None
+    from ..onnx_runtime import open_session  # (imports torch: only when a teacher runs)
+
+    return open_session(model_path, f"cannot load teacher model '{model_path}'", threads=threads)
 
 
 class ModnetTeacher:
