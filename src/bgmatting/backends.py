@@ -31,7 +31,7 @@ from .io.atomic import atomic_write_bytes
 from .io.cache import cache_dir
 from .models import MattingBase, MattingRefine
 from .models.fast import FastMatting
-from .names import BACKENDS
+from .options import BACKENDS
 
 
 

@@ -98,21 +98,14 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..batch import parse_outputs
 from ..errors import BgMattingError
 from ..io.images import ImageDecodeError, ImageTooLargeError, to_uint
 from ..io.images import decode_image as _decode
 from ..models import MattingRefine
-from ..pipeline import (
-    Matter,
-    MatteResult,
-    check_background_size,
-    cover_resize,
-    match_background,
-    parse_colour,
-    tensor_to_uint,
-    to_tensor,
-)
+from ..outputs import parse_outputs
+from ..pipeline import Matter
+from ..results import MatteResult
+from ..tensors import check_background_size, cover_resize, match_background, parse_colour, tensor_to_uint, to_tensor
 
 DEFAULT_MAX_UPLOAD_MB = 32.0
 DEFAULT_MAX_PIXELS = 16_000_000
