@@ -396,8 +396,8 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
         crf: quality for mp4 (0–51, default 18) and webm-alpha (0–63, default 24); lower is better and larger.
         preset: libx264's speed for mp4, ``'ultrafast'`` … ``'veryslow'`` (default ``'medium'``): a faster one
             frees CPU time for the model at the cost of a larger file.
-        batch: frames per model call; ``None``: 4 on a GPU, 1 on a CPU (where two workers with one frame each
-            run fastest: 3.0 fps against 2.6 with 4 frames, on a 2-core machine at HD, and 0.9 GB less memory).
+        batch: frames per model call (at most :data:`~bgmatting.options.MAX_BATCH`); ``None``: 4 on a GPU, 1 on a
+            CPU (where two workers with one frame each run fastest, with less memory; measurements in the README).
         workers: model calls that run at the same time, each on its share of the threads (CPU only): on a CPU,
             two single-threaded calls get more done than one call on two threads. ``None``: 2 for a
             :class:`Matter` on a CPU with 2 threads or more, else 1 (other objects may not be thread-safe).
