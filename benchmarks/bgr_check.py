@@ -23,7 +23,7 @@ photo; see ``SAME_SCENE``) are not mistakes: they are reported on their own line
 of the false-accept rate.
 
 Prints, for each group, the number of pairs and the min / 5th percentile / median / 95th percentile / max of
-:func:`bgmatting.align.background_agreement`, the rate of pairs on the wrong side of the threshold
+:func:`bgmatting.scene.background_agreement`, the rate of pairs on the wrong side of the threshold
 (``MIN_AGREEMENT`` unless ``--threshold``), the mistaken pairs that score highest, and the time per pair.
 """
 
@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 import torch
 
-from bgmatting.align import MIN_AGREEMENT, background_agreement
+from bgmatting.scene import MIN_AGREEMENT, background_agreement
 from bgmatting.data.perturb import make_pair
 
 ROOT = Path(__file__).resolve().parents[1]

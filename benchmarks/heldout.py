@@ -6,7 +6,7 @@
 
 Builds the held-out set with ``bgmatting data heldout`` (default ``<corpus>/../heldout``) unless it exists,
 then runs each model as a user would, ``bgmatting matte HELDOUT/src --bgr HELDOUT/bgr -o TMP --outputs pha
-[--align]`` (:func:`bgmatting.batch.matte_images`, background check included), and scores the written mattes
+[--align]`` (:func:`bgmatting.folders.matte_images`, background check included), and scores the written mattes
 as ``bgmatting eval --data HELDOUT --predictions TMP --trimap-mse`` does. The classical reference keys on the
 colour difference between source and background shot (``benchmarks/accuracy.py``), with ``lo`` and ``hi``
 chosen on the same images for the lowest MSE (an oracle no real keyer has; tuned on a fixed sample of pixels
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import DifferenceKeyer, aligned  # noqa: E402
 
 from bgmatting import BgMattingError, Matter  # noqa: E402
-from bgmatting.batch import matte_images  # noqa: E402
+from bgmatting.folders import matte_images  # noqa: E402
 from bgmatting.data.heldout import GROUPS, build_heldout  # noqa: E402
 from bgmatting.evaluation import evaluate  # noqa: E402
 from bgmatting.io import read_image  # noqa: E402

@@ -26,7 +26,8 @@ import torch  # noqa: E402
 from bgmatting import Matter  # noqa: E402
 from bgmatting.bench import parse_resolution  # noqa: E402
 from bgmatting.models import MattingBase  # noqa: E402
-from bgmatting.pipeline import MatteResult, to_tensor  # noqa: E402
+from bgmatting.results import MatteResult  # noqa: E402
+from bgmatting.tensors import to_tensor  # noqa: E402
 
 OUTPUTS = ("pha", "fgr", "err", "ref")
 

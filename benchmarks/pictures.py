@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from bgmatting import Matter
 from bgmatting.data.perturb import make_pair
 from bgmatting.io import list_images, read_image, write_image
-from bgmatting.pipeline import cover_resize, to_tensor
+from bgmatting.tensors import cover_resize, to_tensor
 
 TILE_H = 240
 

@@ -12,15 +12,8 @@ import torch
 cv2 = pytest.importorskip("cv2")
 
 from bgmatting import BgMattingError
-from bgmatting.align import (
-    MIN_AGREEMENT,
-    AlignmentWarning,
-    BackgroundAligner,
-    align_background,
-    background_agreement,
-    check_background_matches,
-    check_video_background,
-)
+from bgmatting.align import AlignmentWarning, BackgroundAligner, align_background
+from bgmatting.scene import MIN_AGREEMENT, background_agreement, check_background_matches, check_video_background
 
 H, W = 192, 256
 

@@ -321,7 +321,7 @@ def test_matte_runs_images_on_parallel_workers_with_the_same_result(tmp_path, we
     import threading
 
     from bgmatting import matte_images
-    from bgmatting.pipeline import MatteResult
+    from bgmatting.results import MatteResult
 
     for i in range(5):
         _img(tmp_path / "src" / f"{i}.jpg", seed=0)

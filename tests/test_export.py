@@ -23,7 +23,6 @@ from bgmatting.export import (
     export_torchscript,
     exportable,
 )
-from bgmatting.models.refiner import Refiner
 from bgmatting.weights import model_config
 
 onnx = pytest.importorskip("onnx")

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bgmatting import BgMattingError, MattingBase, MattingRefine, Matter
-from bgmatting.pipeline import MatteResult, cover_resize, pad_to_multiple, parse_colour, to_tensor
+from bgmatting.results import MatteResult
+from bgmatting.tensors import cover_resize, pad_to_multiple, parse_colour, to_tensor
 from conftest import randomize_
 
 
@@ -142,7 +143,7 @@ def test_forward_tensors_makes_only_the_outputs_asked_for(refine_model, arch):
 
 
 def test_model_workers_give_the_threads_back_even_if_the_model_fails_to_build(refine_model, monkeypatch):
-    from bgmatting.pipeline import ModelWorkers
+    from bgmatting.workers import ModelWorkers
 
     before = torch.get_num_threads()
     matter = Matter(refine_model, device="cpu")

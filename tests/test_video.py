@@ -38,7 +38,10 @@ from bgmatting import BgMattingError, Matter, MattingRefine
 from bgmatting import video as vmod
 from bgmatting.io import video_formats as vio
 from bgmatting.io.video import VideoReader, VideoWriter
-from bgmatting.pipeline import TENSOR_OUTPUTS, ModelWorkers, tensor_to_uint
+from bgmatting.outputs import output_image
+from bgmatting.results import TENSOR_OUTPUTS
+from bgmatting.tensors import tensor_to_uint
+from bgmatting.workers import ModelWorkers
 from bgmatting.cli import main
 from bgmatting.video import VideoReport, convert_video, plan_video_outputs
 
@@ -474,9 +477,9 @@ def test_composite_output_is_alpha_blend():
     res = {"pha": torch.rand(2, 1, 5, 6, generator=gen), "fgr": torch.rand(2, 3, 5, 6, generator=gen)}
     for target in (torch.rand(2, 3, 5, 6, generator=gen), torch.tensor([0.0, 1.0, 0.5]).view(1, 3, 1, 1)):
         want = res["pha"] * res["fgr"] + (1 - res["pha"]) * target
-        got = vmod._output("com", res, target)
+        got = output_image("com", res, target)
         assert got.shape == (2, 3, 5, 6) and float((got - want).abs().max()) < 1e-6
-    assert torch.equal(vmod._output("com", res, None), torch.cat([res["fgr"], res["pha"]], dim=1))
+    assert torch.equal(output_image("com", res, None), torch.cat([res["fgr"], res["pha"]], dim=1))
 
 
 class JitteryMatter(StubMatter):

@@ -642,7 +642,7 @@ def test_live_any_json_value_in_any_field_keeps_the_connection(client, pair):
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from bgmatting.pipeline import parse_colour
+    from bgmatting.tensors import parse_colour
 
     scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
                | st.sampled_from(["com", "pha", "composite", "#00ff00", "#fff", "1,2,3", "config", "ping"]))

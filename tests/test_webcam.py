@@ -8,7 +8,7 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 
 from bgmatting import BgMattingError, Matter, MattingRefine
-from bgmatting.pipeline import MatteResult
+from bgmatting.results import MatteResult
 from bgmatting.webcam import HINT, WebcamSession, parse_camera, parse_size, run
 
 H, W, N = 48, 64, 10

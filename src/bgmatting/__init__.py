@@ -22,8 +22,8 @@ __version__ = "0.1.0"
 # The rest loads on first use (PEP 562), so that ``import bgmatting`` — and the command line's ``--help`` and
 # argument errors — do not wait seconds for PyTorch and torchvision.
 _LAZY = {
-    "matte_images": ".batch", "OnnxModel": ".export", "export_onnx": ".export", "export_torchscript": ".export",
-    "MattingBase": ".models", "MattingRefine": ".models", "Matter": ".pipeline", "MatteResult": ".pipeline",
+    "matte_images": ".folders", "OnnxModel": ".onnx_runtime", "export_onnx": ".export", "export_torchscript": ".export",
+    "MattingBase": ".models", "MattingRefine": ".models", "Matter": ".pipeline", "MatteResult": ".results",
     "VideoReport": ".video", "convert_video": ".video", "ModelInfo": ".zoo", "list_models": ".zoo",
     "load_model": ".weights", "read_state_dict": ".weights", "save_weights": ".weights",
 }

@@ -32,7 +32,7 @@ from .io.atomic import atomic_write_bytes
 from .io.cache import cache_dir
 from .models import MattingBase, MattingRefine
 from .models.optimised import FastMatting
-from .names import BACKENDS
+from .options import BACKENDS
 
 
 

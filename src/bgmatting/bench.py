@@ -27,7 +27,9 @@ from .backends import make_runner
 from .errors import BgMattingError
 from .io.images import check_pixels
 from .models import MattingBase, MattingRefine
-from .pipeline import PRECISIONS, to_tensor
+from .options import BACKENDS
+from .pipeline import PRECISION_DTYPES, resolve_device
+from .tensors import to_tensor
 
 #: named resolutions and the paper's settings for them: (H, W), backbone_scale, refine_sample_pixels
 RESOLUTIONS = {"hd": ((1080, 1920), 1 / 4, 80_000), "4k": ((2160, 3840), 1 / 8, 320_000)}
@@ -149,7 +151,7 @@ def time_runners(runs: Sequence[Callable], src: torch.Tensor, bgr: torch.Tensor,
     outputs those of the last call.
     """
     device = src.device
-    dtype = PRECISIONS[precision]
+    dtype = PRECISION_DTYPES[precision]
     cuda = device.type == "cuda"
     peaks, outs, times = [], [], [[] for _ in runs]
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -220,6 +222,51 @@ def run_bench(model: MattingBase, size: tuple[int, int], backends: Sequence[str]
         elif not first:
             row.max_diff = float((pha - base_pha).abs().max())
         rows.append(row)
+    return rows
+
+
+def choose_backends(backends: str | Sequence[str] | None, device: torch.device) -> list[str]:
+    """The backends to time, the reference first: ``'reference,eager'`` or a list (checked against
+    :data:`~bgmatting.options.BACKENDS`, ``auto`` excluded), or ``None`` for reference, eager, and graph on CUDA or
+    onnxruntime on the CPU."""
+    if not backends:
+        return ["reference", "eager", "graph"] if device.type == "cuda" else ["reference", "eager", "onnxruntime"]
+    names = [b.strip() for b in (backends.split(",") if isinstance(backends, str) else backends) if b.strip()]
+    for b in names:
+        if b not in BACKENDS or b == "auto":
+            raise BgMattingError(f"unknown backend '{b}' in --backend; choose from "
+                                 f"{', '.join(x for x in BACKENDS if x != 'auto')}")
+    return names
+
+
+def bench(weights: str | None = None, backbone: str | None = None, resolutions: str | Sequence[str] = "hd",
+          backends: str | Sequence[str] | None = None, *, device: str | torch.device = "auto",
+          precisions: str | Sequence[str] = "fp32", batch: int = 1, frames: int = 10, warmup: int = 3,
+          backbone_scale: float | None = None, refine_mode: str | None = None,
+          refine_sample_pixels: int | None = None, refine_threshold: float | None = None,
+          progress: Callable[[str], None] | None = None) -> list[BenchRow]:
+    """What ``bgmatting bench`` does: :func:`run_bench` for each resolution and precision.
+
+    Args:
+        weights, backbone: the model (see :func:`bench_model`).
+        resolutions: ``'hd,4k'`` or a list of :func:`parse_resolution` entries.
+        backends: see :func:`choose_backends`.
+        precisions: ``'fp32,bf16'`` or a list of :data:`~bgmatting.options.PRECISIONS`.
+        backbone_scale, refine_mode, refine_sample_pixels, refine_threshold: override the paper's settings.
+
+    Returns:
+        the rows of every configuration, resolution by resolution.
+    """
+    device = resolve_device(device)
+    backends = choose_backends(backends, device)
+    rows: list[BenchRow] = []
+    for resolution in resolutions.split(",") if isinstance(resolutions, str) else resolutions:
+        model, size = bench_model(weights, backbone, resolution, backbone_scale=backbone_scale,
+                                  refine_mode=refine_mode, refine_sample_pixels=refine_sample_pixels,
+                                  refine_threshold=refine_threshold)
+        for precision in precisions.split(",") if isinstance(precisions, str) else precisions:
+            rows += run_bench(model, size, backends, device=device, precision=precision.strip(), batch=batch,
+                              frames=frames, warmup=warmup, progress=progress)
     return rows
 
 

@@ -10,7 +10,18 @@ from fractions import Fraction
 
 from . import __version__
 from .errors import BgMattingError
-from .names import BACKENDS, MAX_BATCH, MAX_PLATE_FRAMES, MAX_WORKERS
+from .options import (
+    BACKBONES,
+    BACKENDS,
+    EXPORT_PRECISIONS,
+    MAX_BATCH,
+    MAX_PLATE_FRAMES,
+    MAX_WORKERS,
+    OUTPUT_KINDS,
+    PRECISIONS,
+    REFINE_MODES,
+    VIDEO_OUTPUT_KINDS,
+)
 
 
 def _printable(message: str) -> str:
@@ -139,13 +150,13 @@ def _add_model_args(p: argparse.ArgumentParser, runtime: bool = True) -> None:
     g.add_argument("--weights", metavar="PATH|NAME", default=None,
                    help="weights file (original .pth/TorchScript or .safetensors) or zoo name; default: the shipped model")
     g.add_argument("--backbone-scale", type=_scale, metavar="S", help="input scale of the base network, e.g. 1/4")
-    g.add_argument("--refine-mode", choices=("sampling", "thresholding", "full"))
+    g.add_argument("--refine-mode", choices=REFINE_MODES)
     g.add_argument("--refine-sample-pixels", type=_int_at_least(16, " (one 4x4 patch)"), metavar="N",
                    help="pixels refined in sampling mode")
     g.add_argument("--refine-threshold", type=_finite, metavar="T", help="error threshold in thresholding mode")
     if runtime:
         g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-        g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+        g.add_argument("--precision", default="fp32", choices=PRECISIONS)
         g.add_argument("--backend", choices=BACKENDS, default=None,
                        help="how the network runs: auto (default: graph on CUDA; on the CPU onnxruntime when "
                             "installed, else eager), eager, onnxruntime, graph (CUDA graphs) or reference (the plain "
@@ -173,7 +184,7 @@ def _matter(args):
 
 
 def _cmd_matte(args) -> int:
-    from .batch import matte_images
+    from .folders import matte_images
 
     jobs = matte_images(args.src, args.bgr, args.output, lambda: _matter(args), outputs=args.outputs,
                         target_bgr=args.target_bgr, overwrite=args.overwrite, pha_16bit=args.pha_16bit,
@@ -216,7 +227,7 @@ def _cmd_plate(args) -> int:
 
 
 def _cmd_webcam(args) -> int:
-    from .batch import load_target
+    from .outputs import load_target
     from .webcam import parse_camera, parse_size, run
 
     camera = parse_camera(args.camera)
@@ -302,25 +313,13 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import bench_model, format_table, run_bench
-    from .pipeline import resolve_device
+    from .bench import bench, format_table
 
-    device = resolve_device(args.device)
-    backends = [b.strip() for b in args.backend.split(",") if b.strip()] if args.backend else (
-        ["reference", "eager", "graph"] if device.type == "cuda" else ["reference", "eager", "onnxruntime"])
-    for b in backends:
-        if b not in BACKENDS or b == "auto":
-            raise BgMattingError(f"unknown backend '{b}' in --backend; choose from "
-                                 f"{', '.join(x for x in BACKENDS if x != 'auto')}")
-    rows = []
-    for resolution in args.resolution.split(","):
-        model, size = bench_model(args.weights, args.backbone, resolution, backbone_scale=args.backbone_scale,
-                                  refine_mode=args.refine_mode, refine_sample_pixels=args.refine_sample_pixels,
-                                  refine_threshold=args.refine_threshold)
-        for precision in args.precision.split(","):
-            rows += run_bench(model, size, backends, device=device, precision=precision.strip(), batch=args.batch,
-                              frames=args.frames, warmup=args.warmup,
-                              progress=lambda line: print(f"measuring {line}", file=sys.stderr, flush=True))
+    rows = bench(args.weights, args.backbone, args.resolution, args.backend, device=args.device,
+                 precisions=args.precision, batch=args.batch, frames=args.frames, warmup=args.warmup,
+                 backbone_scale=args.backbone_scale, refine_mode=args.refine_mode,
+                 refine_sample_pixels=args.refine_sample_pixels, refine_threshold=args.refine_threshold,
+                 progress=lambda line: print(f"measuring {line}", file=sys.stderr, flush=True))
     print(format_table(rows))
     return 0
 
@@ -363,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "'--bgr B S' with no SRC elsewhere takes S as the source")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder")
     p.add_argument("--outputs", default="com,pha", metavar="LIST",
-                   help="comma-separated: com,pha,fgr,err,ref,mask (default: com,pha)")
+                   help=f"comma-separated: {','.join(OUTPUT_KINDS)} (default: com,pha)")
     p.add_argument("--target-bgr", metavar="IMAGE|#RRGGBB", help="composite over this image or colour")
     p.add_argument("--pha-16bit", action="store_true", help="write alpha as 16-bit PNG")
     p.add_argument("--mask-threshold", type=_finite, default=0.5, metavar="T", help="alpha threshold of 'mask'")
@@ -383,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bgr", required=True, metavar="IMAGE|VIDEO|auto",
                    help="the empty scene: a still or a video; 'auto' estimates it from the video (subject moving)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder")
-    p.add_argument("--outputs", default="com", metavar="LIST", help="comma-separated: com,pha,fgr,err,ref "
-                                                                     "(default: com)")
+    p.add_argument("--outputs", default="com", metavar="LIST",
+                   help=f"comma-separated: {','.join(VIDEO_OUTPUT_KINDS)} (default: com)")
     p.add_argument("--target-bgr", metavar="IMAGE|VIDEO|#RRGGBB", help="composite over this image, video or colour")
     p.add_argument("--format", default="auto", choices=("auto",) + tuple(FORMATS),
                    help="mp4 (H.264), mov-prores4444 and webm-alpha keep transparency, png: RGBA frames")
@@ -516,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "PyTorch before it is written.")
     p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write (.onnx, .pt)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
+    p.add_argument("--precision", default="fp32", choices=EXPORT_PRECISIONS,
                    help="fp16: a half model for GPU runtimes (default fp32)")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset, 17 to 20 (default 17)")
     p.add_argument("--topk-free", action="store_true",
@@ -532,10 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "first backend is the reference the others are compared with.")
     g = p.add_argument_group("model")
     g.add_argument("--weights", metavar="PATH|NAME", default=None, help="weights (default: the shipped model)")
-    g.add_argument("--backbone", choices=("resnet50", "resnet101", "mobilenetv2"),
+    g.add_argument("--backbone", choices=BACKBONES,
                    help="time this architecture with random weights instead of --weights")
     g.add_argument("--backbone-scale", type=_scale, metavar="S", help="default: 1/4 for hd, 1/8 for 4k")
-    g.add_argument("--refine-mode", choices=("sampling", "thresholding", "full"))
+    g.add_argument("--refine-mode", choices=REFINE_MODES)
     g.add_argument("--refine-sample-pixels", type=_int_at_least(16, " (one 4x4 patch)"), metavar="N",
                    help="default: 80000 for hd, 320000 for 4k")
     g.add_argument("--refine-threshold", type=_finite, metavar="T")
@@ -543,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", help="comma-separated backends, the reference first (default: reference, eager, "
                                      "and onnxruntime on the CPU or graph on CUDA)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--precision", default="fp32", help="comma-separated: fp32, fp16, bf16 (default fp32)")
+    p.add_argument("--precision", default="fp32", help=f"comma-separated: {', '.join(PRECISIONS)} (default fp32)")
     p.add_argument("--batch", type=_int_at_least(1, high=MAX_BATCH), default=1, help="frames per call (default 1)")
     p.add_argument("--frames", type=_positive, default=10, help="timed calls per configuration (default 10)")
     p.add_argument("--warmup", type=_non_negative, default=3, help="untimed calls first (default 3)")

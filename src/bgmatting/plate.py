@@ -39,7 +39,8 @@ import torch
 
 from .errors import BgMattingError
 from .io.images import DEFAULT_MAX_PIXELS, check_max_pixels
-from .names import MAX_PLATE_FRAMES
+from .opencv import import_cv2, resize_max
+from .options import MAX_PLATE_FRAMES
 
 __all__ = ["PlateResult", "check_plate_outputs", "estimate_plate", "sample_frames", "save_plate"]
 
@@ -260,7 +261,7 @@ def _masked_median(stack: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndar
         block = stack[:, r0:r1]
         if valid is None:
             med = np.median(block, axis=0)
-        else:  # frames last and contiguous: torch sorts these short rows about 1.5 times faster than numpy
+        else:  # frames last and contiguous: torch sorts these short rows faster than numpy
             data = torch.from_numpy(np.ascontiguousarray(np.moveaxis(block, 0, -1))).to(torch.int16)  # (rows, W, 3, n)
             invalid = torch.from_numpy(np.ascontiguousarray(np.moveaxis(~valid[:, r0:r1], 0, -1)))[:, :, None]
             data = data.masked_fill_(invalid, 256).sort(dim=-1).values  # invalid samples after every valid one
@@ -280,7 +281,7 @@ def _align_to_reference(stack: np.ndarray, reference: int) -> np.ndarray:
 
     Frames that cannot be aligned stay as they are (one warning says how many).
     """
-    from .align import AlignmentWarning, BackgroundAligner, import_cv2
+    from .align import AlignmentWarning, BackgroundAligner
 
     cv2 = import_cv2()
     aligner = BackgroundAligner(fill="edge", warn=False)
@@ -314,12 +315,10 @@ def _align_to_reference(stack: np.ndarray, reference: int) -> np.ndarray:
 def _subject_mask(matter: Any, frame: np.ndarray, plate: np.ndarray, mask_size: int, alpha_threshold: float,
                   dilate: float) -> np.ndarray:
     """Where ``frame`` (uint8) shows the subject against ``plate`` (float): ``(H, W)`` bool, dilated."""
-    from .align import _resize_max, import_cv2
-
     cv2 = import_cv2()
     h, w = frame.shape[:2]
-    small_src = _resize_max(frame.astype(np.float32) / 255.0, mask_size)
-    small_bgr = _resize_max(plate, mask_size)
+    small_src = resize_max(frame.astype(np.float32) / 255.0, mask_size)
+    small_bgr = resize_max(plate, mask_size)
     pha = np.asarray(matter(small_src, small_bgr).pha, np.float32)
     if pha.shape != small_src.shape[:2]:
         raise BgMattingError(f"the matter returned alpha of shape {pha.shape}, expected {small_src.shape[:2]}")
@@ -335,8 +334,6 @@ def _subject_mask(matter: Any, frame: np.ndarray, plate: np.ndarray, mask_size: 
 
 def _agrees_with(frame: np.ndarray, plate: np.ndarray) -> np.ndarray:
     """Where ``frame`` (uint8) is within ``_AGREE_TOLERANCE`` of ``plate`` (after a 5×5 box blur of the difference)."""
-    from .align import import_cv2
-
     cv2 = import_cv2()
     diff = np.abs(frame.astype(np.float32) / 255.0 - plate).max(axis=2)
     return cv2.blur(diff, (5, 5)) < _AGREE_TOLERANCE
@@ -361,7 +358,7 @@ def estimate_plate(frames: Any, matter: Any = None, *, iterations: int = 2, alig
         align: warp every frame onto the middle kept frame before the median (hand-held camera). The plate is
             then in the view of that frame; align it to each frame when matting (``--align``).
         max_frames: the most frames kept, spread evenly over the video (memory: ``max_frames × H × W × 3`` bytes),
-            1 to :data:`~bgmatting.names.MAX_PLATE_FRAMES`.
+            1 to :data:`~bgmatting.options.MAX_PLATE_FRAMES`.
         start, end: seconds: the range of a video file (or frame folder) to estimate the plate for.
         whole_video: with a path and ``start``/``end``: look beyond the range — a quarter of the frames come from
             the range, the rest are sampled over the whole video (read through up to :data:`SEQUENTIAL_LIMIT`

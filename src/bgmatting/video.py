@@ -53,11 +53,11 @@ from .io.video import (
     parse_time,
     plan_audio,
 )
-from .names import MAX_BATCH
-from .pipeline import Matter, ModelWorkers, check_background_size, cover_resize, parse_colour, tensor_to_uint
-
-OUTPUT_KINDS = ("com", "pha", "fgr", "err", "ref")
-"""Outputs of :func:`convert_video`: composite, alpha, foreground, error map, refined-patch map."""
+from .options import MAX_BATCH, VIDEO_OUTPUT_KINDS
+from .outputs import output_image, parse_outputs
+from .pipeline import Matter
+from .tensors import check_background_size, cover_resize, parse_colour, tensor_to_uint, to_tensor
+from .workers import ModelWorkers
 
 DEFAULT_TARGET = "#00ff00"
 """The colour ``com`` is composited over in formats without alpha when no ``target_bgr`` is given."""
@@ -104,10 +104,8 @@ class VideoReport:
 # --------------------------------------------------------------------------------------------- planning
 
 def parse_video_outputs(outputs: str | Iterable[str]) -> list[str]:
-    """``'com,pha'`` → ``['com', 'pha']``, checked against :data:`OUTPUT_KINDS`."""
-    from .batch import parse_outputs
-
-    return parse_outputs(outputs, OUTPUT_KINDS, "video output")
+    """``'com,pha'`` → ``['com', 'pha']``, checked against :data:`~bgmatting.options.VIDEO_OUTPUT_KINDS`."""
+    return parse_outputs(outputs, VIDEO_OUTPUT_KINDS, "video output")
 
 
 def plan_video_outputs(out: str | os.PathLike, kinds: Sequence[str], format: str = "auto") -> tuple[str, dict[str, Path]]:
@@ -202,8 +200,6 @@ class _Frames:
 def _load_image(x: Any, what: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     if _is_path_like(x):
         return to_uint(read_image(x, max_pixels=max_pixels))
-    from .pipeline import to_tensor
-
     return to_uint(to_tensor(x, what)[0].permute(1, 2, 0).numpy())
 
 
@@ -378,7 +374,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
         src: the video with the subject (any file FFmpeg reads), or a folder of frames (an image sequence).
             Phone videos are turned upright from their rotation metadata.
         bgr: the background without the subject: an image (path, or array/PIL/tensor as
-            :func:`~bgmatting.pipeline.to_tensor` takes), or a video / frame folder of the empty scene read from
+            :func:`~bgmatting.tensors.to_tensor` takes), or a video / frame folder of the empty scene read from
             the same ``start`` and paired frame by frame. A background video with fewer frames than the source is
             replaced by the per-pixel median of its frames (a still), with a notice. Same aspect ratio as the
             source; another size is resized. ``'auto'``: no background shot: a clean plate is estimated from the
@@ -400,8 +396,8 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
         crf: quality for mp4 (0–51, default 18) and webm-alpha (0–63, default 24); lower is better and larger.
         preset: libx264's speed for mp4, ``'ultrafast'`` … ``'veryslow'`` (default ``'medium'``): a faster one
             frees CPU time for the model at the cost of a larger file.
-        batch: frames per model call; ``None``: 4 on a GPU, 1 on a CPU (where two workers with one frame each
-            run fastest: 3.0 fps against 2.6 with 4 frames, on a 2-core machine at HD, and 0.9 GB less memory).
+        batch: frames per model call (at most :data:`~bgmatting.options.MAX_BATCH`); ``None``: 4 on a GPU, 1 on a
+            CPU (where two workers with one frame each run fastest, with less memory; measurements in the README).
         workers: model calls that run at the same time, each on its share of the threads (CPU only): on a CPU,
             two single-threaded calls get more done than one call on two threads. ``None``: 2 for a
             :class:`Matter` on a CPU with 2 threads or more, else 1 (other objects may not be thread-safe).
@@ -417,7 +413,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
             (uint8, or float in [0, 1]) — the hook for aligning a background to hand-held footage.
         check_bgr: before any work, compare a still background with the first frames and stop with an
             explanation when it does not show the same scene (the most common mistake: passing the new background
-            as ``bgr`` instead of ``target_bgr``); see :func:`bgmatting.align.check_video_background`.
+            as ``bgr`` instead of ``target_bgr``); see :func:`bgmatting.scene.check_video_background`.
         align: align the background to each frame (hand-held footage): uses a
             :class:`~bgmatting.align.BackgroundAligner` as ``bgr_transform`` unless one is given.
         keep_partial: a damaged source (it fails to decode, or ends well short of the length its container
@@ -493,7 +489,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
                                                     max_pixels=max_pixels)
             closers.append(bgr_frames.close)
             if check_bgr and bgr_frames.still is not None:
-                from .align import check_video_background
+                from .scene import check_video_background
 
                 with VideoReader(src_path, start=start, end=end, fps=fps, max_pixels=max_pixels) as first:
                     check_video_background(first, bgr_frames.still, align=align)
@@ -577,7 +573,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
                 res = matter.forward_tensors(s, b, outputs=needed) if isinstance(matter, Matter) else \
                     matter.forward_tensors(s, b)
                 tgt = target_const if target_frames is None else _batch_tensor([x for _, _, x in frames], device)
-                arrays = {k: tensor_to_uint(_output(k, res, tgt if composite else None), high_bit) for k in kinds}
+                arrays = {k: tensor_to_uint(output_image(k, res, tgt if composite else None), high_bit) for k in kinds}
                 return [f.pts - info.first_pts for f, _, _ in frames], arrays
 
             def submit(frames) -> None:  # to the model's workers; what they have done goes on to the writer, in order
@@ -650,12 +646,3 @@ def _batch_tensor(images: list[np.ndarray], device: torch.device) -> torch.Tenso
     t = torch.from_numpy(np.stack(images)).to(device, non_blocking=True)
     return t.permute(0, 3, 1, 2).float().div_(255.0)
 
-
-def _output(kind: str, res: dict[str, torch.Tensor], target: torch.Tensor | None) -> torch.Tensor:
-    """The ``(B, C, H, W)`` float image of one output kind."""
-    if kind == "com":
-        pha, fgr = res["pha"], res["fgr"]
-        if target is None:
-            return torch.cat([fgr * (pha > 0), pha], dim=1)  # straight alpha; no colour where fully transparent
-        return torch.lerp(target, fgr, pha)  # pha * fgr + (1 - pha) * target, in one pass
-    return res[kind]

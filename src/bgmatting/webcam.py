@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BgMattingError
+from .opencv import import_cv2
 
 __all__ = ["WebcamSession", "open_camera", "parse_camera", "parse_size", "run"]
 
@@ -29,12 +30,6 @@ KEY_BACKGROUND = "b"
 KEY_QUIT = ("q", "\x1b")  # q or Escape
 HINT = "press B with nobody in view to capture the background - Q quits"
 HINT_CAPTURED = "B: new background  Q: quit"
-
-
-def _cv2():
-    from .align import import_cv2
-
-    return import_cv2()
 
 
 # --------------------------------------------------------------------------------------------- arguments
@@ -86,7 +81,7 @@ def open_camera(camera: int | str | os.PathLike = 0, size: tuple[int, int] | Non
 
     Raises :class:`BgMattingError` when it cannot be opened.
     """
-    cv2 = _cv2()
+    cv2 = import_cv2()
     source = parse_camera(camera)
     with _quiet(cv2):  # OpenCV logs warnings about missing cameras; the error below says it better
         cap = cv2.VideoCapture(source if isinstance(source, int) else str(source))
@@ -117,7 +112,7 @@ class WebcamSession:
 
     Args:
         matter: a :class:`~bgmatting.pipeline.Matter`, or any ``matter(src, bgr)`` returning a
-            :class:`~bgmatting.pipeline.MatteResult`.
+            :class:`~bgmatting.results.MatteResult`.
         target: what replaces the background: ``'#RRGGBB'`` / ``'r,g,b'`` / an image path (as ``--target-bgr``),
             an RGB tuple in [0, 1], or an image array; ``None`` shows the subject over black.
         show_fps: draw the frame rate in the top-left corner.
@@ -133,7 +128,7 @@ class WebcamSession:
     def __init__(self, matter: Any, target: Any = (0.0, 1.0, 0.0), *, show_fps: bool = True):
         self.matter = matter
         if isinstance(target, str):
-            from .batch import load_target
+            from .outputs import load_target
 
             target = load_target(target)
         self.target = (0.0, 0.0, 0.0) if target is None else target
@@ -173,7 +168,7 @@ class WebcamSession:
         if isinstance(self.target, (tuple, list)):
             return tuple(self.target)
         if self._target_cache is None or self._target_cache[0] != size:
-            from .pipeline import cover_resize, to_tensor
+            from .tensors import cover_resize, to_tensor
 
             t = cover_resize(to_tensor(self.target, "target background"), size)
             self._target_cache = (size, np.ascontiguousarray(t[0].permute(1, 2, 0).numpy()))
@@ -208,7 +203,7 @@ class WebcamSession:
         return self._draw(out, lines)
 
     def _draw(self, image: np.ndarray, lines: list[str]) -> np.ndarray:
-        cv2 = _cv2()
+        cv2 = import_cv2()
         h, w = image.shape[:2]
         scale = max(0.3, min(1.0, w / 1280 * 0.9))
         thick = max(1, round(scale * 2))
@@ -226,7 +221,7 @@ class WebcamSession:
 # --------------------------------------------------------------------------------------------- loop
 
 def _gui_available() -> bool:
-    cv2 = _cv2()
+    cv2 = import_cv2()
     for line in cv2.getBuildInformation().splitlines():
         if line.strip().startswith("GUI:"):
             return "NONE" not in line.upper()
@@ -242,7 +237,7 @@ def run(camera: int | str | os.PathLike, matter: Any, *, target: Any = (0.0, 1.0
     Args:
         camera: a camera index or a video file used as a camera (see :func:`parse_camera`).
         matter: a :class:`~bgmatting.pipeline.Matter`, or a function without arguments that makes one (or
-            any ``matter(src, bgr)`` returning a :class:`~bgmatting.pipeline.MatteResult`), called after the
+            any ``matter(src, bgr)`` returning a :class:`~bgmatting.results.MatteResult`), called after the
             camera opened, so that a missing camera is reported before a model is loaded.
         target: the new background, as for :class:`WebcamSession`.
         size: ``(H, W)``: requested from a camera; frames of another size are resized to it.
@@ -257,7 +252,7 @@ def run(camera: int | str | os.PathLike, matter: Any, *, target: Any = (0.0, 1.0
     Raises:
         BgMattingError: the camera cannot be opened or gives no frame, or no window can be shown.
     """
-    cv2 = _cv2()
+    cv2 = import_cv2()
     if display and not _gui_available():
         raise BgMattingError("this OpenCV cannot show windows (opencv-python-headless is installed); install "
                              "opencv-python for the webcam window")

@@ -43,7 +43,8 @@ except ImportError:  # pragma: no cover - scipy is a dependency of the evaluatio
 __all__ = ["sad", "mse", "grad", "conn", "fgr_mse", "all_metrics", "gauss_gradient", "gauss_kernel_halfsize"]
 
 
-def _require_scipy():
+def require_scipy():
+    """``scipy.ndimage``, or :class:`~bgmatting.BgMattingError` that says how to install SciPy."""
     if _ndi is None:  # pragma: no cover
         from ..errors import BgMattingError
 
@@ -51,7 +52,7 @@ def _require_scipy():
     return _ndi
 
 
-def _check_matte(x, name: str) -> np.ndarray:
+def check_matte(x, name: str) -> np.ndarray:
     """``x`` as a float64 ``(H, W)`` array in ``[0, 1]``; ``ValueError`` for anything else."""
     a = np.asarray(x)
     if a.ndim != 2:
@@ -69,8 +70,8 @@ def _check_matte(x, name: str) -> np.ndarray:
 
 
 def _check_pair(pred, target) -> tuple[np.ndarray, np.ndarray]:
-    p = _check_matte(pred, "pred")
-    t = _check_matte(target, "target")
+    p = check_matte(pred, "pred")
+    t = check_matte(target, "target")
     if p.shape != t.shape:
         raise ValueError(f"pred and target must have the same shape, got {p.shape} and {t.shape}")
     return p, t
@@ -176,7 +177,7 @@ def gauss_gradient(image, sigma: float = 1.4) -> tuple[np.ndarray, np.ndarray]:
         >>> bool(np.allclose(gy, 0) and np.all(gx[:, 3:5] > 0))
         True
     """
-    ndi = _require_scipy()
+    ndi = require_scipy()
     a = np.asarray(image, dtype=np.float64)
     if a.ndim != 2:
         raise ValueError(f"image must be (H, W), got shape {a.shape}")
@@ -211,7 +212,7 @@ def grad(pred, target, mask=None, sigma: float = 1.4) -> float:
 
 def _largest_component(binary: np.ndarray) -> np.ndarray:
     """The largest 4-connected component of ``binary`` (all False when it has none)."""
-    labels, n = _require_scipy().label(binary)  # default structure: 4-connectivity (a cross)
+    labels, n = require_scipy().label(binary)  # default structure: 4-connectivity (a cross)
     if n == 0:
         return np.zeros(binary.shape, dtype=bool)
     counts = np.bincount(labels.ravel(), minlength=n + 1)
@@ -281,7 +282,7 @@ def fgr_mse(pred_fgr, true_fgr, true_pha, mask=None) -> float:
     """
     pf = np.asarray(pred_fgr, dtype=np.float64)
     tf = np.asarray(true_fgr, dtype=np.float64)
-    ta = _check_matte(true_pha, "true_pha")
+    ta = check_matte(true_pha, "true_pha")
     if pf.ndim != 3 or pf.shape != tf.shape or pf.shape[:2] != ta.shape:
         raise ValueError(
             f"pred_fgr and true_fgr must be (H, W, C) arrays matching true_pha {ta.shape}, "

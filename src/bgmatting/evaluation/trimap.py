@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import _check_matte, _require_scipy
+from .metrics import check_matte, require_scipy
 
 __all__ = ["trimap_from_alpha", "unknown_region", "BG", "UNKNOWN", "FG"]
 
@@ -47,7 +47,7 @@ def trimap_from_alpha(true_pha, *, low: float = 0.06, high: float = 0.96, iterat
         >>> trimap_from_alpha(a, iterations=1)
         array([[  0,   0,   0, 128, 128, 255, 255]], dtype=uint8)
     """
-    a = _check_matte(true_pha, "true_pha")
+    a = check_matte(true_pha, "true_pha")
     if not 0.0 <= low < high <= 1.0:
         raise ValueError(f"need 0 <= low < high <= 1, got low={low}, high={high}")
     if iterations < 0:
@@ -55,7 +55,7 @@ def trimap_from_alpha(true_pha, *, low: float = 0.06, high: float = 0.96, iterat
     fg = a >= high
     bg = a <= low
     if iterations > 0:
-        ndi = _require_scipy()
+        ndi = require_scipy()
         cross = ndi.generate_binary_structure(2, 1)
         fg = ndi.binary_erosion(fg, cross, iterations=iterations, border_value=1)
         bg = ndi.binary_erosion(bg, cross, iterations=iterations, border_value=1)

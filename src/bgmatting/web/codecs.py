@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..io.images import ImageDecodeError, ImageTooLargeError, to_uint
 from ..io.images import decode_image as _decode
-from ..pipeline import tensor_to_uint
+from ..tensors import tensor_to_uint
 from .errors import WebError
 
 # What the page accepts, by content (the client's file name and declared type are not trusted).

@@ -18,7 +18,8 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from .. import __version__
 from ..errors import BgMattingError
-from ..pipeline import Matter, cover_resize, match_background, parse_colour, to_tensor
+from ..pipeline import Matter
+from ..tensors import cover_resize, match_background, parse_colour, to_tensor
 from .codecs import OUTPUT_ALIASES, decode_image, encode_jpeg, tensor_to_uint8
 from .errors import WebError
 from .hosts import websocket_allowed

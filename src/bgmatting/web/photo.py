@@ -12,9 +12,10 @@ import numpy as np
 from fastapi import File, Form, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from ..batch import parse_outputs
+from ..outputs import parse_outputs
 from ..errors import BgMattingError
-from ..pipeline import MatteResult, check_background_size, match_background, parse_colour, to_tensor
+from ..results import MatteResult
+from ..tensors import check_background_size, match_background, parse_colour, to_tensor
 from .codecs import OUTPUT_ALIASES, check_image_type, decode_image, encode_png
 from .errors import WebError
 from .worker import ModelWorker

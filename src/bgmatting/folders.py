@@ -1,4 +1,5 @@
-"""Matte many image files: pair sources with backgrounds, plan the outputs, run a :class:`Matter`, write.
+"""Matte folders (or lists) of image files: pair sources with backgrounds, plan the outputs, run a
+:class:`~bgmatting.Matter`, write.
 
 This is what ``bgmatting matte`` runs; every check happens before the first image is matted, so a
 mistake in the arguments costs nothing, and every file is written atomically.
@@ -10,9 +11,8 @@ import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from .errors import BgMattingError
@@ -26,17 +26,11 @@ from .io import (
     read_image,
     write_image,
 )
-from .pipeline import (
-    MatteResult,
-    Matter,
-    ModelWorkers,
-    check_background_size,
-    match_background,
-    parse_colour,
-    to_tensor,
-)
-
-OUTPUT_KINDS = ("com", "pha", "fgr", "err", "ref", "mask")
+from .outputs import load_target, output_image, parse_outputs
+from .pipeline import Matter
+from .results import MatteResult
+from .tensors import check_background_size, match_background, to_tensor
+from .workers import ModelWorkers
 
 
 @dataclass
@@ -145,15 +139,6 @@ def check_inputs(jobs: list[Job], max_pixels: int | None = DEFAULT_MAX_PIXELS) -
             raise BgMattingError(f"{j.src}: {e}") from None
 
 
-def parse_outputs(text: str | Iterable[str], known: Sequence[str] = OUTPUT_KINDS, what: str = "output") -> list[str]:
-    """``'com,pha'`` → ``['com', 'pha']`` (duplicates dropped), checked against ``known``."""
-    kinds = [k.strip() for k in (text.split(",") if isinstance(text, str) else text) if k.strip()]
-    bad = [k for k in kinds if k not in known]
-    if bad or not kinds:
-        raise BgMattingError(f"unknown {what}(s) {', '.join(bad) or '(none given)'}; choose from {','.join(known)}")
-    return list(dict.fromkeys(kinds))
-
-
 def plan_outputs(jobs: list[Job], out_dir: str | os.PathLike, kinds: Sequence[str], overwrite: bool = False) -> None:
     """Fill ``job.outputs`` with ``out_dir/<kind>/<relative path>.png``; refuse to overwrite or touch inputs."""
     out = Path(out_dir)
@@ -175,34 +160,12 @@ def plan_outputs(jobs: list[Job], out_dir: str | os.PathLike, kinds: Sequence[st
     check_writable_folder(out)
 
 
-def load_target(target: str | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Any:
-    """``--target-bgr``: ``None``, a colour tuple (from ``#RRGGBB`` / ``r,g,b``) or an image array (of at most
-    ``max_pixels`` pixels; ``None``: no limit)."""
-    if target is None:
-        return None
-    if Path(target).is_file():
-        return read_image(target, max_pixels=max_pixels)
-    if Path(target).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"):
-        raise BgMattingError(f"target background '{target}' does not exist")
-    return parse_colour(target)
-
-
 def write_outputs(result: MatteResult, outputs: dict[str, Path], target: Any = None, pha_16bit: bool = False,
                   mask_threshold: float = 0.5) -> None:
-    """Write the requested outputs of one matte (see :data:`OUTPUT_KINDS`)."""
+    """Write the requested outputs of one matte, ``{kind: path}`` (see :func:`~bgmatting.outputs.output_image`)."""
     for kind, path in outputs.items():
-        if kind == "pha":
-            write_image(path, result.pha, bits=16 if pha_16bit else 8)
-        elif kind == "fgr":
-            write_image(path, result.fgr)
-        elif kind == "com":
-            write_image(path, result.composite(target))
-        elif kind == "err":
-            write_image(path, result.err)
-        elif kind == "ref":
-            write_image(path, result.ref)
-        elif kind == "mask":
-            write_image(path, result.mask(mask_threshold).astype(np.uint8) * 255)
+        image = output_image(kind, result, target, mask_threshold)
+        write_image(path, image, bits=16 if pha_16bit and kind == "pha" else 8)
 
 
 def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
@@ -226,7 +189,7 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
         check_bgr: stop with an explanation when a background does not show the source's scene (e.g. the new
             background passed as ``bgr`` instead of ``target_bgr``).
         workers: images in the works at once (read, model, written), each model call on its share of the
-            threads; ``None``: 2 on a CPU, 1 on a GPU (see :class:`~bgmatting.pipeline.ModelWorkers`).
+            threads; ``None``: 2 on a CPU, 1 on a GPU (see :class:`~bgmatting.workers.ModelWorkers`).
         max_pixels: refuse any input (or ``target_bgr`` image) that declares more pixels than this, before any
             work (``None``: no limit; default 40 MP, see :data:`~bgmatting.io.images.DEFAULT_MAX_PIXELS`).
 
@@ -247,7 +210,8 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
     if not isinstance(matter, Matter):
         matter = matter()
     if align or check_bgr:
-        from .align import align_background, check_background_matches
+        from .align import align_background
+        from .scene import check_background_matches
 
     def matte(job: Job) -> None:
         src = read_image(job.src, max_pixels=max_pixels)
