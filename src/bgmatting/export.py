@@ -37,13 +37,15 @@ from .errors import BgMattingError, import_optional
 from .io.atomic import atomic_path
 from .models import MattingBase, MattingRefine
 from .models.patches import patch_count, resize_bilinear
+from .options import EXPORT_PRECISIONS
+from .pipeline import PRECISION_DTYPES
 from .model_metadata import FORMAT_TAG, INPUT_NAMES, OUTPUT_NAMES
 from .onnx_runtime import OnnxModel
 from .tracing import LEGACY_EXPORTER, quiet_trace
 from .weights import load_model, model_config, pytorch_weights
 
 FORMATS = ("onnx", "torchscript")
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+PRECISIONS = {name: PRECISION_DTYPES[name] for name in EXPORT_PRECISIONS}
 MIN_OPSET, MAX_OPSET = 17, 20  # 20: the newest opset of torch's TorchScript-based ONNX exporter
 DEFAULT_EXAMPLE_SIZE = (256, 384)
 # The check: fp32 exports must give alpha within 1e-4 (max |difference|) of PyTorch; fp16 ones within 5e-3 on average

@@ -160,9 +160,17 @@ class Matter:
         Returns:
             :class:`MatteResult` with numpy arrays at the size of ``src`` (each made when it is first read).
         """
+        return MatteResult.from_tensors(self.forward_tensors(*self.pair_tensors(src, bgr)))
+
+    def pair_tensors(self, src: ImageLike, bgr: ImageLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first half of :meth:`__call__`: ``src`` and ``bgr`` (any form it takes) as ``(1, 3, H, W)`` float
+        tensors in [0, 1], the background resized to the source (with a warning) when its size differs.
+
+        Raises:
+            BgMattingError: not one image each, or a background of another aspect ratio.
+        """
         s = to_tensor(src, "source image")
         b = to_tensor(bgr, "background image")
         if s.shape[0] != 1 or b.shape[0] != 1:
             raise BgMattingError("Matter() takes one image at a time; use forward_tensors() for batches")
-        b = match_background(b, tuple(s.shape[2:]))
-        return MatteResult.from_tensors(self.forward_tensors(s, b))
+        return s, match_background(b, tuple(s.shape[2:]))

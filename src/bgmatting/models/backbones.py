@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchvision.models import mobilenet_v2, resnet50, resnet101
 
-BACKBONES = ("resnet50", "resnet101", "mobilenetv2")
+from ..options import BACKBONES  # noqa: F401  (re-exported: the models' vocabulary)
 
 
 class ResNetEncoder(nn.Module):

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-REFINE_MODES = ("full", "sampling", "thresholding")
+from ..options import REFINE_MODES  # noqa: F401  (re-exported: the models' vocabulary)
+
 SELECTIONS = ("topk", "fixed-k", "bisection")
 CROPS = ("unfold", "gather")
 BISECTION_STEPS = 32

@@ -18,6 +18,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from .. import __version__
 from ..errors import BgMattingError
+from ..outputs import output_image
 from ..pipeline import Matter
 from ..tensors import cover_resize, match_background, parse_colour, to_tensor
 from .codecs import OUTPUT_ALIASES, decode_image, encode_jpeg, tensor_to_uint8
@@ -76,17 +77,12 @@ class LiveSession:
         except BgMattingError as e:
             raise WebError(f"the frame does not fit the background: {e}; capture the background again") from None
         out = matter.forward_tensors(frame, bgr, outputs=("pha", "fgr"))
-        pha = out["pha"]
-        if self.output == "pha":
-            image = pha
-        else:
-            fgr = out["fgr"]
-            if self.target is not None:
-                behind = self._resized(self._target_cache, self.target, size, cover_resize).to(pha.device)
-            else:
-                behind = torch.tensor(self.colour, dtype=pha.dtype, device=pha.device).view(1, 3, 1, 1)
-            image = pha * fgr + (1 - pha) * behind
-        return encode_jpeg(tensor_to_uint8(image), self.quality)
+        pha, behind = out["pha"], None
+        if self.output == "com" and self.target is not None:
+            behind = self._resized(self._target_cache, self.target, size, cover_resize).to(pha.device)
+        elif self.output == "com":
+            behind = torch.tensor(self.colour, dtype=pha.dtype, device=pha.device).view(1, 3, 1, 1)
+        return encode_jpeg(tensor_to_uint8(output_image(self.output, out, behind)), self.quality)
 
     def configure(self, message: dict) -> dict:
         """Apply a config message: each of its fields is checked before any is changed (WebError if one is wrong)."""

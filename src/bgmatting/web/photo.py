@@ -8,14 +8,13 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Annotated
 
-import numpy as np
 from fastapi import File, Form, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from ..outputs import parse_outputs
+from ..outputs import output_image, parse_outputs
 from ..errors import BgMattingError
 from ..results import MatteResult
-from ..tensors import check_background_size, match_background, parse_colour, to_tensor
+from ..tensors import check_background_size, parse_colour
 from .codecs import OUTPUT_ALIASES, check_image_type, decode_image, encode_png
 from .errors import WebError
 from .worker import ModelWorker
@@ -53,29 +52,14 @@ def _run_photo(worker: ModelWorker, job: _PhotoJob) -> tuple[int, int, dict[str,
         target = decode_image(job.target, "target", job.max_pixels)
     t1 = time.perf_counter()
     matter = worker.matter()
-    s = to_tensor(src, "src")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the background is resized to the source: expected here
-        b = match_background(to_tensor(bgr, "bgr"), tuple(s.shape[2:]))
-    del src, bgr
-    out = matter.forward_tensors(s, b)
+        s, b = matter.pair_tensors(src, bgr)
+    del src, bgr  # the decoded images: only the tensors are needed from here on
+    result = MatteResult.from_tensors(matter.forward_tensors(s, b))
     del s, b
-    result = MatteResult.from_tensors(out)
     t2 = time.perf_counter()
-    images = {}
-    for kind in job.kinds:
-        if kind == "pha":
-            images[kind] = encode_png(result.pha)
-        elif kind == "fgr":
-            images[kind] = encode_png(result.fgr)
-        elif kind == "com":
-            images[kind] = encode_png(result.composite(target))
-        elif kind == "err":
-            images[kind] = encode_png(result.err)
-        elif kind == "ref":
-            images[kind] = encode_png(result.ref)
-        elif kind == "mask":
-            images[kind] = encode_png(result.mask(0.5).astype(np.uint8) * 255)
+    images = {kind: encode_png(output_image(kind, result, target)) for kind in job.kinds}
     t3 = time.perf_counter()
     job.timing.update(decode_ms=(t1 - t0) * 1e3, matte_ms=(t2 - t1) * 1e3, encode_ms=(t3 - t2) * 1e3)
     h, w = result.pha.shape
