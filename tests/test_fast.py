@@ -245,7 +245,7 @@ def test_import_asks_openmp_not_to_spin_unless_told_otherwise(preset):
 
 @pytest.mark.parametrize("size,out_size,crop", [((30, 25), (60, 50), 8), ((15, 13), (60, 50), 14),
                                                ((60, 50), (60, 50), 8), ((17, 23), (60, 50), 6)])
-def testsample_crops_equals_resize_then_crop(size, out_size, crop, rng):
+def test_sample_crops_equals_resize_then_crop(size, out_size, crop, rng):
     x = torch.rand(2, 5, *size, generator=rng)
     resized = F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
     border = 3
@@ -277,7 +277,7 @@ def test_windows_gathered_whole_or_by_pixel_agree(size, margin, rng):
         assert torch.equal(pair_windows(src, bgr, ib[:1], top[:1], left[:1], size, margin), expected[:1])  # by pixel
 
 
-def test_crop_patches_reference_agrees_withpair_windows(rng):
+def test_crop_patches_reference_agrees_with_pair_windows(rng):
     # the reference refiner's crops are the windows FastMatting cuts (the tiles' layout is an offset of them)
 
     src, bgr = _pair(rng, 2, 40, 32)
