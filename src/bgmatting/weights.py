@@ -336,7 +336,7 @@ def pytorch_weights(source: Any, command: str) -> Any:
     return source
 
 
-def load_model(source: str | os.PathLike | None = None, **overrides) -> nn.Module:
+def load_model(source: str | os.PathLike | None = None, **overrides) -> MattingBase | OnnxModel:
     """Load a matting model, ready for inference (eval mode, float32, CPU).
 
     Args:
