@@ -10,11 +10,18 @@ from bgmatting import BgMattingError, MattingBase, MattingRefine
 from bgmatting.backends import make_runner, onnxruntime_available, resolve_backend
 from bgmatting.models import BACKBONES
 from bgmatting.models.optimised import FastMatting, WinogradConv2d, fold_batchnorm, nnpack_available
-from bgmatting.models.optimised.crops import (blocks_read, fetched_crops, pair_windows, pair_windows_by_pixel,
-                                              sample_crops, tiles_of)
+from bgmatting.models.optimised.crops import (
+    blocks_read,
+    fetched_crops,
+    pair_windows,
+    pair_windows_by_pixel,
+    sample_crops,
+    tiles_of,
+)
 from bgmatting.models.optimised.polyphase import nearest2_polyphase, up2_conv3x3
 from bgmatting.models.patches import crop_patches
-from conftest import randomize_
+
+from helpers import randomize_
 
 TOL = 1e-4
 CPU = torch.device("cpu")
@@ -205,7 +212,8 @@ def test_winograd_conv_gives_nnpack_one_image_per_call(rng, monkeypatch):
         return real(x, *args)
 
     monkeypatch.setattr(torch, "_nnpack_spatial_convolution", spy)
-    x, w, b = torch.rand(3, 8, 9, 11, generator=rng), torch.rand(4, 8, 3, 3, generator=rng), torch.rand(4, generator=rng)
+    x, w = torch.rand(3, 8, 9, 11, generator=rng), torch.rand(4, 8, 3, 3, generator=rng)
+    b = torch.rand(4, generator=rng)
     with torch.no_grad():
         got = fast_module.winograd_conv(x, w, b, (1, 1))
     assert batches == [1, 1, 1]
