@@ -351,6 +351,7 @@ class _FakeStream:
         pass
 
 
+@pytest.mark.slow
 def test_cuda_graph_runner_logic_with_a_fake_graph(monkeypatch, rng):
     """The runner's static buffers, replay and per-shape cache (the real capture needs a GPU)."""
     from contextlib import contextmanager
@@ -407,6 +408,7 @@ def _capture(fast, src, bgr):
                                      dict(refine_sample_pixels=16 * 100, refine_kernel_size=1,
                                           refine_prevent_oversampling=False),
                                      dict(refine_mode="full"), None])
+@pytest.mark.slow
 def test_graph_backend_module_has_no_host_synchronisation(options, rng):
     """What the CUDA graph backend captures (the static twin, models as ``make_runner`` builds it on CUDA) traces
     as one graph with fixed shapes; the per-frame twin, with its data-dependent patch count, does not."""
@@ -459,6 +461,7 @@ def _split_threshold(model, src, bgr, grid):
 @pytest.mark.parametrize("path,hid_path", PATHS)
 @pytest.mark.parametrize("mode", ("sampling", "thresholding"))
 @pytest.mark.parametrize("backbone,scale", [("mobilenetv2", 1 / 2), ("resnet50", 1 / 4)])
+@pytest.mark.slow
 def test_every_refine_path_matches_reference(backbone, scale, mode, path, hid_path):
     """Each way of running the refiner, forced, on a batch whose items select different numbers of patches
     (scattered over a noise background in one, along a subject's outline in the other)."""
@@ -504,6 +507,7 @@ def test_the_dense_refiner_gives_each_patch_what_its_crops_give(kernel_size, rng
 
 
 @pytest.mark.parametrize("path", ("patches", "dense", "full", "auto"))
+@pytest.mark.slow
 def test_static_paths_match_reference_with_no_host_synchronisation(path, rng):
     model = randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=16 * 100))
     fast = FastMatting(model, static=True, winograd=False, refine_path=path)

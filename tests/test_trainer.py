@@ -74,7 +74,6 @@ def test_config_errors(corpus, tmp_path, bad, message):
 
 # ------------------------------------------------------------------------------------------------ runs
 
-@pytest.mark.slow
 def test_base_run_outputs_and_export(corpus, tmp_path):
     out = tmp_path / "run"
     ckpt = train(tiny(corpus, out, validate_every=2, tensorboard=True))

@@ -328,7 +328,6 @@ def test_interrupted_run_leaves_no_file(clip, tmp_path, exc):
 
 
 @needs("av")
-@pytest.mark.slow
 def test_ctrl_c_in_a_real_process_leaves_no_file(clip, tmp_path):
     """SIGINT lands wherever the main thread is (model, queues); the outputs of the run are deleted."""
     src = make_video(tmp_path / "long.mp4", 40)
@@ -652,7 +651,6 @@ def test_failed_checks_leave_no_output_folder(tmp_path, tiny_weights, capsys):
 
 
 @needs("av")
-@pytest.mark.slow
 def test_sigterm_removes_the_outputs_and_exits_143(tmp_path, tiny_weights):
     """`timeout`, a container stop or a job scheduler send SIGTERM: the run cleans up as for Ctrl-C."""
     src, plate = make_video(tmp_path / "long.mp4", 300), tmp_path / "plate.png"
