@@ -9,13 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-cv2 = pytest.importorskip("cv2")
-
 from bgmatting import BgMattingError
 from bgmatting.align import AlignmentWarning, BackgroundAligner, align_background
 from bgmatting.scene import MIN_AGREEMENT, background_agreement, check_background_matches, check_video_background
 
+from helpers import needs, optional
+
+cv2 = optional("cv2")
+
 H, W = 192, 256
+
+
+def nchw(image: np.ndarray) -> torch.Tensor:
+    """An HxWxC float array as a 1xCxHxW float tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
 
 
 def textured(seed: int, h: int = H, w: int = W, shapes: int = 70) -> np.ndarray:
@@ -51,6 +58,7 @@ def hand_held_pair(seed: int = 0):
 
 
 @pytest.mark.parametrize("features", ["orb", "sift"])
+@needs("cv2")
 def test_homography_recovers_a_hand_held_move(features):
     bgr, src, subject, inside = hand_held_pair()
     aligned, info = align_background(bgr, src, features=features)
@@ -66,6 +74,7 @@ def test_homography_recovers_a_hand_held_move(features):
     assert np.abs(est[:2] / est[2] - true[:2] / true[2]).max() < 1.5
 
 
+@needs("cv2")
 def test_uncovered_pixels_are_filled_from_the_source():
     bgr = textured(1)
     shift = np.array([[1.0, 0, 12.0], [0, 1.0, 0], [0, 0, 1.0]])  # the camera turned: 12 px on the left are new
@@ -80,6 +89,7 @@ def test_uncovered_pixels_are_filled_from_the_source():
     assert np.abs(edge[:, :10] - src[:, :10]).mean() > 0.1  # the other option repeats the background's border
 
 
+@needs("cv2")
 def test_flat_images_fall_back_with_exactly_one_warning():
     flat = np.full((H, W, 3), 0.5, np.float32)
     src = flat.copy()
@@ -95,6 +105,7 @@ def test_flat_images_fall_back_with_exactly_one_warning():
     assert aligner.counts == {"none": 3} and aligner.last_info.method == "none"
 
 
+@needs("cv2")
 def test_failed_frames_keep_the_last_good_alignment():
     bgr, src, _, _ = hand_held_pair(2)
     aligner = BackgroundAligner()
@@ -112,6 +123,7 @@ def test_failed_frames_keep_the_last_good_alignment():
         assert aligner.align(bgr, flat)[1].method == "none"
 
 
+@needs("cv2")
 def test_degenerate_homographies_are_rejected():
     aligner = BackgroundAligner()
     shape = (100, 100)
@@ -124,6 +136,7 @@ def test_degenerate_homographies_are_rejected():
     assert aligner._implausible(np.full((3, 3), np.nan), shape, shape) == "not finite"
 
 
+@needs("cv2")
 def test_translation_fallback_on_smooth_images():
     rng = np.random.default_rng(0)
     smooth = cv2.GaussianBlur(cv2.resize(rng.uniform(0, 1, (6, 8, 3)).astype(np.float32), (W + 40, H + 40),
@@ -136,6 +149,7 @@ def test_translation_fallback_on_smooth_images():
     assert np.abs(aligned - src)[inner].mean() < np.abs(bgr - src)[inner].mean() / 4
 
 
+@needs("cv2")
 def test_hook_keeps_type_and_caches_background_features():
     bgr, src, _, _ = hand_held_pair(3)
     aligner = BackgroundAligner()
@@ -177,13 +191,13 @@ def genuine_pair(seed: int, coverage: float = 0.6):
     pha[blob(cy=1.0, cx=0.5, ry=ry, rx=2 * coverage / (np.pi * ry))] = 1
     pha = cv2.GaussianBlur(pha, (0, 0), 1.5)
     fgr = np.clip(rng.uniform(0, 1, (H // 8, W // 8, 3)).repeat(8, 0).repeat(8, 1), 0, 1).astype(np.float32)
-    t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].float()
-    src, shot = make_pair(t(fgr), t(pha[..., None]), t(bgr), generator=g, shadow_p=1, noise_p=1, colour_p=1,
+    src, shot = make_pair(nchw(fgr), nchw(pha[..., None]), nchw(bgr), generator=g, shadow_p=1, noise_p=1, colour_p=1,
                           misalign_p=1)
     return src[0].permute(1, 2, 0).numpy(), shot[0].permute(1, 2, 0).numpy(), float((pha > 0.5).mean())
 
 
 @pytest.mark.parametrize("seed", range(4))
+@needs("cv2")
 def test_genuine_pairs_pass_the_check(seed):
     src, bgr, covered = genuine_pair(seed)
     assert covered > 0.5
@@ -191,6 +205,7 @@ def test_genuine_pairs_pass_the_check(seed):
     assert check_background_matches(src, bgr, align=True) > 0.2
 
 
+@needs("cv2")
 def test_identical_and_unoccluded_pairs_agree_fully():
     img = textured(5)
     assert background_agreement(img, img) == pytest.approx(1.0)
@@ -198,6 +213,7 @@ def test_identical_and_unoccluded_pairs_agree_fully():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 3, 5])
+@needs("cv2")
 def test_unrelated_images_fail_the_check(seed):
     src, _, _ = genuine_pair(seed, coverage=0.3)
     other = textured(seed + 500, shapes=40)  # the "new background" the user wants
@@ -209,6 +225,7 @@ def test_unrelated_images_fail_the_check(seed):
         check_background_matches(src, other, align=True)
 
 
+@needs("cv2")
 def test_flat_colour_instead_of_a_background_fails():
     src, _, _ = genuine_pair(7, coverage=0.3)
     green = np.zeros_like(src) + np.array([0.0, 1.0, 0.0], np.float32)
@@ -216,11 +233,13 @@ def test_flat_colour_instead_of_a_background_fails():
         check_background_matches(src, green)
 
 
+@needs("cv2")
 def test_check_needs_the_same_view():
     with pytest.raises(BgMattingError, match="aspect ratio"):
         check_background_matches(np.zeros((100, 200, 3), np.float32), np.zeros((100, 100, 3), np.float32))
 
 
+@needs("cv2")
 def test_video_check_uses_the_first_frames():
     src, bgr, _ = genuine_pair(1)
     other = textured(900, shapes=40)
@@ -271,12 +290,12 @@ def close_up(src: np.ndarray, bgr: np.ndarray, seed: int, coverage: float, textu
     pha = cv2.GaussianBlur(pha, (0, 0), 2)[..., None]
     texture = src[::-1] if texture is None else texture
     fgr = np.clip(texture * rng.uniform(0.6, 1.1, 3).astype(np.float32), 0, 1)
-    t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].float()
-    s, shot = make_pair(t(fgr), t(pha), t(bgr), generator=torch.Generator().manual_seed(seed), shadow_p=1, noise_p=1,
-                        colour_p=1, misalign_p=1)
+    s, shot = make_pair(nchw(fgr), nchw(pha), nchw(bgr), generator=torch.Generator().manual_seed(seed), shadow_p=1,
+                        noise_p=1, colour_p=1, misalign_p=1)
     return s[0].permute(1, 2, 0).numpy(), shot[0].permute(1, 2, 0).numpy(), float((pha > 0.5).mean())
 
 
+@needs("cv2")
 def test_real_pair_agrees(street):
     src, bgr = street
     assert background_agreement(src, bgr) > 0.85
@@ -286,6 +305,7 @@ def test_real_pair_agrees(street):
 
 
 @pytest.mark.parametrize("seed", range(3))
+@needs("cv2")
 def test_real_close_ups_pass_with_a_margin(street, seed):
     src, shot, covered = close_up(*street, seed, coverage=0.7)
     assert covered > 0.65
@@ -293,6 +313,7 @@ def test_real_close_ups_pass_with_a_margin(street, seed):
     assert check_background_matches(src, shot, align=True) > 2 * MIN_AGREEMENT
 
 
+@needs("cv2")
 def test_real_hand_held_move_passes_with_align(street):
     src, bgr = street
     h, w = bgr.shape[:2]
@@ -317,13 +338,15 @@ def mistakes(bgr: np.ndarray) -> dict[str, np.ndarray]:
         "another part": cv2.resize(bgr[h // 3:, w // 3:], (w, h), interpolation=cv2.INTER_CUBIC),
         "grass texture": np.clip(lawn * (1 + 0.25 * noise), 0, 1),
         "lawn colour": np.zeros_like(bgr) + lawn,
-        "sky gradient": np.clip(np.float32([0.55, 0.65, 0.8]) * (1 - 0.4 * rows) + np.zeros((1, w, 1), np.float32), 0, 1),
+        "sky gradient": np.clip(np.float32([0.55, 0.65, 0.8]) * (1 - 0.4 * rows) + np.zeros((1, w, 1), np.float32),
+                                0, 1),
         "synthetic shapes": cv2.resize(textured(11), (w, h), interpolation=cv2.INTER_LINEAR),
     }
 
 
 @pytest.mark.parametrize("name", ["mirrored scene", "upside-down scene", "zoomed-in part", "another part",
                                   "grass texture", "lawn colour", "sky gradient", "synthetic shapes"])
+@needs("cv2")
 def test_real_mistakes_fail_with_a_margin(street, name):
     src, bgr = street
     other = np.ascontiguousarray(mistakes(bgr)[name], dtype=np.float32)
@@ -337,6 +360,7 @@ def test_real_mistakes_fail_with_a_margin(street, name):
     assert background_agreement(close, other) < MIN_AGREEMENT / 4
 
 
+@needs("cv2")
 def test_real_pairs_separate_clearly(street):
     """Every genuine pair above, every mistake below, with a wide gap around the threshold."""
     src, bgr = street
@@ -348,6 +372,7 @@ def test_real_pairs_separate_clearly(street):
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.02])
+@needs("cv2")
 def test_an_aligned_pair_is_kept_as_it_is(street, noise):
     src, bgr = street
     rng = np.random.default_rng(0)
@@ -361,6 +386,7 @@ def test_an_aligned_pair_is_kept_as_it_is(street, noise):
     assert aligner.counts == {"none": 1}
 
 
+@needs("cv2")
 def test_a_small_real_misalignment_is_still_corrected(street):
     src, bgr = street
     h, w = bgr.shape[:2]

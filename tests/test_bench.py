@@ -7,7 +7,8 @@ import torch
 
 from bgmatting import BgMattingError, MattingRefine
 from bgmatting.bench import bench_model, example_pair, format_table, parse_resolution, run_bench
-from conftest import randomize_
+
+from helpers import randomize_
 
 
 def test_parse_resolution():

@@ -11,7 +11,8 @@ from PIL import Image
 
 from bgmatting import MattingBase, MattingRefine, save_weights
 from bgmatting.cli import main
-from conftest import png_header_only, randomize_
+
+from helpers import png_header_only, randomize_
 
 
 def _scene(h, w, kind=0):
@@ -309,7 +310,8 @@ def test_help_and_usage_errors_do_not_load_pytorch():
         rcs = [bgmatting.cli.main(a) for a in (["--help"], ["video", "--help"], ["matte", "x.png"],
                                             ["video", "a.mp4", "--bgr", "b.png", "-o", "c.mp4", "--preset", "no"])]
         print(rcs, "torch" in sys.modules)
-        print(bgmatting.Matter.__name__, bgmatting.video.convert_video is bgmatting.convert_video, "torch" in sys.modules)
+        print(bgmatting.Matter.__name__, bgmatting.video.convert_video is bgmatting.convert_video,
+              "torch" in sys.modules)
         print("matte_images" in dir(bgmatting), hasattr(bgmatting, "no_such_name"))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -430,11 +432,13 @@ def test_bgr_values_that_could_be_split_two_ways_are_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["plate", "missing.mp4", "-o", "p.png", "--frames", "0"], "plate: argument --frames: must be at least 1, not 0"),
-    (["matte", "s.png", "--bgr", "b.png", "-o", "o", "--workers", "0"], "matte: argument --workers: must be at least 1"),
+    (["matte", "s.png", "--bgr", "b.png", "-o", "o", "--workers", "0"],
+     "matte: argument --workers: must be at least 1"),
     (["matte", "s.png", "--bgr", "b.png", "-o", "o", "--refine-sample-pixels", "8"], "at least 16 (one 4x4 patch)"),
     (["matte", "s.png", "--bgr", "b.png", "-o", "o", "--max-pixels", "-1"], "--max-pixels: must be at least 0"),
     (["matte", "s.png", "--bgr", "b.png", "-o", "o", "--backbone-scale", "1/1000000"], "must be in [1/64, 1/2]"),
-    (["video", "v.mp4", "--bgr", "b.png", "-o", "o.mp4", "--batch", "0"], "video: argument --batch: must be at least 1"),
+    (["video", "v.mp4", "--bgr", "b.png", "-o", "o.mp4", "--batch", "0"],
+     "video: argument --batch: must be at least 1"),
     (["video", "v.mp4", "--bgr", "auto", "-o", "o.mp4", "--plate-frames", "-2"], "--plate-frames: must be at least 1"),
     (["webcam", "--max-frames", "0"], "webcam: argument --max-frames: must be at least 1"),
     (["bench", "--frames", "0"], "bench: argument --frames: must be at least 1"),

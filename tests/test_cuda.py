@@ -13,9 +13,10 @@ import torch
 from bgmatting import Matter, MattingBase, MattingRefine
 from bgmatting.backends import make_runner
 from bgmatting.io import read_image
-from conftest import randomize_
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+from helpers import randomize_
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 CUDA = torch.device("cuda")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -99,7 +100,8 @@ def test_base_backend_on_cuda():
 def test_mixed_precision_training_steps_on_cuda(tmp_path):
     from bgmatting.train.checkpoints import load_checkpoint
     from bgmatting.train.trainer import train
-    from test_trainer import make_corpus, read_metrics, tiny
+
+    from helpers import make_corpus, read_metrics, tiny
 
     root = make_corpus(tmp_path / "corpus", side=64)
     base = train(tiny(root, tmp_path / "base", steps=3, device="cuda", amp=True))

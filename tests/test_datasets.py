@@ -10,13 +10,13 @@ from torch.utils.data import DataLoader
 from bgmatting.data import datasets
 from bgmatting.data.augment import BackgroundAugment, PairAugment
 from bgmatting.data.datasets import (
-    composite_subjects,
     BackgroundImageDataset,
     BackgroundVideoDataset,
     ImageMatteDataset,
     MattingSampleDataset,
     PhotoMatteDataset,
     VideoMatteDataset,
+    composite_subjects,
 )
 from bgmatting.errors import BgMattingError
 from bgmatting.io import write_image

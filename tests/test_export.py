@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 import torch
-from conftest import randomize_
 
 from bgmatting import (
     BgMattingError,
@@ -25,8 +24,10 @@ from bgmatting.export import (
 )
 from bgmatting.weights import model_config
 
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
+from helpers import needs, optional, randomize_
+
+onnx = optional("onnx")
+needs_onnx = needs("onnx", "onnxruntime")  # export_onnx writes with onnx and checks with onnxruntime
 
 SIZE = (64, 96)  # the example size the exports are traced and checked at (and at 96x64, batch 2)
 OTHER = (3, 80, 128)  # batch, height, width of the extra comparison below: neither of the above
@@ -63,6 +64,7 @@ def assert_matches(model, run, batch_h_w=OTHER, seed=7, tol=1e-4):
 # --------------------------------------------------------------------------------------------- ONNX
 
 @pytest.mark.parametrize("mode", MODES)
+@needs_onnx
 def test_onnx_export_matches_pytorch_at_other_sizes(tmp_path, models, mode):
     model = models[mode]
     path = tmp_path / "m.onnx"
@@ -85,6 +87,7 @@ def test_onnx_export_matches_pytorch_at_other_sizes(tmp_path, models, mode):
         assert "TopK" in {n.op_type for n in proto.graph.node}
 
 
+@needs_onnx
 def test_topk_free_onnx_has_no_topk_and_matches_topk(tmp_path, models):
     model = models["sampling"]
     path = tmp_path / "trt.onnx"
@@ -98,6 +101,7 @@ def test_topk_free_onnx_has_no_topk_and_matches_topk(tmp_path, models):
     assert_matches(model, runner, (1, 32, 32))  # 64 patches, 34 with an error > 0: fewer than k = 40
 
 
+@needs_onnx
 def test_topk_free_ties_are_reported_not_failed(tmp_path):
     # fewer patches with an error > 0 (85 to 137) than k = 300 and no prevent_oversampling: the zeros tie at the
     # k-th value; PyTorch's top-k refines some of them, the TopK-free graph all of them
@@ -108,7 +112,7 @@ def test_topk_free_ties_are_reported_not_failed(tmp_path):
     assert "at the selection boundary (ties)" in report.format_table()
 
 
-@pytest.mark.parametrize("export", [export_onnx, export_torchscript])
+@pytest.mark.parametrize("export", [pytest.param(export_onnx, marks=needs_onnx), export_torchscript])
 def test_export_with_no_patch_to_refine(tmp_path, export):
     model = make_model("thresholding", refine_threshold=1.0)  # the error never exceeds 1: an empty patch batch
     report = export(model, tmp_path / "none", example_size=SIZE)
@@ -117,6 +121,7 @@ def test_export_with_no_patch_to_refine(tmp_path, export):
         assert model(*example_pair(SIZE))[-1].sum() == 0
 
 
+@needs_onnx
 def test_fp16_onnx_export(tmp_path, models):
     model = models["thresholding"]
     path = tmp_path / "half.onnx"
@@ -132,6 +137,7 @@ def test_fp16_onnx_export(tmp_path, models):
         assert (pha.float() - model(src, bgr)[0]).abs().mean() < 5e-3
 
 
+@needs_onnx
 def test_failed_check_writes_nothing(tmp_path, models, monkeypatch):
     from bgmatting import export
 
@@ -163,6 +169,7 @@ def test_bad_export_options(tmp_path, models, kwargs, message):
         export_onnx(torch.nn.Conv2d(3, 3, 1), tmp_path / "m.onnx")
 
 
+@needs_onnx
 def test_onnx_model_errors(tmp_path, models, monkeypatch):
     from onnx import TensorProto, helper
 
@@ -188,7 +195,8 @@ def test_onnx_model_errors(tmp_path, models, monkeypatch):
         runner(torch.rand(1, 3, 62, 64), torch.rand(1, 3, 62, 64))
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
     with pytest.raises(BgMattingError, match=r"OnnxModel needs the 'onnxruntime' package: "
-                                             r'pip install "bgmatting\[onnx\]" \(in a checkout: pip install "\.\[onnx\]"\)'):
+                                             r'pip install "bgmatting\[onnx\]" '
+                                             r'\(in a checkout: pip install "\.\[onnx\]"\)'):
         OnnxModel(path)
     with pytest.raises(BgMattingError, match="checking an ONNX export needs the 'onnxruntime' package"):
         export_onnx(models["full"], tmp_path / "again.onnx", example_size=SIZE)
@@ -239,6 +247,7 @@ def weights(tmp_path_factory):
     return save_weights(model, path)
 
 
+@needs_onnx
 def test_cli_export(tmp_path, weights, capsys):
     out = tmp_path / "out" / "model.onnx"
     assert main(["export", "--format", "onnx", "--weights", str(weights), "--refine-mode", "thresholding",
@@ -270,6 +279,7 @@ def test_cli_export_errors(tmp_path, weights, capsys, args, message):
     assert weights.read_bytes() == before and not (tmp_path / "m.onnx").exists()
 
 
+@needs_onnx
 def test_matter_runs_an_exported_onnx_file(tmp_path, models):
     from bgmatting import Matter
 

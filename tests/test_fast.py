@@ -10,11 +10,18 @@ from bgmatting import BgMattingError, MattingBase, MattingRefine
 from bgmatting.backends import make_runner, onnxruntime_available, resolve_backend
 from bgmatting.models import BACKBONES
 from bgmatting.models.optimised import FastMatting, WinogradConv2d, fold_batchnorm, nnpack_available
-from bgmatting.models.optimised.crops import (blocks_read, fetched_crops, pair_windows, pair_windows_by_pixel,
-                                              sample_crops, tiles_of)
+from bgmatting.models.optimised.crops import (
+    blocks_read,
+    fetched_crops,
+    pair_windows,
+    pair_windows_by_pixel,
+    sample_crops,
+    tiles_of,
+)
 from bgmatting.models.optimised.polyphase import nearest2_polyphase, up2_conv3x3
 from bgmatting.models.patches import crop_patches
-from conftest import randomize_
+
+from helpers import randomize_
 
 TOL = 1e-4
 CPU = torch.device("cpu")
@@ -205,7 +212,8 @@ def test_winograd_conv_gives_nnpack_one_image_per_call(rng, monkeypatch):
         return real(x, *args)
 
     monkeypatch.setattr(torch, "_nnpack_spatial_convolution", spy)
-    x, w, b = torch.rand(3, 8, 9, 11, generator=rng), torch.rand(4, 8, 3, 3, generator=rng), torch.rand(4, generator=rng)
+    x, w = torch.rand(3, 8, 9, 11, generator=rng), torch.rand(4, 8, 3, 3, generator=rng)
+    b = torch.rand(4, generator=rng)
     with torch.no_grad():
         got = fast_module.winograd_conv(x, w, b, (1, 1))
     assert batches == [1, 1, 1]
@@ -343,6 +351,7 @@ class _FakeStream:
         pass
 
 
+@pytest.mark.slow
 def test_cuda_graph_runner_logic_with_a_fake_graph(monkeypatch, rng):
     """The runner's static buffers, replay and per-shape cache (the real capture needs a GPU)."""
     from contextlib import contextmanager
@@ -399,6 +408,7 @@ def _capture(fast, src, bgr):
                                      dict(refine_sample_pixels=16 * 100, refine_kernel_size=1,
                                           refine_prevent_oversampling=False),
                                      dict(refine_mode="full"), None])
+@pytest.mark.slow
 def test_graph_backend_module_has_no_host_synchronisation(options, rng):
     """What the CUDA graph backend captures (the static twin, models as ``make_runner`` builds it on CUDA) traces
     as one graph with fixed shapes; the per-frame twin, with its data-dependent patch count, does not."""
@@ -451,6 +461,7 @@ def _split_threshold(model, src, bgr, grid):
 @pytest.mark.parametrize("path,hid_path", PATHS)
 @pytest.mark.parametrize("mode", ("sampling", "thresholding"))
 @pytest.mark.parametrize("backbone,scale", [("mobilenetv2", 1 / 2), ("resnet50", 1 / 4)])
+@pytest.mark.slow
 def test_every_refine_path_matches_reference(backbone, scale, mode, path, hid_path):
     """Each way of running the refiner, forced, on a batch whose items select different numbers of patches
     (scattered over a noise background in one, along a subject's outline in the other)."""
@@ -496,6 +507,7 @@ def test_the_dense_refiner_gives_each_patch_what_its_crops_give(kernel_size, rng
 
 
 @pytest.mark.parametrize("path", ("patches", "dense", "full", "auto"))
+@pytest.mark.slow
 def test_static_paths_match_reference_with_no_host_synchronisation(path, rng):
     model = randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=16 * 100))
     fast = FastMatting(model, static=True, winograd=False, refine_path=path)

@@ -5,7 +5,6 @@ import subprocess
 from pathlib import Path
 
 from bgmatting.weights import load_model
-from test_trainer import corpus  # noqa: F401  (the tiny corpus fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tools" / "gpu_session.sh"
@@ -17,7 +16,7 @@ def run(args, tmp_path, **env):
                           timeout=600)
 
 
-def test_train_step_returns_loadable_weights(corpus, tmp_path):  # noqa: F811
+def test_train_step_returns_loadable_weights(corpus, tmp_path):
     options = ("steps=2 size=64 crop_min=64 crop_max=64 valid_size=64 batch_size=2 num_workers=0 log_every=1 "
                "validate_every=0 refine_sample_pixels=256 amp=false")
     done = run(["train"], tmp_path, CORPUS=str(corpus), TRAIN_OPTIONS=options, TRAIN_MINUTES="5")

@@ -252,7 +252,8 @@ def test_cli_error_is_one_line(tmp_path, capsys):
 def test_scored_by_group_with_eval(corpus, built, tmp_path, capsys):
     """The user's commands: matte keeps the <group>/ folders, eval reports the means per group."""
     from bgmatting import MattingRefine, save_weights
-    from conftest import randomize_
+
+    from helpers import randomize_
 
     model = randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=320))
     weights = save_weights(model, tmp_path / "w.safetensors")

@@ -32,7 +32,8 @@ from PIL import Image
 from bgmatting import MattingRefine
 from bgmatting.cli import build_parser
 from bgmatting.io.images import IMAGE_SUFFIXES
-from conftest import assert_one_error_line, files_below, png_declaring, randomize_, rgb_png, run_cli
+
+from helpers import assert_one_error_line, files_below, png_declaring, randomize_, rgb_png, run_cli
 
 
 def few(n: int):
@@ -1008,6 +1009,7 @@ def _peak_rss_mib(args: list[str], tmp_path) -> tuple[int, str, float]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the child's peak memory from /proc")
+@pytest.mark.slow
 def test_a_decompression_bomb_is_refused_in_small_memory(tmp_path, tiny_weights):
     """A 236 kB PNG of 9000 x 9000 pixels (243 MB as RGB, 972 MB as float; a run without the limit peaks at 3.5 GB)
     is refused with the default limit by a process whose peak memory is within 100 MiB of the same command refusing

@@ -6,7 +6,8 @@ from PIL import Image
 
 from bgmatting import BgMattingError
 from bgmatting.io import list_images, read_image, write_image
-from conftest import png_header_only
+
+from helpers import png_header_only
 
 
 def test_roundtrip_8_and_16_bit(tmp_path):

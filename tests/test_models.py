@@ -8,9 +8,12 @@ import torch
 from bgmatting import BgMattingError, MattingBase, MattingRefine
 from bgmatting.models import BACKBONES, REFINE_MODES
 from bgmatting.models.patches import crop_patches, paste_patches
-from conftest import randomize_
 
-oracle = pytest.importorskip("BackgroundMattingV2.model", reason="parity oracle backgroundmattingv2==1.0 missing")
+from helpers import needs, optional, randomize_
+
+ORACLE = "BackgroundMattingV2.model"  # the parity oracle: the original implementation, PyPI backgroundmattingv2==1.0
+oracle = optional(ORACLE)
+needs_oracle = needs(ORACLE, reason="parity oracle backgroundmattingv2==1.0 missing")
 
 TOL = 1e-4
 
@@ -20,6 +23,7 @@ def _max_diff(a, b):
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
+@needs_oracle
 def test_base_state_dict_and_parity(backbone, rng):
     theirs = randomize_(oracle.MattingBase(backbone))
     ours = MattingBase(backbone).eval()
@@ -36,6 +40,7 @@ def test_base_state_dict_and_parity(backbone, rng):
 
 
 @pytest.mark.parametrize("backbone,mode,kernel_size", list(itertools.product(BACKBONES, REFINE_MODES, (1, 3))))
+@needs_oracle
 def test_refine_parity(backbone, mode, kernel_size, rng):
     options = dict(backbone_scale=1 / 4, refine_mode=mode, refine_sample_pixels=16 * 48, refine_threshold=0.1,
                    refine_kernel_size=kernel_size)

@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bgmatting import BgMattingError, MattingBase, MattingRefine, Matter
+from bgmatting import BgMattingError, Matter, MattingBase, MattingRefine
 from bgmatting.results import MatteResult
 from bgmatting.tensors import cover_resize, pad_to_multiple, parse_colour, to_tensor
-from conftest import randomize_
+
+from helpers import randomize_
 
 
 @pytest.fixture(scope="module")

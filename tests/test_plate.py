@@ -8,11 +8,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-pytest.importorskip("cv2")
-
 from bgmatting import BgMattingError
 from bgmatting import plate as plate_module
 from bgmatting.plate import _masked_median, estimate_plate, sample_frames, save_plate
+
+from helpers import needs
+from video_clips import make_cut_video, make_standing_clip, make_video
 
 H, W, T = 48, 64, 21
 SQUARE = np.array([1.0, 0.0, 1.0], np.float32)  # magenta: not a colour of the background
@@ -59,6 +60,7 @@ class SquareMatter:
         return SimpleNamespace(pha=(np.abs(src - SQUARE).max(axis=2) < 0.02).astype(np.float32))
 
 
+@needs("cv2")
 def test_median_recovers_background_uncovered_in_most_frames():
     bg = background()
     frames = video(bg)
@@ -75,6 +77,7 @@ def test_median_recovers_background_uncovered_in_most_frames():
     assert result.coverage[0, 0] == 1.0
 
 
+@needs("cv2")
 def test_matter_refinement_recovers_pixels_covered_most_of_the_time():
     bg = background()
     matter = SquareMatter()
@@ -91,6 +94,7 @@ def test_matter_refinement_recovers_pixels_covered_most_of_the_time():
     assert np.abs(result.plate - SQUARE)[always].max() < 1e-6
 
 
+@needs("cv2")
 def test_dilated_mask_keeps_edges_out():
     bg = background()
     frames = video(bg)
@@ -124,6 +128,7 @@ def test_sample_frames_is_bounded_and_spread():
     assert sample_frames([np.zeros((2, 2, 3), np.uint8)] * 5, max_frames=60)[1] == [0, 1, 2, 3, 4]
 
 
+@needs("cv2")
 def test_estimate_plate_limits_frames():
     bg = background()
     result = estimate_plate(video(bg) * 5, align=False, max_frames=10)  # 105 frames
@@ -178,6 +183,7 @@ def test_hand_held_frames_are_aligned_to_the_middle_frame():
     assert err_aligned < err_unaligned / 4
 
 
+@needs("cv2")
 def test_video_file_and_coverage_map(tmp_path):
     av = pytest.importorskip("av")
     from bgmatting.io import read_image
@@ -220,7 +226,6 @@ def test_errors():
 
 def _standing_clip(tmp_path, **kwargs):
     pytest.importorskip("av")
-    from test_video_io import make_standing_clip
 
     path, bg, place = make_standing_clip(tmp_path / "clip.mp4", **kwargs)
     return path, bg.astype(np.float32) / 255, place
@@ -231,6 +236,7 @@ def _error(plate: np.ndarray, bg: np.ndarray, place) -> float:
 
 
 @pytest.mark.parametrize("matter", [None, SquareMatter], ids=["median", "refined"])
+@needs("cv2")
 def test_a_subject_standing_still_is_warned_about_and_the_whole_video_shows_the_place(tmp_path, matter):
     path, bg, place = _standing_clip(tmp_path)  # stands still from 0 to 1.6 s, then walks off
     with pytest.warns(UserWarning, match=r"only 0\.\d% of the picture changed across the 20 frames over 1\.[45] s"):
@@ -246,6 +252,7 @@ def test_a_subject_standing_still_is_warned_about_and_the_whole_video_shows_the_
     assert whole.span > 3 and whole.frame_indices == sorted(whole.frame_indices) and whole.frame_indices[-1] > 60
 
 
+@needs("cv2")
 def test_a_long_video_is_sampled_by_seeking(tmp_path, monkeypatch):
     from bgmatting.io.video import VideoReader
 
@@ -266,9 +273,9 @@ def test_a_long_video_is_sampled_by_seeking(tmp_path, monkeypatch):
     assert len(decoded) < 40 + 3 * 15
 
 
+@needs("cv2")
 def test_frames_of_another_scene_are_left_out(tmp_path):
     pytest.importorskip("av")
-    from test_video_io import make_video
 
     bg = (background(48, 64) * 255).round().astype(np.uint8)
     other = np.ascontiguousarray(255 - bg[::-1])  # a cut to another shot after 1.6 s
@@ -286,7 +293,6 @@ def test_frames_of_another_scene_are_left_out(tmp_path):
 def test_plate_command_leaves_no_folder_behind(tmp_path, capsys):
     pytest.importorskip("av")
     from bgmatting.cli import main
-    from test_video_io import make_cut_video
 
     path, _, _ = _standing_clip(tmp_path)
     cut = make_cut_video(tmp_path / "cut.mp4")
@@ -299,9 +305,9 @@ def test_plate_command_leaves_no_folder_behind(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@needs("cv2")
 def test_damage_outside_the_range_does_not_stop_the_whole_video_plate(tmp_path):
     pytest.importorskip("av")
-    from test_video_io import make_cut_video
 
     cut = make_cut_video(tmp_path / "cut.mp4")  # 2 s declared, frames until about 0.9 s
     with pytest.raises(BgMattingError, match="damaged or cut short"):

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("scipy")
+from bgmatting.data import catalog as C
+from bgmatting.data import downloads as D
+from bgmatting.data import mattes as M
+from bgmatting.data import prepare as P
+from bgmatting.data import teachers as T
+from bgmatting.errors import BgMattingError
+from bgmatting.io import read_image
 
-from bgmatting.data import catalog as C  # noqa: E402
-from bgmatting.data import downloads as D  # noqa: E402
-from bgmatting.data import mattes as M  # noqa: E402
-from bgmatting.data import prepare as P  # noqa: E402
-from bgmatting.data import teachers as T  # noqa: E402
-from bgmatting.errors import BgMattingError  # noqa: E402
-from bgmatting.io import read_image  # noqa: E402
+from helpers import needs
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -67,8 +67,9 @@ def fake_roots(tmp_path, monkeypatch):
         if spec.mask:  # an instance label image: each masked spec's instance fills the middle of its crop
             path = roots[spec.package] / spec.mask[0]
             labels = np.asarray(Image.open(path)).copy() if path.is_file() else np.zeros(size, np.uint8)
-            l, t, r, b = spec.crop
-            labels[(t + b) // 2 - 20 : (t + b) // 2 + 20, (l + r) // 2 - 10 : (l + r) // 2 + 10] = spec.mask[1]
+            left, top, right, bottom = spec.crop
+            cy, cx = (top + bottom) // 2, (left + right) // 2
+            labels[cy - 20 : cy + 20, cx - 10 : cx + 10] = spec.mask[1]
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(labels, "L").save(path)
     for spec in C.VIDEO_PEOPLE:
@@ -89,6 +90,7 @@ def _build(out, roots, **kw):
 # ------------------------------------------------------------------------------------------ matte cleaning
 
 
+@needs("scipy")
 def test_clean_matte_removes_blobs_and_fills_small_holes_keeping_soft_edges():
     pha = _fake_alpha(60, 60)
     clean = M.clean_matte(pha)
@@ -99,6 +101,7 @@ def test_clean_matte_removes_blobs_and_fills_small_holes_keeping_soft_edges():
     assert clean.dtype == np.float32 and clean.min() >= 0 and clean.max() <= 1
 
 
+@needs("scipy")
 def test_clean_matte_keeps_two_similar_subjects_and_large_real_gaps():
     pha = np.zeros((40, 80), np.float32)
     pha[5:35, 5:35] = 1.0
@@ -109,6 +112,7 @@ def test_clean_matte_keeps_two_similar_subjects_and_large_real_gaps():
     assert clean[20, 20] == 0.0
 
 
+@needs("scipy")
 def test_clean_matte_fills_see_through_patch_but_not_clear_gap():
     pha = np.zeros((100, 100), np.float32)
     pha[10:90, 10:90] = 1.0
@@ -119,6 +123,7 @@ def test_clean_matte_fills_see_through_patch_but_not_clear_gap():
     assert clean[65, 65] == 0.0
 
 
+@needs("scipy")
 def test_fuse_support_fills_inside_and_ignores_far_objects():
     pha = np.zeros((80, 80), np.float32)
     pha[10:80, 20:60] = 1.0
@@ -143,6 +148,7 @@ def test_uncertain_ratio():
 # ------------------------------------------------------------------------------------------ the corpus
 
 
+@needs("scipy")
 def test_build_corpus_layout_manifest_and_splits(tmp_path, fake_roots):
     out = tmp_path / "corpus"
     summary = _build(out, fake_roots)
@@ -176,8 +182,8 @@ def test_build_corpus_layout_manifest_and_splits(tmp_path, fake_roots):
     assert sum(summary.counts["train/backgrounds"].values()) == n_bg["train"] + 3
     frames = {s: 3 * sum(v.split == s for v in C.VIDEO_PEOPLE) for s in ("train", "valid")}  # 3 fake frames a video
     assert summary.counts["train/foregrounds"]["people"] == sum(p.split == "train" for p in C.PEOPLE) + frames["train"]
-    assert summary.counts["valid/foregrounds"] == {"people": sum(p.split == "valid" for p in C.PEOPLE) + frames["valid"],
-                                                   "synthetic": 1}
+    assert summary.counts["valid/foregrounds"] == {
+        "people": sum(p.split == "valid" for p in C.PEOPLE) + frames["valid"], "synthetic": 1}
     assert not summary.notes
 
     # the cleaned teacher matte was written: blob gone, hole filled
@@ -188,24 +194,28 @@ def test_build_corpus_layout_manifest_and_splits(tmp_path, fake_roots):
     assert read_image(out / "train/pha/people/basketball1_left.png", "L").shape == (64, 38)
 
 
+@needs("scipy")
 def test_splits_are_disjoint_and_held_out_items_are_only_in_valid(tmp_path, fake_roots):
     out = tmp_path / "corpus"
     _build(out, fake_roots)
     files = json.loads((out / "manifest.json").read_text())["files"]
     origins = {"train": set(), "valid": set()}
     for f in files:
-        origins[f["split"]].add((f["package"], f["origin"].split("#")[0]) if f["source"] != "synthetic" else f["origin"])
+        origins[f["split"]].add((f["package"], f["origin"].split("#")[0]) if f["source"] != "synthetic"
+                                else f["origin"])
     assert not origins["train"] & origins["valid"]
     valid_names = {Path(f["path"]).stem for f in files if f["split"] == "valid" and f["source"] != "synthetic"}
-    assert {"grace_hopper", "faceapi_sample5", "clm_franck_01829", "clm_cap12_0150", "Kite", "Dune", "building", "flower",
-            "GreenMeadow", "LadyBird", "Path", "OneStandsOut"} <= valid_names
-    assert not any(Path(f["path"]).stem in valid_names for f in files if f["split"] == "train" and f["source"] != "synthetic")
+    assert {"grace_hopper", "faceapi_sample5", "clm_franck_01829", "clm_cap12_0150", "Kite", "Dune", "building",
+            "flower", "GreenMeadow", "LadyBird", "Path", "OneStandsOut"} <= valid_names
+    assert not any(Path(f["path"]).stem in valid_names for f in files
+                   if f["split"] == "train" and f["source"] != "synthetic")
 
 
 def test_largest_wallpaper_is_taken_and_max_side_applies(tmp_path, fake_roots):
     out = tmp_path / "corpus"
     _build(out, fake_roots, sources=["wallpapers"], max_side=64)
-    entry = next(f for f in json.loads((out / "manifest.json").read_text())["files"] if f["path"].endswith("/BytheWater.jpg"))
+    entry = next(f for f in json.loads((out / "manifest.json").read_text())["files"]
+                 if f["path"].endswith("/BytheWater.jpg"))
     assert entry["origin"].endswith("96x60.jpg")
     img = read_image(out / entry["path"])
     assert img.shape[:2] == (40, 64)
@@ -249,6 +259,7 @@ def test_user_errors_are_bgmattingerrors(tmp_path, fake_roots):
         _build(tmp_path / "z", fake_roots, sources=["sklearn"])
 
 
+@needs("scipy")
 def test_write_preview(tmp_path, fake_roots):
     out = tmp_path / "corpus"
     _build(out, fake_roots, sources=["opencv", "people", "synthetic"])
@@ -364,6 +375,7 @@ def test_modnet_preprocessing_without_onnxruntime():
     assert pha.shape == (144, 176) and np.allclose(pha, 0.75)
 
 
+@needs("scipy")
 def test_held_out_subjects_are_never_dressed_in_held_out_photographs(tmp_path, fake_roots, monkeypatch):
     seen = {"bgr": [], "fgr": []}
     make_bgr, make_fgr = P.synthetic.make_background, P.synthetic.make_foreground
@@ -482,8 +494,8 @@ def test_held_out_people_and_photographs_are_enough():
     assert len(train) > len(valid), "most people are for training"
     real_valid = [b for b in C.BACKGROUNDS if b.split == "valid"]
     assert len(real_valid) >= 8
-    assert {(b.source, b.name) for b in real_valid} >= {("wallpapers", "Kite"), ("mate", "Dune"), ("opencv", "building"),
-                                                         ("sklearn", "flower")}
+    assert {(b.source, b.name) for b in real_valid} >= {("wallpapers", "Kite"), ("mate", "Dune"),
+                                                         ("opencv", "building"), ("sklearn", "flower")}
 
 
 def test_scenes_photographed_twice_share_a_split():
@@ -505,14 +517,17 @@ def test_new_sources_never_use_reserved_or_third_party_media():
 # ------------------------------------------------------------------------------------------ full-size held-out split
 
 
+@needs("scipy")
 def test_valid_max_side_keeps_held_out_photographs_larger(tmp_path, fake_roots):
     for spec in C.PEOPLE:
         if spec.name in ("grace_hopper", "astronaut"):
             _photo(fake_roots[spec.package] / spec.path, (150, 120), 7)
-    big = _build(tmp_path / "big", fake_roots, sources=["wallpapers", "people", "synthetic"], max_side=64, valid_max_side=96)
-    same = _build(tmp_path / "same", fake_roots, sources=["wallpapers", "people", "synthetic"], max_side=64, valid_max_side=None)
+    sources = ["wallpapers", "people", "synthetic"]
+    big = _build(tmp_path / "big", fake_roots, sources=sources, max_side=64, valid_max_side=96)
+    same = _build(tmp_path / "same", fake_roots, sources=sources, max_side=64, valid_max_side=None)
     assert read_image(tmp_path / "big/valid/backgrounds/wallpapers/Kite.jpg").shape[:2] == (60, 96)
-    assert read_image(tmp_path / "big/train/backgrounds/wallpapers/Path.jpg".replace("train", "valid")).shape[:2] == (60, 96)
+    valid_path = tmp_path / "big/train/backgrounds/wallpapers/Path.jpg".replace("train", "valid")
+    assert read_image(valid_path).shape[:2] == (60, 96)
     assert read_image(tmp_path / "big/train/backgrounds/wallpapers/BytheWater.jpg").shape[:2] == (40, 64)
     assert read_image(tmp_path / "big/valid/pha/people/grace_hopper.png", "L").shape == (96, 77)
     assert read_image(tmp_path / "big/valid/fgr/people/grace_hopper.png").shape[:2] == (96, 77)
@@ -532,6 +547,7 @@ def test_valid_max_side_keeps_held_out_photographs_larger(tmp_path, fake_roots):
 # ------------------------------------------------------------------------------------------ people: options of a spec
 
 
+@needs("scipy")
 def test_spec_options_reach_the_teacher_and_the_manifest(tmp_path, fake_roots):
     seen = []
 
@@ -554,6 +570,7 @@ def test_spec_options_reach_the_teacher_and_the_manifest(tmp_path, fake_roots):
     assert ys.max() - ys.min() + 1 == 40 + 2 * 8 and xs.max() - xs.min() + 1 == 20 + 2 * 8
 
 
+@needs("scipy")
 def test_unsure_photo_mattes_are_dropped_with_a_note(tmp_path, fake_roots):
     def blotchy(rgb, ref_size=None):  # a large region of in-between alpha, as MODNet gives when unsure
         pha = fake_teacher(rgb)
@@ -561,11 +578,13 @@ def test_unsure_photo_mattes_are_dropped_with_a_note(tmp_path, fake_roots):
 
     summary = _build(tmp_path / "c", fake_roots, sources=["people"], teacher=blotchy)
     dropped = [spec.name for spec in C.PEOPLE if spec.ref_size]
-    assert dropped and all(any(n.startswith(f"{name} dropped: unsure matte") for n in summary.notes) for name in dropped)
+    assert dropped and all(any(n.startswith(f"{name} dropped: unsure matte") for n in summary.notes)
+                           for name in dropped)
     assert not list((tmp_path / "c").rglob("faceapi_*.png"))
     assert (tmp_path / "c/train/pha/people/astronaut.png").is_file()
 
 
+@needs("scipy")
 def test_instance_roi_crops_and_grows_the_mask(tmp_path):
     labels = np.zeros((100, 200), np.uint8)
     labels[40:60, 120:140] = 3
@@ -591,6 +610,7 @@ def test_modnet_ref_size_per_call():
     assert max(t.session.seen.shape[2:]) == 512
 
 
+@needs("scipy")
 def test_clean_matte_makes_nearly_opaque_insides_and_filled_hole_rims_solid():
     pha = np.zeros((200, 200), np.float32)
     pha[20:180, 20:180] = 1.0

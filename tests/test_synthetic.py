@@ -42,7 +42,8 @@ def test_foregrounds_have_partial_alpha_background_and_solid_core():
 
 
 def test_hair_strands_give_thin_low_alpha():
-    low = [(((p := make_foreground((128, 128), np.random.default_rng(s))[1]) > 0.02) & (p < 0.5)).sum() for s in range(8)]
+    low = [(((p := make_foreground((128, 128), np.random.default_rng(s))[1]) > 0.02) & (p < 0.5)).sum()
+           for s in range(8)]
     assert max(low) > 50
 
 

@@ -1,16 +1,15 @@
-"""The trainer: config files, a base and a refine run on tiny data, exact resuming, export, and torchrun (2 CPU processes)."""
+"""The trainer: config files, a base and a refine run on tiny data, exact resuming, export, and torchrun
+(2 CPU processes)."""
 
 import itertools
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from bgmatting.errors import BgMattingError
 from bgmatting.train import trainer as trainer_module
@@ -22,41 +21,7 @@ from bgmatting.train.steps import make_inputs
 from bgmatting.train.trainer import train
 from bgmatting.weights import load_model, read_state_dict
 
-
-def make_corpus(root: Path, side: int = 32) -> Path:
-    """A corpus in the layout of ``bgmatting data prepare``: 6 training and 2 validation ``side``² mattes."""
-    rng = np.random.default_rng(0)
-    c = side // 2
-    yy, xx = np.mgrid[:side, :side]
-    pha = (np.clip(1.5 - np.hypot(yy - c, xx - c) / (side / 4), 0, 1) * 255).astype(np.uint8)
-    for split, n in (("train", 6), ("valid", 2)):
-        for sub in ("fgr/toy", "pha/toy", "backgrounds/toy"):
-            (root / split / sub).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray((rng.random((side, side, 3)) * 255).astype(np.uint8)).save(root / split / "fgr/toy" / f"{i}.png")
-            Image.fromarray(pha).save(root / split / "pha/toy" / f"{i}.png")
-            bg = (rng.random((side + side // 4, side + side // 2, 3)) * 255).astype(np.uint8)
-            Image.fromarray(bg).save(root / split / "backgrounds/toy" / f"{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return make_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-def tiny(corpus: Path, out_dir: Path, **kw) -> TrainConfig:
-    values = {"data_root": str(corpus), "out_dir": str(out_dir), "size": 32, "batch_size": 2, "steps": 2,
-              "num_workers": 0, "log_every": 1, "checkpoint_every": 0, "validate_every": 0, "tensorboard": False,
-              "seed": 3}
-    values.update(kw)
-    return TrainConfig(**values)
-
-
-def read_metrics(out_dir: Path, split: str = "train") -> dict[int, dict]:
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r for r in rows if r["split"] == split}  # a resumed run may repeat a step: last wins
-
+from helpers import read_metrics, tiny
 
 # ------------------------------------------------------------------------------------------------ config
 
@@ -133,6 +98,7 @@ def test_base_run_outputs_and_export(corpus, tmp_path):
         train(tiny(corpus, out))
 
 
+@pytest.mark.slow
 def test_export_weights_averages_checkpoints(corpus, tmp_path):
     from bgmatting.cli import main
 
@@ -150,6 +116,7 @@ def test_export_weights_averages_checkpoints(corpus, tmp_path):
         export_weights(out, tmp_path / "none.safetensors", average_from=5)
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(corpus, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     train(tiny(corpus, straight, steps=4))
@@ -180,6 +147,7 @@ def test_resume_continues_exactly(corpus, tmp_path, monkeypatch):
         assert torch.equal(wa[k], wb[k]), k
 
 
+@pytest.mark.slow
 def test_time_budget_stops_with_a_checkpoint_and_resumes(corpus, tmp_path, monkeypatch, capsys):
     clock = itertools.count(0, 30)  # every reading of the clock is 30 s after the last
     monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: float(next(clock)))
@@ -214,6 +182,7 @@ def test_extra_subjects_add_alpha(corpus):
     assert mean_alpha(1.0) > mean_alpha(0.0) > 0
 
 
+@pytest.mark.slow
 def test_refine_stage_trains_at_each_backbone_scale(corpus, tmp_path, monkeypatch):
     seen = []
     real = trainer_module.train_step
@@ -253,6 +222,7 @@ def test_time_budget_must_be_a_non_negative_number(corpus, tmp_path, bad):
         tiny(corpus, tmp_path, max_minutes=bad).resolved()
 
 
+@pytest.mark.slow
 def test_refine_stage_from_base_checkpoint(corpus, tmp_path):
     base = train(tiny(corpus, tmp_path / "base", steps=1))
     ckpt = train(tiny(corpus, tmp_path / "refine", stage="refine", size=64, steps=2, refine_sample_pixels=256,
@@ -266,6 +236,7 @@ def test_refine_stage_from_base_checkpoint(corpus, tmp_path):
     assert "sad" in read_metrics(tmp_path / "refine", "valid")[2]
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(corpus, tmp_path):
     out = tmp_path / "ddp"
     config = tmp_path / "ddp.toml"

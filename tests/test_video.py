@@ -18,10 +18,19 @@ import pytest
 import torch
 from PIL import Image
 
-av = pytest.importorskip("av")
+from bgmatting import BgMattingError, Matter, MattingRefine
+from bgmatting import video as vmod
+from bgmatting.cli import main
+from bgmatting.io import video_formats as vio
+from bgmatting.io.video import VideoReader, VideoWriter
+from bgmatting.outputs import output_image
+from bgmatting.results import TENSOR_OUTPUTS
+from bgmatting.tensors import tensor_to_uint
+from bgmatting.video import VideoReport, convert_video, plan_video_outputs
+from bgmatting.workers import ModelWorkers
 
-from conftest import randomize_
-from test_video_io import (
+from helpers import needs, optional, randomize_
+from video_clips import (
     H,
     W,
     background_image,
@@ -34,16 +43,7 @@ from test_video_io import (
     streams,
 )
 
-from bgmatting import BgMattingError, Matter, MattingRefine
-from bgmatting import video as vmod
-from bgmatting.io import video_formats as vio
-from bgmatting.io.video import VideoReader, VideoWriter
-from bgmatting.outputs import output_image
-from bgmatting.results import TENSOR_OUTPUTS
-from bgmatting.tensors import tensor_to_uint
-from bgmatting.workers import ModelWorkers
-from bgmatting.cli import main
-from bgmatting.video import VideoReport, convert_video, plan_video_outputs
+av = optional("av")
 
 
 class StubMatter:
@@ -100,6 +100,7 @@ def box_error(image: np.ndarray, i: int) -> float:
 
 # --------------------------------------------------------------------------------------------- outputs
 
+@needs("av")
 def test_every_output_as_mp4_keeps_frames_timing_and_audio(clip, tmp_path):
     src, plate = clip
     out = tmp_path / "out"
@@ -124,6 +125,7 @@ def test_every_output_as_mp4_keeps_frames_timing_and_audio(clip, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["mov-prores4444", "webm-alpha", "png"])
+@needs("av")
 def test_alpha_formats_keep_transparency(clip, tmp_path, fmt):
     src, plate = clip
     with warnings.catch_warnings():
@@ -143,6 +145,7 @@ def test_alpha_formats_keep_transparency(clip, tmp_path, fmt):
         assert streams(com)["audio"][0] == ("aac" if fmt == "mov-prores4444" else "opus")
 
 
+@needs("av")
 def test_one_output_into_a_named_file_with_a_progress_bar(clip, tmp_path, capsys):
     src, plate = clip
     report = convert_video(StubMatter(), src, plate, tmp_path / "alpha.webm", outputs="pha")
@@ -165,6 +168,7 @@ def test_output_rule():
         plan_video_outputs("o", ["com"], "gif")
 
 
+@needs("av")
 def test_real_model_runs_with_a_partial_last_batch(clip, tmp_path):
     src, plate = clip
     model = randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=320))
@@ -175,6 +179,7 @@ def test_real_model_runs_with_a_partial_last_batch(clip, tmp_path):
     assert len(read_all(tmp_path / "pha.mp4")) == 8
 
 
+@needs("av")
 def test_a_real_matter_makes_only_the_outputs_written(clip, tmp_path, monkeypatch):
     src, plate = clip
     matter = Matter(randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=320)), device="cpu")
@@ -193,6 +198,7 @@ def test_a_real_matter_makes_only_the_outputs_written(clip, tmp_path, monkeypatc
 
 # --------------------------------------------------------------------------------------------- timing & audio
 
+@needs("av")
 def test_variable_frame_rate_and_trimming(tmp_path):
     pts = [0, 40, 80, 200, 240, 400, 410, 420, 700, 800, 840, 1000]  # ms
     src = make_video(tmp_path / "vfr.mp4", pts=pts, time_base=Fraction(1, 1000), audio="aac", audio_seconds=1.2)
@@ -210,6 +216,7 @@ def test_variable_frame_rate_and_trimming(tmp_path):
     assert codec == "aac" and end == pytest.approx(0.55, abs=0.07)
 
 
+@needs("av")
 def test_rotated_phone_video_comes_out_upright(tmp_path):
     if not hasattr(av.VideoStream, "set_display_rotation"):
         pytest.skip("this PyAV cannot write a display matrix")
@@ -225,6 +232,7 @@ def test_rotated_phone_video_comes_out_upright(tmp_path):
 
 # --------------------------------------------------------------------------------------------- backgrounds
 
+@needs("av")
 def test_background_video_is_matched_frame_by_frame(tmp_path):
     src = make_video(tmp_path / "clip.mp4", 10)
     # the "empty scene" video holds the source frames themselves, so alpha must be 0 everywhere
@@ -234,6 +242,7 @@ def test_background_video_is_matched_frame_by_frame(tmp_path):
     assert max(f.image.max() for f in read_all(tmp_path / "pha.mp4", "gray")) < 30
 
 
+@needs("av")
 def test_shorter_background_video_becomes_its_median(tmp_path):
     src = make_video(tmp_path / "clip.mp4", 10)
     bgr = make_video(tmp_path / "empty.mp4", 3, frames=[background_image()] * 2 + [frame_image(9)])
@@ -244,6 +253,7 @@ def test_shorter_background_video_becomes_its_median(tmp_path):
     assert len(frames) == 10 and box_error(frames[4].image, 4) < 8
 
 
+@needs("av")
 def test_background_of_another_size_is_resized_but_another_view_refused(clip, tmp_path):
     src, _ = clip
     Image.fromarray(background_image()).resize((W * 2, H * 2)).save(tmp_path / "big.png")
@@ -257,6 +267,7 @@ def test_background_of_another_size_is_resized_but_another_view_refused(clip, tm
 
 
 @pytest.mark.parametrize("kind", ["colour", "image", "video"])
+@needs("av")
 def test_target_background(clip, tmp_path, kind):
     src, plate = clip
     red = np.zeros((H, W, 3), np.uint8)
@@ -279,6 +290,7 @@ def test_target_background(clip, tmp_path, kind):
         assert np.abs(f.image[20, 27 + 2 * f.index].astype(int) - 255).max() < 20  # the white box kept
 
 
+@needs("av")
 def test_bgr_transform_hook_sees_every_frame(clip, tmp_path):
     src, plate = clip
     seen = []
@@ -297,6 +309,7 @@ def test_bgr_transform_hook_sees_every_frame(clip, tmp_path):
 # --------------------------------------------------------------------------------------------- interrupts & safety
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+@needs("av")
 def test_interrupted_run_leaves_no_file(clip, tmp_path, exc):
     src, plate = clip
     out = tmp_path / "out"
@@ -314,6 +327,7 @@ def test_interrupted_run_leaves_no_file(clip, tmp_path, exc):
     assert not [t for t in threading.enumerate() if t.name.startswith("bgmatting-")]
 
 
+@needs("av")
 def test_ctrl_c_in_a_real_process_leaves_no_file(clip, tmp_path):
     """SIGINT lands wherever the main thread is (model, queues); the outputs of the run are deleted."""
     src = make_video(tmp_path / "long.mp4", 40)
@@ -357,6 +371,7 @@ def test_ctrl_c_in_a_real_process_leaves_no_file(clip, tmp_path):
     assert not out.exists()
 
 
+@needs("av")
 def test_writer_failure_stops_the_run(clip, tmp_path, monkeypatch):
     src, plate = clip
 
@@ -369,6 +384,7 @@ def test_writer_failure_stops_the_run(clip, tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+@needs("av")
 def test_existing_outputs_and_inputs_are_protected(clip, tmp_path):
     src, plate = clip
     out = tmp_path / "out"
@@ -381,6 +397,7 @@ def test_existing_outputs_and_inputs_are_protected(clip, tmp_path):
         convert_video(StubMatter(), src, plate, src, outputs="com", overwrite=True, progress=False)
 
 
+@needs("av")
 def test_queues_are_bounded(tmp_path, monkeypatch):
     """The reader and the writer never run more than their queues ahead of the model, whatever the length."""
     src = make_video(tmp_path / "long.mp4", 40)
@@ -422,6 +439,7 @@ def test_queues_are_bounded(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------------------------- errors
 
+@needs("av")
 def test_every_check_happens_before_the_model_is_made(clip, tmp_path):
     src, plate = clip
 
@@ -451,6 +469,7 @@ def test_every_check_happens_before_the_model_is_made(clip, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@needs("av")
 def test_missing_encoder_is_reported_before_matting(clip, tmp_path, monkeypatch):
     src, plate = clip
     monkeypatch.setattr(vio, "has_encoder", lambda name: name != "libvpx-vp9")
@@ -502,6 +521,7 @@ class JitteryMatter(StubMatter):
         return StubMatter().forward_tensors(src, bgr)
 
 
+@needs("av")
 def test_parallel_workers_keep_the_frame_order_and_the_thread_count(clip, tmp_path):
     src, plate = clip
     threads_before = torch.get_num_threads()
@@ -520,6 +540,7 @@ def test_parallel_workers_keep_the_frame_order_and_the_thread_count(clip, tmp_pa
     assert not (tmp_path / "broken").exists() and torch.get_num_threads() == threads_before
 
 
+@needs("av")
 def test_a_real_matter_on_the_cpu_gets_two_workers_with_the_same_result(clip, tmp_path, monkeypatch):
     src, plate = clip
     matter = Matter(randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=320)), device="cpu")
@@ -542,6 +563,7 @@ def test_a_real_matter_on_the_cpu_gets_two_workers_with_the_same_result(clip, tm
         convert_video(matter, src, plate, tmp_path / "x", workers=0, progress=False)
 
 
+@needs("av")
 def test_default_batch_on_the_cpu_is_one_frame(clip, tmp_path):
     src, plate = clip
     stub = StubMatter()
@@ -563,6 +585,7 @@ def _cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
                           timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@needs("av")
 def test_a_cut_off_source_is_an_error_unless_kept(tmp_path):
     cut, plate = make_cut_video(tmp_path / "cut.mp4"), _plate_64(tmp_path / "plate.png")
     out = tmp_path / "out" / "deep" / "pha.mp4"
@@ -576,6 +599,7 @@ def test_a_cut_off_source_is_an_error_unless_kept(tmp_path):
     assert any("of its 50 frames" in note for note in report.notes) and leftovers(out.parent) == []
 
 
+@needs("av")
 def test_damage_found_when_the_stream_ends_removes_what_was_written(tmp_path, monkeypatch):
     cut, plate = make_cut_video(tmp_path / "cut.mp4"), _plate_64(tmp_path / "plate.png")
     monkeypatch.setattr(VideoReader, "probe_end", lambda self: None)  # the quick look misses it
@@ -587,6 +611,8 @@ def test_damage_found_when_the_stream_ends_removes_what_was_written(tmp_path, mo
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
+@needs("av")
+@pytest.mark.slow
 def test_cli_reports_damaged_and_garbage_sources_in_one_line(tmp_path, tiny_weights):
     cut, plate = make_cut_video(tmp_path / "cut.mp4"), _plate_64(tmp_path / "plate.png")
     (tmp_path / "zero.mp4").write_bytes(b"")
@@ -610,6 +636,7 @@ def test_cli_reports_damaged_and_garbage_sources_in_one_line(tmp_path, tiny_weig
     assert len(read_all(out, "gray")) == n and leftovers(out.parent) == []
 
 
+@needs("av")
 def test_failed_checks_leave_no_output_folder(tmp_path, tiny_weights, capsys):
     src, plate = make_video(tmp_path / "clip.mp4", 4), tmp_path / "plate.png"
     Image.fromarray(background_image()).save(plate)
@@ -623,6 +650,7 @@ def test_failed_checks_leave_no_output_folder(tmp_path, tiny_weights, capsys):
         assert not (tmp_path / "out").exists()
 
 
+@needs("av")
 def test_sigterm_removes_the_outputs_and_exits_143(tmp_path, tiny_weights):
     """`timeout`, a container stop or a job scheduler send SIGTERM: the run cleans up as for Ctrl-C."""
     src, plate = make_video(tmp_path / "long.mp4", 300), tmp_path / "plate.png"
@@ -652,6 +680,7 @@ class PlateStub(StubMatter):
         return SimpleNamespace(pha=(np.abs(src - bgr).mean(axis=2) > 0.15).astype(np.float32))
 
 
+@needs("av")
 def test_auto_background_looks_beyond_the_range(tmp_path):
     """Over 0-1.6 s the subject stands still (it would be part of a plate made from the range alone); it walks
     off later, so the plate made from the whole video shows the empty place and the subject is matted there."""

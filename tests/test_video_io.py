@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import warnings
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-
-av = pytest.importorskip("av")
 
 from bgmatting import BgMattingError
 from bgmatting.io import video as vio
@@ -27,152 +24,17 @@ from bgmatting.io.video import (
     read_frame,
 )
 
-H, W = 48, 64
+from helpers import needs, optional
+from video_clips import H, W, frame_image, leftovers, make_cut_video, make_standing_clip, make_video, marker, streams
 
-
-# --------------------------------------------------------------------------------------------- helpers (shared)
-
-def frame_image(i: int, h: int = H, w: int = W) -> np.ndarray:
-    """A smooth background with a white box that moves with ``i`` and a gray 8×8 marker of brightness 20·i."""
-    img = np.zeros((h, w, 3), np.uint8)
-    img[..., 0] = np.linspace(0, 200, w).astype(np.uint8)[None]
-    img[..., 2] = 100
-    x = 20 + 2 * i
-    img[14:34, x:x + 14] = 255
-    img[:8, :8] = min(255, 20 * i)
-    return img
-
-
-def background_image(h: int = H, w: int = W) -> np.ndarray:
-    img = frame_image(0, h, w)
-    img[14:34, 20:34] = img[40:41, 20:34]  # without the box
-    img[:8, :8] = img[8:9, :8]
-    return img
-
-
-def marker(image: np.ndarray) -> int:
-    """The frame index written by :func:`frame_image`, read back from its marker."""
-    return round(float(image[2:6, 2:6, :3].mean()) / 20)
-
-
-def make_video(path: Path, n: int = 12, *, rate: int = 25, pts: list[int] | None = None,
-               time_base: Fraction | None = None, audio: str | None = None, audio_seconds: float | None = None,
-               rotation: int | None = None, hflip: bool = False, size: tuple[int, int] = (H, W),
-               frames: list[np.ndarray] | None = None) -> Path:
-    """Write a tiny H.264 (or VP9 for .webm) test video with PyAV directly, optionally with an audio stream."""
-    path = Path(path)
-    h, w = size
-    tb = time_base or Fraction(1, rate)
-    pts = pts if pts is not None else list(range(n))
-    c = av.open(str(path), "w")
-    s = c.add_stream("libvpx-vp9" if path.suffix == ".webm" else "libx264", rate=rate)
-    s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-    s.time_base = tb
-    s.codec_context.time_base = tb
-    if rotation is not None:
-        s.set_display_rotation(rotation, hflip=hflip)
-    a = None
-    if audio:
-        a = c.add_stream(audio, rate=48000 if audio == "libopus" else 16000, layout="mono")
-    for i, p in enumerate(pts):
-        img = frames[i] if frames is not None else frame_image(i, h, w)
-        f = av.VideoFrame.from_ndarray(img, format="rgb24")
-        f.pts, f.time_base = p, tb
-        for pk in s.encode(f):
-            c.mux(pk)
-    for pk in s.encode():
-        c.mux(pk)
-    if a is not None:
-        rate_a = a.codec_context.sample_rate
-        total = int(rate_a * (audio_seconds if audio_seconds is not None else float(pts[-1] * tb) + 0.2))
-        fmt = a.codec_context.format.name
-        step = 960 if audio == "libopus" else 1024
-        for k in range(0, total, step):
-            t = np.arange(k, k + step) / rate_a
-            wave = (0.3 * np.sin(2 * np.pi * 440 * t))[None]
-            arr = (wave * 32767).astype(np.int16) if fmt.startswith("s16") else wave.astype(np.float32)
-            fr = av.AudioFrame.from_ndarray(arr, format=fmt, layout="mono")
-            fr.sample_rate, fr.pts = rate_a, k
-            for pk in a.encode(fr):
-                c.mux(pk)
-        for pk in a.encode():
-            c.mux(pk)
-    c.close()
-    return path
-
-
-def streams(path: Path) -> dict:
-    """Codec names, packet counts and durations (s) of a file's streams."""
-    counts: dict = {}
-    with av.open(str(path)) as c:
-        for p in c.demux():
-            if p.size:
-                n, last = counts.get(p.stream.type, (0, None))
-                if p.pts is not None:
-                    end = float((p.pts + (p.duration or 0)) * p.time_base)
-                    last = end if last is None else max(last, end)
-                counts[p.stream.type] = (n + 1, last)
-        return {s.type: (s.codec_context.name, *counts.get(s.type, (0, None))) for s in c.streams}
-
-
-def leftovers(folder: Path) -> list[str]:
-    """Temporary files or folders (dot-names) left in ``folder``."""
-    return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith("."))
-
-
-def make_cut_video(path: Path, n: int = 50, size: int = 64) -> Path:
-    """An mp4 of ``n`` noisy frames with its index at the front (``faststart``), cut after half of its bytes: the
-    container still declares ``n`` frames and ``n / 25`` s (a download or copy that stopped half-way)."""
-    path = Path(path)
-    rng = np.random.default_rng(0)
-    with av.open(str(path), "w", options={"movflags": "+faststart"}) as c:
-        s = c.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = size, size, "yuv420p"
-        for i in range(n):
-            f = av.VideoFrame.from_ndarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), format="rgb24")
-            f.pts = i
-            for pk in s.encode(f):
-                c.mux(pk)
-        for pk in s.encode():
-            c.mux(pk)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    return path
-
-
-def make_standing_clip(path: Path, n: int = 100, still: int = 40, rate: int = 25,
-                       gop: int | None = None) -> tuple[Path, np.ndarray, tuple[slice, slice]]:
-    """A magenta box that stands still at the left for the first ``still`` frames, then walks off to the right.
-
-    Returns ``(path, background, where the box stands)``; ``gop``: the keyframe interval (x264's default if None).
-    """
-    bg = background_image()
-    place = (slice(18, 30), slice(4, 16))
-    frames = []
-    for i in range(n):
-        img = bg.copy()
-        x = 4 + 2 * max(0, i - still)
-        img[18:30, x:x + 12] = (255, 0, 255)
-        frames.append(img)
-    path = make_video(path, n, rate=rate, frames=frames)
-    if gop is not None:  # re-encode with short keyframe intervals (for seeking)
-        with av.open(str(path), "w") as c:
-            s = c.add_stream("libx264", rate=rate, options={"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"})
-            s.width, s.height, s.pix_fmt = W, H, "yuv420p"
-            for i, img in enumerate(frames):
-                f = av.VideoFrame.from_ndarray(img, format="rgb24")
-                f.pts = i
-                for pk in s.encode(f):
-                    c.mux(pk)
-            for pk in s.encode():
-                c.mux(pk)
-    return path, bg, place
+av = optional("av")
 
 
 # --------------------------------------------------------------------------------------------- formats
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("channels", [1, 3, 4])
+@needs("av")
 def test_each_format_decodes_back(tmp_path, fmt, channels):
     if channels == 4 and fmt not in vio.ALPHA_FORMATS:
         with pytest.raises(BgMattingError, match="no alpha"):
@@ -205,6 +67,7 @@ def test_each_format_decodes_back(tmp_path, fmt, channels):
         assert (got[3].image[..., 3] == 255).all()
 
 
+@needs("av")
 def test_prores_keeps_more_than_8_bits(tmp_path):
     ramp = np.tile(np.linspace(0, 65535, W).astype(np.uint16)[None], (H, 1))
     img = np.stack([ramp] * 4, axis=2)
@@ -217,6 +80,7 @@ def test_prores_keeps_more_than_8_bits(tmp_path):
     assert np.abs(a16 - ramp).max() < 600  # ~10-bit or better
 
 
+@needs("av")
 def test_odd_size_h264_is_padded_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="even width and height"):
         w = VideoWriter(tmp_path / "odd.mp4", (47, 63))
@@ -225,6 +89,7 @@ def test_odd_size_h264_is_padded_with_a_warning(tmp_path):
     assert probe_video(tmp_path / "odd.mp4").size == (48, 64)
 
 
+@needs("av")
 def test_writer_checks_frames_and_timestamps(tmp_path):
     w = VideoWriter(tmp_path / "a.mp4", (H, W))
     with pytest.raises(ValueError, match="does not fit"):
@@ -241,6 +106,7 @@ def test_writer_checks_frames_and_timestamps(tmp_path):
 # --------------------------------------------------------------------------------------------- atomic writes
 
 @pytest.mark.parametrize("fmt", ["mp4", "png"])
+@needs("av")
 def test_abort_and_exceptions_leave_no_file(tmp_path, fmt):
     path = tmp_path / ("a" + vio.FORMAT_SUFFIXES[fmt])
     with pytest.raises(KeyboardInterrupt), VideoWriter(path, (H, W), format=fmt) as w:
@@ -260,6 +126,7 @@ def test_abort_and_exceptions_leave_no_file(tmp_path, fmt):
         assert [marker(f.image) for f in r] == [0]
 
 
+@needs("av")
 def test_existing_output_needs_overwrite(tmp_path):
     (tmp_path / "a.mp4").write_bytes(b"old")
     with pytest.raises(BgMattingError, match="--overwrite"):
@@ -270,6 +137,7 @@ def test_existing_output_needs_overwrite(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+@needs("av")
 def test_empty_writer_is_not_kept(tmp_path):
     w = VideoWriter(tmp_path / "a.webm", (H, W))
     with pytest.raises(BgMattingError, match="no frame"):
@@ -279,6 +147,7 @@ def test_empty_writer_is_not_kept(tmp_path):
 
 # --------------------------------------------------------------------------------------------- reading
 
+@needs("av")
 def test_frame_count_is_counted_not_trusted(tmp_path):
     path = make_video(tmp_path / "a.mp4", 14)
     with VideoReader(path) as r:
@@ -287,6 +156,7 @@ def test_frame_count_is_counted_not_trusted(tmp_path):
     assert len(frame_times(path)) == 14
 
 
+@needs("av")
 def test_frames_as_float_and_tensor(tmp_path):
     with VideoReader(make_video(tmp_path / "a.mp4", 2)) as r:
         f = next(r)
@@ -295,6 +165,7 @@ def test_frames_as_float_and_tensor(tmp_path):
     assert t.shape == (1, 3, H, W) and np.allclose(t[0].permute(1, 2, 0).numpy(), f.as_float())
 
 
+@needs("av")
 def test_variable_frame_rate_timestamps_pass_through(tmp_path):
     pts = [0, 40, 80, 200, 240, 400, 410, 420, 700, 800]  # ms
     src = make_video(tmp_path / "vfr.mp4", pts=pts, time_base=Fraction(1, 1000))
@@ -311,6 +182,7 @@ def test_variable_frame_rate_timestamps_pass_through(tmp_path):
     assert np.allclose(frame_times(out), np.array(pts) / 1000, atol=1e-3)
 
 
+@needs("av")
 def test_frame_times_and_read_frame_give_random_access(tmp_path):
     pts = [0, 40, 80, 200, 240, 400, 410, 420]
     path = make_video(tmp_path / "vfr.mp4", pts=pts, time_base=Fraction(1, 1000))
@@ -319,6 +191,7 @@ def test_frame_times_and_read_frame_give_random_access(tmp_path):
     assert [marker(read_frame(path, t)) for t in times[::-1]] == list(range(len(pts)))[::-1]
 
 
+@needs("av")
 def test_start_and_end_seek(tmp_path):
     path = make_video(tmp_path / "a.mp4", 20)
     with VideoReader(path, start=0.2, end=0.4) as r:
@@ -371,6 +244,7 @@ def test_orientation_mirrors():
 
 
 @pytest.mark.parametrize("rotation,hflip", [(90, False), (-90, False), (180, False), (90, True)])
+@needs("av")
 def test_phone_rotation_metadata_is_honoured(tmp_path, rotation, hflip):
     if not hasattr(av.VideoStream, "set_display_rotation"):
         pytest.skip("this PyAV cannot write a display matrix")
@@ -386,6 +260,7 @@ def test_phone_rotation_metadata_is_honoured(tmp_path, rotation, hflip):
 
 # --------------------------------------------------------------------------------------------- audio
 
+@needs("av")
 def test_aac_audio_is_copied_into_mp4_and_mov(tmp_path):
     src = make_video(tmp_path / "a.mp4", 12, audio="aac")
     original = streams(src)["audio"]
@@ -401,6 +276,7 @@ def test_aac_audio_is_copied_into_mp4_and_mov(tmp_path):
         assert end == pytest.approx(original[2], abs=0.03)
 
 
+@needs("av")
 def test_audio_into_webm_is_transcoded_to_opus_and_png_drops_it(tmp_path):
     if not vio.has_encoder("libopus"):
         pytest.skip("no libopus encoder")
@@ -419,6 +295,7 @@ def test_audio_into_webm_is_transcoded_to_opus_and_png_drops_it(tmp_path):
     assert plan_audio(make_video(tmp_path / "silent.mp4", 2), "mp4").mode == "none"
 
 
+@needs("av")
 def test_opus_audio_is_copied_into_webm(tmp_path):
     if not vio.has_encoder("libopus"):
         pytest.skip("no libopus encoder")
@@ -431,6 +308,7 @@ def test_opus_audio_is_copied_into_webm(tmp_path):
 
 # --------------------------------------------------------------------------------------------- errors
 
+@needs("av")
 def test_clear_errors_for_bad_inputs(tmp_path):
     with pytest.raises(BgMattingError, match="does not exist"):
         VideoReader(tmp_path / "missing.mp4")
@@ -450,6 +328,7 @@ def test_clear_errors_for_bad_inputs(tmp_path):
             VideoReader(tmp_path / name)
 
 
+@needs("av")
 def test_a_cut_off_video_is_an_error_or_read_as_far_as_it_goes(tmp_path):
     cut = make_cut_video(tmp_path / "cut.mp4")
     with pytest.raises(BgMattingError, match=r"damaged or cut short: it ends after \d+ of its 50 frames"):
@@ -465,6 +344,7 @@ def test_a_cut_off_video_is_an_error_or_read_as_far_as_it_goes(tmp_path):
         VideoReader(cut, start=1.9)
 
 
+@needs("av")
 def test_whole_videos_are_not_taken_for_cut_ones(tmp_path):
     """Declared lengths are slightly off in ordinary files: a long last frame (VFR, GIF), B-frames, audio; and
     MPEG-TS seeks land on any packet, possibly after the last keyframe."""
@@ -480,6 +360,7 @@ def test_whole_videos_are_not_taken_for_cut_ones(tmp_path):
                 assert len(list(reader)) > 0 and reader.damage is None
 
 
+@needs("av")
 def test_a_decoding_error_stops_a_partial_reader(tmp_path):
     path = make_video(tmp_path / "a.mp4", 12)
     with pytest.raises(BgMattingError, match="cannot be decoded after"):
@@ -499,6 +380,7 @@ def _failing(packets, after: int):
         yield p
 
 
+@needs("av")
 def test_sample_video_seeks_to_keyframes_spread_over_the_video(tmp_path):
     path, _, _ = make_standing_clip(tmp_path / "clip.mp4", n=100, gop=10)
     frames = vio.sample_video(path, 10)
@@ -510,6 +392,7 @@ def test_sample_video_seeks_to_keyframes_spread_over_the_video(tmp_path):
 
 
 @pytest.mark.parametrize("preset,settings", [(None, b"subme=7"), ("ultrafast", b"subme=0"), ("veryslow", b"subme=10")])
+@needs("av")
 def test_h264_preset_reaches_the_encoder(tmp_path, preset, settings):
     with VideoWriter(tmp_path / "a.mp4", (H, W), rate=25, preset=preset) as wr:
         for i in range(3):
@@ -519,6 +402,7 @@ def test_h264_preset_reaches_the_encoder(tmp_path, preset, settings):
     assert len(list(VideoReader(tmp_path / "a.mp4"))) == 3
 
 
+@needs("av")
 def test_preset_is_checked_and_only_for_h264(tmp_path):
     with pytest.raises(BgMattingError, match="--preset must be one of ultrafast, .*got 'quick'"):
         VideoWriter(tmp_path / "a.mp4", (H, W), preset="quick")
@@ -528,6 +412,7 @@ def test_preset_is_checked_and_only_for_h264(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@needs("av")
 def test_clear_errors_for_bad_formats(tmp_path, monkeypatch):
     with pytest.raises(BgMattingError, match="unknown video format 'avi'"):
         VideoWriter(tmp_path / "a.avi", (H, W), format="avi")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-cv2 = pytest.importorskip("cv2")
-
 from bgmatting import BgMattingError, Matter, MattingRefine
 from bgmatting.results import MatteResult
 from bgmatting.webcam import HINT, WebcamSession, parse_camera, parse_size, run
+
+from helpers import needs, optional
+
+cv2 = optional("cv2")
 
 H, W, N = 48, 64, 10
 EMPTY = 3  # frames before the subject walks in
@@ -50,6 +52,7 @@ class StubMatter:
         return MatteResult(pha=pha, fgr=src, err=np.zeros_like(pha), ref=np.zeros_like(pha))
 
 
+@needs("cv2")
 def test_headless_session_with_keys(camera_file):
     stub = StubMatter()
     shown = []
@@ -73,6 +76,7 @@ def test_headless_session_with_keys(camera_file):
     assert session.background is not None and session.background.shape == (H, W, 3)
 
 
+@needs("cv2")
 def test_q_quits_and_max_frames(camera_file):
     session = run(camera_file, StubMatter, display=False, keys={4: "q"})
     assert session.frames == 5 and not session.running
@@ -80,6 +84,7 @@ def test_q_quits_and_max_frames(camera_file):
     assert session.frames == 3 and session.composites == 0
 
 
+@needs("cv2")
 def test_fps_text_is_drawn():
     frame = scene(0)
     with_fps = WebcamSession(StubMatter(), show_fps=True).process(frame.copy())
@@ -92,6 +97,7 @@ def test_fps_text_is_drawn():
     assert s.process(frame) is not None and s.fps > 0
 
 
+@needs("cv2")
 def test_keys_and_codes():
     s = WebcamSession(StubMatter())
     assert s.handle_key("b") is False  # no frame yet: nothing to capture
@@ -102,6 +108,7 @@ def test_keys_and_codes():
     assert s.handle_key(27) and not s.running  # Escape
 
 
+@needs("cv2")
 def test_image_target_and_size(camera_file, tmp_path):
     from bgmatting.io import write_image
 
@@ -115,6 +122,7 @@ def test_image_target_and_size(camera_file, tmp_path):
     assert np.abs(shown[-1][8:16, :4].astype(int) - (0, 255, 0)).mean() < 10  # left: background → green image
 
 
+@needs("cv2")
 def test_real_model_runs(camera_file):
     model = MattingRefine("mobilenetv2", refine_sample_pixels=320)
     shown = []
@@ -124,6 +132,7 @@ def test_real_model_runs(camera_file):
     assert all(f.shape == (H, W, 3) and f.dtype == np.uint8 for f in shown)
 
 
+@needs("cv2")
 def test_camera_errors(tmp_path):
     with pytest.raises(BgMattingError, match="cannot open camera 57"):
         run(57, StubMatter, display=False)
@@ -141,6 +150,7 @@ def test_camera_errors(tmp_path):
     assert loaded == []  # the model is not loaded when the camera is missing
 
 
+@needs("cv2")
 def test_display_needs_gui(camera_file):
     from bgmatting.webcam import _gui_available
 

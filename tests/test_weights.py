@@ -7,12 +7,14 @@ import zipfile
 import pytest
 import torch
 
-from bgmatting import BgMattingError, MattingBase, MattingRefine, list_models, load_model, save_weights
-from bgmatting import zoo
+from bgmatting import BgMattingError, MattingBase, MattingRefine, list_models, load_model, save_weights, zoo
 from bgmatting.weights import ModelInfo, detect_config, read_state_dict, register_model
-from conftest import randomize_
 
-oracle = pytest.importorskip("BackgroundMattingV2.model", reason="parity oracle backgroundmattingv2==1.0 missing")
+from helpers import needs, optional, randomize_
+
+ORACLE = "BackgroundMattingV2.model"  # the parity oracle: the original implementation, PyPI backgroundmattingv2==1.0
+oracle = optional(ORACLE)
+needs_oracle = needs(ORACLE, reason="parity oracle backgroundmattingv2==1.0 missing")
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -21,7 +23,9 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 @pytest.mark.parametrize("arch,backbone,kernel", [("MattingRefine", "resnet50", 3), ("MattingRefine", "resnet101", 1),
-                                                  ("MattingRefine", "mobilenetv2", 3), ("MattingBase", "mobilenetv2", 3)])
+                                                  ("MattingRefine", "mobilenetv2", 3),
+                                                  ("MattingBase", "mobilenetv2", 3)])
+@needs_oracle
 def test_original_pth_loads_with_detected_architecture(tmp_path, arch, backbone, kernel):
     if arch == "MattingRefine":
         theirs = randomize_(oracle.MattingRefine(backbone, refine_kernel_size=kernel))
@@ -38,6 +42,7 @@ def test_original_pth_loads_with_detected_architecture(tmp_path, arch, backbone,
     assert not model.training
 
 
+@needs_oracle
 def test_original_torchscript_export_loads_without_running_code(tmp_path):
     theirs = randomize_(oracle.MattingRefine("mobilenetv2", refine_mode="full"))
 
@@ -68,6 +73,7 @@ def test_original_torchscript_export_loads_without_running_code(tmp_path):
         load_model(evil)
 
 
+@needs_oracle
 def test_fp16_torchscript_export_loads_as_fp32(tmp_path):
     theirs = randomize_(oracle.MattingBase("mobilenetv2")).half()
     path = tmp_path / "ts16.pth"
