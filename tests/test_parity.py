@@ -11,7 +11,6 @@ import warnings
 
 import pytest
 import torch
-from conftest import randomize_
 
 from bgmatting import MattingRefine
 from bgmatting.backends import make_runner
@@ -20,6 +19,8 @@ from bgmatting.models import BACKBONES
 from bgmatting.models.optimised import FastMatting
 from bgmatting.onnx_runtime import OnnxModel
 from bgmatting.tracing import quiet_trace
+
+from helpers import randomize_
 
 SIZE = (2, 64, 96)  # batch, height, width: not the export's example size
 TOL = 1e-4

@@ -3,12 +3,13 @@ and crops (unfold, gather) agree, and the export copy of a model is bit-identica
 
 import pytest
 import torch
-from conftest import randomize_
 
 from bgmatting import MattingRefine
 from bgmatting.export import example_pair, exportable
 from bgmatting.models.patches import CROPS, SELECTIONS, crop_patches, paste_patches, select_patches
 from bgmatting.models.refiner import Refiner
+
+from helpers import randomize_
 
 
 @pytest.mark.parametrize("kernel", [1, 3])
