@@ -25,7 +25,6 @@ from bgmatting.align import align_background
 from bgmatting.evaluation import evaluate
 from bgmatting.io import read_image
 
-
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 # The real pair in examples/ (a frame of opencv-doc's vtest.avi and its temporal-median plate) has no true alpha;

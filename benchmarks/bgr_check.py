@@ -39,8 +39,8 @@ import cv2
 import numpy as np
 import torch
 
-from bgmatting.scene import MIN_AGREEMENT, background_agreement
 from bgmatting.data.perturb import make_pair
+from bgmatting.scene import MIN_AGREEMENT, background_agreement
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAME_SIDE = 768  # longest side of the composites (the examples are 768x576)
@@ -160,7 +160,7 @@ def make_genuine(backgrounds, subjects, seed: int, per_background: int = 1) -> l
     pairs = []
     real = [k for k in backgrounds if not k.startswith("synthetic/")]
     for bg_name in real:
-        for rep in range(per_background):
+        for _rep in range(per_background):
             for group in ("normal", "close-up", "moved", "small frame"):
                 bg = backgrounds[bg_name]
                 if group == "small frame":
@@ -241,7 +241,8 @@ def timing_1080p(agreement=background_agreement, repeats: int = 10) -> dict[str,
 
 
 def table(pairs: list[Pair], scores: np.ndarray, threshold: float, top: int = 12) -> str:
-    lines = [f"{'group':<22}{'pairs':>6}{'min':>7}{'p5':>7}{'median':>8}{'p95':>7}{'max':>7}   wrong side of {threshold:.3f}",
+    lines = [f"{'group':<22}{'pairs':>6}{'min':>7}{'p5':>7}{'median':>8}{'p95':>7}{'max':>7}"
+             f"   wrong side of {threshold:.3f}",
              "-" * 86]
     keys = []
     for p in pairs:
@@ -267,7 +268,8 @@ def table(pairs: list[Pair], scores: np.ndarray, threshold: float, top: int = 12
     lines.append("\nlowest genuine pairs:")
     for i in sorted(gen, key=lambda i: scores[i])[:6]:
         p = pairs[i]
-        lines.append(f"  {scores[i]:.3f}  {p.group}{', align' if p.align else ''}: {p.label} (subject {100 * p.coverage:.0f}%)")
+        lines.append(f"  {scores[i]:.3f}  {p.group}{', align' if p.align else ''}: {p.label} "
+                     f"(subject {100 * p.coverage:.0f}%)")
     lines.append("highest mistaken pairs:")
     for i in sorted(mis, key=lambda i: -scores[i])[:top]:
         p = pairs[i]

@@ -55,12 +55,13 @@ def main() -> None:
             size = parse_resolution(res)
             _, scale, pixels = RESOLUTIONS.get(res.strip().lower(), (None, 1 / 4, 80_000))
             d = inputs(size, scale, pixels, device)
-            runs = [lambda s, _, fn=fn: fn(d["coarse"].clone(), s, d["patches"], d["ib"], d["rows"], d["cols"],
-                                           d["valid"]) for _, fn in routes]
+            runs = [lambda s, _, fn=fn, d=d: fn(d["coarse"].clone(), s, d["patches"], d["ib"], d["rows"], d["cols"],
+                                                d["valid"]) for _, fn in routes]
             timed = time_runners(runs, d["src"], d["src"], "fp32", args.frames, args.warmup)
             base_ms, base_out = None, None
             for (name, _), (ms, _, out) in zip(routes, timed):
-                diff = "-" if base_out is None else f"{max(float((a - b).abs().max()) for a, b in zip(out, base_out)):.1e}"
+                diff = ("-" if base_out is None
+                        else f"{max(float((a - b).abs().max()) for a, b in zip(out, base_out)):.1e}")
                 speedup = "1.00x" if base_ms is None else f"{base_ms / ms:.2f}x"
                 if base_ms is None:
                     base_ms, base_out = ms, out

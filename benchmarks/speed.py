@@ -7,8 +7,9 @@
 
 The original is ``backgroundmattingv2==1.0`` from PyPI (``pip install backgroundmattingv2``), loaded with the same
 weights and options; it is the first row of each block, so "speed-up" is against it and "max Δα" is our
-alpha's largest difference from its alpha (in fp16 blocks: from its fp32 alpha, the accuracy target for fp16). ResNet-50 has no shipped weights: it runs with random weights whose
-error map is positive everywhere, so that sampling mode refines all of its pixels (the worst case).
+alpha's largest difference from its alpha (in fp16 blocks: from its fp32 alpha, the accuracy target for fp16).
+ResNet-50 has no shipped weights: it runs with random weights whose error map is positive everywhere, so that
+sampling mode refines all of its pixels (the worst case).
 
 Each model runs on two inputs (``--inputs``): ``example``, the shipped photo pair (patches along the subject's
 outline), and ``noise``, the worst case for the refiner's sparse ways: a noise-textured background that the model
@@ -18,8 +19,8 @@ cannot explain, so the selected patches are scattered over the whole frame (:fun
 from __future__ import annotations
 
 import argparse
-import os
 import datetime
+import os
 import platform
 import sys
 from pathlib import Path

@@ -28,8 +28,9 @@ _LAZY = {
     "load_model": ".weights", "read_state_dict": ".weights", "save_weights": ".weights",
 }
 
-__all__ = ["BgMattingError", "MattingBase", "MattingRefine", "MatteResult", "Matter", "ModelInfo", "OnnxModel", "VideoReport", "__version__", "convert_video",
-           "export_onnx", "export_torchscript", "list_models", "load_model", "matte_images", "read_state_dict", "save_weights"]
+__all__ = ["BgMattingError", "MattingBase", "MattingRefine", "MatteResult", "Matter", "ModelInfo", "OnnxModel",
+           "VideoReport", "__version__", "convert_video", "export_onnx", "export_torchscript", "list_models",
+           "load_model", "matte_images", "read_state_dict", "save_weights"]
 
 
 def __getattr__(name: str):

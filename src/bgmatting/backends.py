@@ -26,14 +26,13 @@ import torch
 from torch import nn
 
 from .errors import BgMattingError, install_hint
-from .onnx_runtime import open_session
-from .tracing import LEGACY_EXPORTER, quiet_trace
 from .io.atomic import atomic_write_bytes
 from .io.cache import cache_dir
 from .models import MattingBase, MattingRefine
 from .models.optimised import FastMatting
+from .onnx_runtime import open_session
 from .options import BACKENDS
-
+from .tracing import LEGACY_EXPORTER, quiet_trace
 
 
 def onnxruntime_available() -> bool:

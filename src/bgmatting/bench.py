@@ -7,8 +7,9 @@ the same alpha as the reference, and returns :class:`BenchRow` s; :func:`format_
 
 Inputs (:data:`INPUTS`) are the shipped example pair resized to the benchmark resolution, so the refiner selects
 patches along a real subject's outline, as it does on real footage, or the worst case for the refiner's sparse
-ways, a noise background that spreads the selected patches over the whole frame (:func:`noise_pair`). The runners are timed in interleaved rounds
-(:func:`time_runners`), so that a drift in the machine's speed does not favour one of them.
+ways, a noise background that spreads the selected patches over the whole frame (:func:`noise_pair`). The runners
+are timed in interleaved rounds (:func:`time_runners`), so that a drift in the machine's speed does not favour one
+of them.
 """
 
 from __future__ import annotations

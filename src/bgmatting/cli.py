@@ -148,7 +148,8 @@ def _add_model_args(p: argparse.ArgumentParser, runtime: bool = True) -> None:
     """The weights and refiner options; ``runtime`` adds --device and --precision (inference commands)."""
     g = p.add_argument_group("model")
     g.add_argument("--weights", metavar="PATH|NAME", default=None,
-                   help="weights file (original .pth/TorchScript or .safetensors) or zoo name; default: the shipped model")
+                   help="weights file (original .pth/TorchScript or .safetensors) or zoo name; "
+                        "default: the shipped model")
     g.add_argument("--backbone-scale", type=_scale, metavar="S", help="input scale of the base network, e.g. 1/4")
     g.add_argument("--refine-mode", choices=REFINE_MODES)
     g.add_argument("--refine-sample-pixels", type=_int_at_least(16, " (one 4x4 patch)"), metavar="N",

@@ -35,12 +35,12 @@ from torch import nn
 
 from .errors import BgMattingError, import_optional
 from .io.atomic import atomic_path
+from .model_metadata import FORMAT_TAG, INPUT_NAMES, OUTPUT_NAMES
 from .models import MattingBase, MattingRefine
 from .models.patches import patch_count, resize_bilinear
+from .onnx_runtime import OnnxModel
 from .options import EXPORT_PRECISIONS
 from .pipeline import PRECISION_DTYPES
-from .model_metadata import FORMAT_TAG, INPUT_NAMES, OUTPUT_NAMES
-from .onnx_runtime import OnnxModel
 from .tracing import LEGACY_EXPORTER, quiet_trace
 from .weights import load_model, model_config, pytorch_weights
 
@@ -207,7 +207,8 @@ class ExportReport:
             lines += ["  " + "  ".join(v.ljust(wd) for v, wd in zip(r, widths)).rstrip() for r in rows]
             if self.criterion == "mean":
                 worst = max(c.pha_mean for c in self.checks)
-                lines.append(f"alpha: mean |difference| {worst:.1e} <= {self.tolerance:g} ({self.precision}, loose): ok")
+                lines.append(f"alpha: mean |difference| {worst:.1e} <= {self.tolerance:g} "
+                             f"({self.precision}, loose): ok")
             else:
                 lines.append(f"alpha: max |difference| {self.max_diffs['pha']:.1e} <= {self.tolerance:g}: ok")
         lines += [f"note: {n}" for n in self.notes]

@@ -169,8 +169,9 @@ def write_outputs(result: MatteResult, outputs: dict[str, Path], target: Any = N
 
 
 def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                 matter: Matter | Callable[[], Matter], outputs: str | Sequence[str] = ("com", "pha"), target_bgr: str | None = None,
-                 overwrite: bool = False, pha_16bit: bool = False, mask_threshold: float = 0.5,
+                 matter: Matter | Callable[[], Matter], outputs: str | Sequence[str] = ("com", "pha"),
+                 target_bgr: str | None = None, overwrite: bool = False, pha_16bit: bool = False,
+                 mask_threshold: float = 0.5,
                  align: bool = False, check_bgr: bool = True, progress: bool = True,
                  workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[Job]:
     """Matte image files and write the outputs under ``out_dir/<kind>/<relative path>.png``.

@@ -56,7 +56,8 @@ def read_onnx_metadata(meta: dict[str, str], path: Path) -> dict[str, Any]:
         raise BgMattingError(f"'{path}' is an ONNX model but not one exported by bgmatting (no bgmatting metadata); "
                              "export one with 'bgmatting export --format onnx'")
     try:
-        cfg = {"architecture": meta["architecture"], "backbone": meta["backbone"], **json.loads(meta.get("config", "{}"))}
+        cfg = {"architecture": meta["architecture"], "backbone": meta["backbone"],
+               **json.loads(meta.get("config", "{}"))}
     except (KeyError, json.JSONDecodeError, TypeError):
         raise BgMattingError(f"'{path}' has corrupt bgmatting metadata") from None
     if cfg["architecture"] not in OUTPUT_NAMES:

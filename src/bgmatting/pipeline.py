@@ -144,7 +144,8 @@ class Matter:
             res["err"] = err if err.shape[2:] == (H, W) else \
                 F.interpolate(err.float(), size=(H, W), mode="bilinear", align_corners=False)
         if "ref" in outputs:
-            res["ref"] = torch.zeros_like(pha) if ref is None else F.interpolate(ref.float(), size=(H, W), mode="nearest")
+            res["ref"] = (torch.zeros_like(pha) if ref is None
+                          else F.interpolate(ref.float(), size=(H, W), mode="nearest"))
         crop = (slice(None), slice(None), slice(0, h), slice(0, w))
         return {k: res[k][crop].float().clamp(0, 1) for k in TENSOR_OUTPUTS if k in outputs}
 

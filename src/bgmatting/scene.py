@@ -76,7 +76,8 @@ def _lts_fit(features: np.ndarray, target: np.ndarray, residual: np.ndarray, kee
 
 def _affine_colour(src: np.ndarray, bgr: np.ndarray, where: np.ndarray | None, keep: float,
                    out_channels: int) -> np.ndarray:
-    """``bgr`` mapped by the affine colour change (``(3 + 1) × out_channels``) that best predicts ``src`` at ``where``."""
+    """``bgr`` mapped by the affine colour change (``(3 + 1) × out_channels``) that best predicts ``src``
+    at ``where``."""
     x = bgr.reshape(-1, 3)
     y = src.reshape(-1, out_channels)
     if where is not None:
@@ -87,7 +88,8 @@ def _affine_colour(src: np.ndarray, bgr: np.ndarray, where: np.ndarray | None, k
     first = np.abs(y - (x @ _LUMA[:, None] if out_channels == 1 else x)).max(1)
     a = _lts_fit(np.hstack([x, ones]), y, first, keep)
     grey_gain = a[:3].sum(0)  # how each output channel follows a grey level: an exposure change keeps it positive
-    if not (np.all(np.isfinite(a)) and np.all(grey_gain > 1 / _MAX_COLOUR_GAIN) and np.all(grey_gain < _MAX_COLOUR_GAIN)):
+    if not (np.all(np.isfinite(a)) and np.all(grey_gain > 1 / _MAX_COLOUR_GAIN)
+            and np.all(grey_gain < _MAX_COLOUR_GAIN)):
         a = np.vstack([_LUMA[:, None] if out_channels == 1 else np.eye(3, dtype=np.float32),
                        np.zeros((1, out_channels), np.float32)])  # no plausible colour change: none
     flat = bgr.reshape(-1, 3)
@@ -120,7 +122,8 @@ def _connected_to(seed: np.ndarray, allowed: np.ndarray) -> np.ndarray:
 
 
 def _agreement_of(s: np.ndarray, b: np.ndarray, valid: np.ndarray | None, maps: dict | None = None) -> float:
-    """Agreement of a source and a background shot already aligned, at ``_CHECK_SIZE`` (see :func:`background_agreement`).
+    """Agreement of a source and a background shot already aligned, at ``_CHECK_SIZE``
+    (see :func:`background_agreement`).
 
     ``maps``, when given, receives the intermediate maps (for inspection).
     """

@@ -47,8 +47,8 @@ from .io.video import (
     VideoReader,
     VideoWriter,
     check_crf,
-    check_preset,
     check_format,
+    check_preset,
     format_from_path,
     parse_time,
     plan_audio,
@@ -108,7 +108,8 @@ def parse_video_outputs(outputs: str | Iterable[str]) -> list[str]:
     return parse_outputs(outputs, VIDEO_OUTPUT_KINDS, "video output")
 
 
-def plan_video_outputs(out: str | os.PathLike, kinds: Sequence[str], format: str = "auto") -> tuple[str, dict[str, Path]]:
+def plan_video_outputs(out: str | os.PathLike, kinds: Sequence[str],
+                       format: str = "auto") -> tuple[str, dict[str, Path]]:
     """Where each output goes, and in which format.
 
     Rule: when ``out`` ends in ``.mp4``, ``.mov`` or ``.webm`` it is the file of the one requested output (the
@@ -131,7 +132,8 @@ def plan_video_outputs(out: str | os.PathLike, kinds: Sequence[str], format: str
                                  f"'{out.with_suffix(FORMAT_SUFFIXES[format] or '')}' or use --format {implied}")
         return implied, {kinds[0]: out}
     if out.suffix.lower() in VIDEO_SUFFIXES and not out.is_dir():
-        raise BgMattingError(f"cannot write '{out.suffix}' files; name the output .mp4, .mov or .webm, or give a folder")
+        raise BgMattingError(f"cannot write '{out.suffix}' files; name the output .mp4, .mov or .webm, "
+                             "or give a folder")
     if out.exists() and not out.is_dir():
         raise BgMattingError(f"output '{out}' exists and is not a folder")
     fmt = "mp4" if format == "auto" else format
@@ -357,9 +359,10 @@ def _auto_plate(src: Path, matter: Any, align: bool, frames: int, start, end, pr
     return (plate.plate * 255).round().astype(np.uint8)
 
 
-def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.PathLike, *, outputs: str | Sequence[str] = ("com",), target_bgr: Any = None, format: str = "auto",
-                  crf: int | None = None, preset: str | None = None, batch: int | None = None, workers: int | None = None,
-                  start: float | str | None = None,
+def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.PathLike, *,
+                  outputs: str | Sequence[str] = ("com",), target_bgr: Any = None, format: str = "auto",
+                  crf: int | None = None, preset: str | None = None, batch: int | None = None,
+                  workers: int | None = None, start: float | str | None = None,
                   end: float | str | None = None, fps: float | None = None, overwrite: bool = False,
                   audio: bool = True, progress: bool = True, bgr_transform: BgrTransform | None = None,
                   check_bgr: bool = True, align: bool = False, plate_frames: int = 60,
@@ -590,7 +593,7 @@ def convert_video(matter: Any, src: str | os.PathLike, bgr: Any, out: str | os.P
                     item = in_q.get(timeout=0.05)
                 except queue.Empty:
                     if errors:
-                        raise errors[0]
+                        raise errors[0] from None
                     continue
                 if item is _END:
                     break

@@ -25,8 +25,8 @@ from torch import nn
 from .errors import BgMattingError
 from .io.atomic import atomic_path
 from .model_metadata import FORMAT_TAG, REFINE_OPTIONS
-from .onnx_runtime import OnnxModel
 from .models import BACKBONES, REFINE_MODES, MattingBase, MattingRefine
+from .onnx_runtime import OnnxModel
 from .zoo import DEFAULT_MODEL, ModelInfo, find_model, list_models, register_model
 
 __all__ = ["DEFAULT_MODEL", "FORMAT_TAG", "REFINE_OPTIONS", "ModelInfo", "build_model", "check_onnx_options",

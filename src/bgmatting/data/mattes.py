@@ -112,7 +112,8 @@ def uncertain_ratio(pha: np.ndarray) -> float:
     return float(((pha > 0.1) & (pha < 0.9)).sum() / core) if core else 1.0
 
 
-def cut_out(rgb: np.ndarray, teacher, support, *, ref_size: int | None = None, roi: np.ndarray | None = None) -> np.ndarray:
+def cut_out(rgb: np.ndarray, teacher, support, *, ref_size: int | None = None,
+            roi: np.ndarray | None = None) -> np.ndarray:
     """Teacher → support (see-through patches) → region of interest → :func:`clean_matte`.
     ``ref_size`` is passed to the teacher only when set; ``roi`` ``(H, W)`` bool keeps the matte there."""
     pha = teacher(rgb) if ref_size is None else teacher(rgb, ref_size=ref_size)
@@ -134,8 +135,8 @@ def instance_roi(path: Path, value: int, crop: tuple[int, int, int, int] | None,
     if labels.ndim != 2:
         raise BgMattingError(f"'{path}' is not a label image (one channel of indices)")
     if crop is not None:
-        l, t, r, b = crop
-        labels = labels[t:b, l:r]
+        left, top, right, bottom = crop
+        labels = labels[top:bottom, left:right]
     mask = labels == value
     if not mask.any():
         raise BgMattingError(f"label image '{path}' has no pixel of value {value} in the crop {crop}")

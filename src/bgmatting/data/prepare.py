@@ -117,11 +117,13 @@ class _Writer:
                 return False
             raise BgMattingError(
                 f"the corpus would exceed its budget of {self.max_bytes / MiB:.1f} MiB at '{rels_arrays[0][0]}' "
-                f"({self.total / MiB:.1f} MiB written): lower max_side (--max-side), select fewer sources, or raise the budget")
+                f"({self.total / MiB:.1f} MiB written): lower max_side (--max-side), select fewer sources, "
+                "or raise the budget")
         self.total += sum(sizes)
         for (rel, _), size in zip(rels_arrays, sizes):
             role = rel.split("/")[1]
-            self.files.append({"path": rel, "role": {"backgrounds": "background"}.get(role, role), "bytes": size, **meta})
+            self.files.append({"path": rel, "role": {"backgrounds": "background"}.get(role, role), "bytes": size,
+                               **meta})
         return True
 
 
@@ -154,7 +156,8 @@ def _locate(roots: Mapping[str, Path], package: str, pattern: str) -> Path:
         return max(sorted(hits), key=pixels)
     path = root / pattern
     if not path.is_file():
-        raise BgMattingError(f"package {package} has no file '{pattern}' (in '{root}'): the package's layout may have changed")
+        raise BgMattingError(f"package {package} has no file '{pattern}' (in '{root}'): "
+                             "the package's layout may have changed")
     return path
 
 
@@ -190,7 +193,8 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> None:
     parts = [out / "train", out / "valid", out / "manifest.json", out / "preview.png"]
     if any(p.exists() for p in parts):
         if not overwrite:
-            raise BgMattingError(f"'{out}' already holds a corpus: pass overwrite=True (--overwrite) or choose another folder")
+            raise BgMattingError(f"'{out}' already holds a corpus: pass overwrite=True (--overwrite) "
+                                 "or choose another folder")
         for p in parts:
             if p.is_dir():
                 shutil.rmtree(p)
@@ -272,7 +276,8 @@ def build_corpus(
 
     def version(pkg: str) -> str:
         if pkg not in versions:
-            versions[pkg] = package_version(pkg, roots[pkg]) if pkg in roots else PACKAGES.get(pkg, Package(pkg, "", "unknown", "")).version
+            versions[pkg] = (package_version(pkg, roots[pkg]) if pkg in roots
+                             else PACKAGES.get(pkg, Package(pkg, "", "unknown", "")).version)
         return versions[pkg]
 
     def count(split: str, kind: str, source: str) -> None:
@@ -289,7 +294,8 @@ def build_corpus(
         rel = f"{spec.split}/backgrounds/{spec.source}/{spec.name}.jpg"
         origin = str(path.relative_to(roots[spec.package]))
         writer.write([(rel, rgb)], {"split": spec.split, "source": spec.source, "package": spec.package,
-                                    "version": version(spec.package), "license": spec.license, "credit": spec.credit, "origin": origin})
+                                    "version": version(spec.package), "license": spec.license, "credit": spec.credit,
+                                    "origin": origin})
         count(spec.split, "backgrounds", spec.source)
         textures[spec.split].append(_fit(_fit(original, max_side), 512))  # the same whatever valid_max_side is
 
@@ -299,13 +305,14 @@ def build_corpus(
         teacher_meta = {"teacher": f"MODNet ({TEACHER_PACKAGE} {version(TEACHER_PACKAGE)}: {MODNET})"
                         if isinstance(teacher, ModnetTeacher) else getattr(teacher, "__name__", type(teacher).__name__)}
         if support is not None:
-            teacher_meta["support"] = f"U2-Net-p ({U2NETP})" if isinstance(support, SaliencyTeacher) else type(support).__name__
+            teacher_meta["support"] = (f"U2-Net-p ({U2NETP})" if isinstance(support, SaliencyTeacher)
+                                       else type(support).__name__)
         for p in PEOPLE:
             path = _locate(roots, p.package, p.path)
             rgb = read_image(path)
             if p.crop is not None:
-                l, t, r, b = p.crop
-                rgb = rgb[t:b, l:r]
+                left, top, right, bottom = p.crop
+                rgb = rgb[top:bottom, left:right]
             roi = instance_roi(_locate(roots, p.package, p.mask[0]), p.mask[1], p.crop) if p.mask else None
             pha = cut_out(rgb, teacher, support, ref_size=p.ref_size, roi=roi)
             bar.update()
@@ -321,7 +328,8 @@ def build_corpus(
                 meta["teacher_ref_size"] = p.ref_size
             if p.mask is not None:
                 meta["mask"] = f"{p.mask[0]} == {p.mask[1]}"
-            writer.write([(f"{p.split}/fgr/people/{p.name}.png", fgr), (f"{p.split}/pha/people/{p.name}.png", pha8)], meta)
+            writer.write([(f"{p.split}/fgr/people/{p.name}.png", fgr), (f"{p.split}/pha/people/{p.name}.png", pha8)],
+                         meta)
             count(p.split, "foregrounds", "people")
         for v in VIDEO_PEOPLE:
             path = _locate(roots, v.package, v.path)
@@ -329,14 +337,17 @@ def build_corpus(
                 index = v.start + k * v.every
                 pha = cut_out(rgb, teacher, support)
                 if uncertain_ratio(pha) > v.max_uncertain:
-                    notes.append(f"{v.name} frame {index} dropped: unsure matte ({uncertain_ratio(pha):.2f} > {v.max_uncertain})")
+                    notes.append(f"{v.name} frame {index} dropped: unsure matte "
+                                 f"({uncertain_ratio(pha):.2f} > {v.max_uncertain})")
                     continue
                 fgr, pha8 = _pair_arrays(_fit(rgb, side_of[v.split]), _fit(pha, side_of[v.split]))
                 name = f"{v.name}_{index:04d}"
                 meta = {"split": v.split, "source": "people", "package": v.package, "version": version(v.package),
-                        "license": v.license, "credit": v.credit, "origin": f"{path.relative_to(roots[v.package])}#frame={index}",
+                        "license": v.license, "credit": v.credit,
+                        "origin": f"{path.relative_to(roots[v.package])}#frame={index}",
                         "identities": list(v.people), **teacher_meta}
-                writer.write([(f"{v.split}/fgr/people/{name}.png", fgr), (f"{v.split}/pha/people/{name}.png", pha8)], meta)
+                writer.write([(f"{v.split}/fgr/people/{name}.png", fgr), (f"{v.split}/pha/people/{name}.png", pha8)],
+                             meta)
                 count(v.split, "foregrounds", "people")
             bar.update()
         bar.close()
@@ -347,18 +358,21 @@ def build_corpus(
         gen_meta = {"source": "synthetic", "package": "bgmatting", "version": __version__,
                     "license": "MIT (generated by bgmatting.data.synthetic)", "credit": ""}
         n_valid_bg = int(round(n_procedural * valid_fraction))
-        for i in tqdm(range(n_procedural), desc="synthetic backgrounds", unit="img", disable=not progress or not n_procedural):
+        for i in tqdm(range(n_procedural), desc="synthetic backgrounds", unit="img",
+                      disable=not progress or not n_procedural):
             split = "valid" if i < n_valid_bg else "train"
             H, W = (int(max_side * 0.75), max_side) if rng.random() < 0.7 else (max_side, int(max_side * 0.75))
             bgr = synthetic.make_background((H, W), rng, textures[split] or None)
             name = f"bg_{i:04d}"
             if not writer.write([(f"{split}/backgrounds/synthetic/{name}.jpg", bgr)],
-                                {"split": split, **gen_meta, "origin": f"make_background(seed={seed}, index={i})"}, optional=True):
+                                {"split": split, **gen_meta, "origin": f"make_background(seed={seed}, index={i})"},
+                                optional=True):
                 notes.append(f"procedural backgrounds stopped at {i} of {n_procedural}: size budget reached")
                 break
             count(split, "backgrounds", "synthetic")
         n_valid_fg = int(round(n_synthetic * valid_fraction))
-        for i in tqdm(range(n_synthetic), desc="synthetic foregrounds", unit="img", disable=not progress or not n_synthetic):
+        for i in tqdm(range(n_synthetic), desc="synthetic foregrounds", unit="img",
+                      disable=not progress or not n_synthetic):
             split = "valid" if i < n_valid_fg else "train"
             long_, short = synthetic_side, int(synthetic_side * rng.uniform(0.7, 1.0))
             H, W = (long_, short) if rng.random() < 0.6 else (short, long_)
@@ -367,9 +381,11 @@ def build_corpus(
             fgr, pha = synthetic.make_foreground((H, W), rng, textures["train"] or None)
             fgr8, pha8 = _pair_arrays(fgr, pha)
             name = f"fg_{i:04d}"
-            ok = writer.write([(f"{split}/fgr/synthetic/{name}.png", fgr8), (f"{split}/pha/synthetic/{name}.png", pha8)],
+            ok = writer.write([(f"{split}/fgr/synthetic/{name}.png", fgr8),
+                               (f"{split}/pha/synthetic/{name}.png", pha8)],
                               {"split": split, **gen_meta, "origin": f"make_foreground(seed={seed}, index={i})",
-                               "textures": "crops of the train background photographs" if textures["train"] else "procedural"},
+                               "textures": ("crops of the train background photographs" if textures["train"]
+                                            else "procedural")},
                               optional=True)
             if not ok:
                 notes.append(f"synthetic foregrounds stopped at {i} of {n_synthetic}: size budget reached")
@@ -387,11 +403,13 @@ def build_corpus(
         "generator": f"bgmatting {__version__} (bgmatting.data.prepare)",
         "options": {"sources": list(sources), "max_side": max_side, "valid_max_side": valid_max_side,
                     "n_synthetic": n_synthetic, "n_procedural": n_procedural,
-                    "synthetic_side": synthetic_side, "valid_fraction": valid_fraction, "max_mib": max_mib, "seed": seed},
+                    "synthetic_side": synthetic_side, "valid_fraction": valid_fraction, "max_mib": max_mib,
+                    "seed": seed},
         "layout": {"fgr": "<split>/fgr/<source>/<name>.png (RGB; black where pha == 0)",
                    "pha": "<split>/pha/<source>/<name>.png (8-bit alpha, same relative path as fgr)",
                    "backgrounds": "<split>/backgrounds/<source>/<name>.jpg"},
-        "packages": {n: {"registry": PACKAGES[n].registry, "version": version(n), "license": PACKAGES[n].license} for n in used},
+        "packages": {n: {"registry": PACKAGES[n].registry, "version": version(n), "license": PACKAGES[n].license}
+                     for n in used},
         "counts": counts,
         "files": writer.files,
     }
@@ -443,14 +461,16 @@ def prepare_corpus(
         if use_support:
             support = SaliencyTeacher(root / U2NETP, threads=threads)
     summary = build_corpus(out_dir, roots, teacher=teacher, support=support, sources=sources, max_side=max_side,
-                           valid_max_side=valid_max_side, n_synthetic=n_synthetic, n_procedural=n_procedural, synthetic_side=synthetic_side,
-                           valid_fraction=valid_fraction, max_mib=max_mib, seed=seed, overwrite=overwrite, progress=progress)
+                           valid_max_side=valid_max_side, n_synthetic=n_synthetic, n_procedural=n_procedural,
+                           synthetic_side=synthetic_side, valid_fraction=valid_fraction, max_mib=max_mib, seed=seed,
+                           overwrite=overwrite, progress=progress)
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
 def write_preview(
-    out_dir: str | os.PathLike, path: str | os.PathLike | None = None, *, per_source: int = 3, tile: int = 256, seed: int = 0
+    out_dir: str | os.PathLike, path: str | os.PathLike | None = None, *, per_source: int = 3, tile: int = 256,
+    seed: int = 0
 ) -> Path:
     """A contact sheet of a corpus, for a person to check the mattes: for up to ``per_source``
     foregrounds of each ``<split>/<source>``, the composite over a background from the same split
@@ -480,7 +500,8 @@ def write_preview(
                 com = fgr * pha[..., None] + bgr * (1 - pha[..., None])
                 pair = np.concatenate([com, np.repeat(pha[..., None], 3, axis=2)], axis=1)
                 s = tile / H
-                small = np.asarray(Image.fromarray(to_uint(pair)).resize((max(1, round(pair.shape[1] * s)), tile), Image.LANCZOS))
+                small = np.asarray(Image.fromarray(to_uint(pair)).resize((max(1, round(pair.shape[1] * s)), tile),
+                                                                         Image.LANCZOS))
                 rows.append(small)
     if not rows:
         raise BgMattingError(f"'{out}' holds no foregrounds to preview")

@@ -98,7 +98,8 @@ def _bezier(points: np.ndarray, n: int = 48) -> np.ndarray:
     return pts[:, 0]
 
 
-def _closed_blob(center: np.ndarray, radius: float, rng: np.random.Generator, k: int = 8, jitter: float = 0.35) -> list[tuple[float, float]]:
+def _closed_blob(center: np.ndarray, radius: float, rng: np.random.Generator, k: int = 8,
+                 jitter: float = 0.35) -> list[tuple[float, float]]:
     """A smooth closed outline: quadratic Bézier pieces through jittered radial points."""
     ang = np.sort(rng.uniform(0, 2 * np.pi, k)) if k > 3 else np.linspace(0, 2 * np.pi, k, endpoint=False)
     rad = radius * rng.uniform(1 - jitter, 1 + jitter, k)
@@ -128,7 +129,8 @@ def _noise_texture(size: tuple[int, int], rng: np.random.Generator) -> np.ndarra
     return np.clip(out + base, 0.0, 1.0)
 
 
-def random_texture(size: Sequence[int], rng: np.random.Generator, textures: Sequence[np.ndarray] | None = None) -> np.ndarray:
+def random_texture(size: Sequence[int], rng: np.random.Generator,
+                   textures: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """A random ``(H, W, 3)`` texture: a random crop of one of ``textures`` (scaled, maybe flipped
     and colour-shifted), or procedural noise when ``textures`` is empty or ``None``.
 
@@ -163,12 +165,14 @@ def _skin_colour(rng: np.random.Generator) -> np.ndarray:
 
 
 def _hair_colour(rng: np.random.Generator) -> np.ndarray:
-    palette = np.array([[0.08, 0.06, 0.05], [0.25, 0.15, 0.08], [0.55, 0.35, 0.18], [0.85, 0.72, 0.45], [0.6, 0.6, 0.6], [0.55, 0.12, 0.06]])
+    palette = np.array([[0.08, 0.06, 0.05], [0.25, 0.15, 0.08], [0.55, 0.35, 0.18], [0.85, 0.72, 0.45], [0.6, 0.6, 0.6],
+                        [0.55, 0.12, 0.06]])
     c = palette[int(rng.integers(len(palette)))] * rng.uniform(0.7, 1.3)
     return np.clip(c, 0, 1).astype(np.float32)
 
 
-def _tinted(size: tuple[int, int], colour: np.ndarray, rng: np.random.Generator, textures, strength: float) -> np.ndarray:
+def _tinted(size: tuple[int, int], colour: np.ndarray, rng: np.random.Generator, textures,
+            strength: float) -> np.ndarray:
     """A flat colour modulated by a texture's luminance (skin, hair)."""
     tex = random_texture(size, rng, textures)
     lum = tex.mean(axis=2, keepdims=True)
@@ -274,12 +278,14 @@ def _person_layers(size, rng, textures):
         for _ in range(int(rng.integers(5, 10))):
             a = rng.uniform(np.pi * 0.95, np.pi * 2.05)
             r = rng.uniform(0.55, 0.95)
-            hair.ellipse(cxh + np.cos(a) * rx * r * 0.6, hy + np.sin(a) * rh * r * 0.6 - rh * 0.1, rx * rng.uniform(0.55, 0.8), rh * rng.uniform(0.45, 0.7))
+            hair.ellipse(cxh + np.cos(a) * rx * r * 0.6, hy + np.sin(a) * rh * r * 0.6 - rh * 0.1,
+                         rx * rng.uniform(0.55, 0.8), rh * rng.uniform(0.45, 0.7))
         if length > 0.5:  # long hair falls on both sides
             for sgn in (-1, 1):
                 top = np.array([cxh + sgn * rx * 0.75, hy - rh * 0.3])
                 down = np.array([cxh + sgn * rx * rng.uniform(0.9, 1.4), hy + rh * length * 1.4])
-                hair.line(_bezier(np.stack([top, top + [sgn * rx * 0.4, rh * 0.4], down]), 20), rx * rng.uniform(0.35, 0.6))
+                hair.line(_bezier(np.stack([top, top + [sgn * rx * 0.4, rh * 0.4], down]), 20),
+                          rx * rng.uniform(0.35, 0.6))
         # strands: thin curves leaving the cap outwards, many of them below a pixel wide
         n = int(rng.integers(60, 260))
         for _ in range(n):
@@ -320,7 +326,8 @@ def _object_layers(size, rng, textures):
     radius = rng.uniform(0.2, 0.38) * m
     c.polygon(_closed_blob(center, radius, rng, int(rng.integers(5, 11))))
     if rng.random() < 0.4:  # a hole: the background shows through
-        c.polygon(_closed_blob(center + rng.normal(0, radius * 0.1, 2), radius * rng.uniform(0.2, 0.45), rng, 6, 0.2), fill=0)
+        c.polygon(_closed_blob(center + rng.normal(0, radius * 0.1, 2), radius * rng.uniform(0.2, 0.45), rng, 6, 0.2),
+                  fill=0)
     a = c.alpha()
     if rng.random() < 0.3:
         a = a * rng.uniform(0.35, 0.85)  # a tinted glass-like object
@@ -386,7 +393,8 @@ def make_foreground(
     return fgr.astype(np.float32), pha.astype(np.float32)
 
 
-def make_background(size: Sequence[int], rng: np.random.Generator, textures: Sequence[np.ndarray] | None = None) -> np.ndarray:
+def make_background(size: Sequence[int], rng: np.random.Generator,
+                    textures: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """A procedural background ``(H, W, 3)`` float32 in [0, 1].
 
     A mix of a colour gradient, low-frequency noise, out-of-focus shapes and stripes, with mild sensor
@@ -422,7 +430,8 @@ def make_background(size: Sequence[int], rng: np.random.Generator, textures: Seq
     if rng.random() < 0.3:  # stripes (shelves, blinds, tiles)
         period = rng.uniform(0.03, 0.15) * H
         for y in np.arange(rng.uniform(0, period), H, period):
-            d.rectangle([0, y, W, y + period * rng.uniform(0.1, 0.4)], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+            d.rectangle([0, y, W, y + period * rng.uniform(0.1, 0.4)],
+                        fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
             dm.rectangle([0, y, W, y + period * 0.4], fill=int(rng.uniform(40, 160)))
     shapes = np.asarray(canvas, np.float32) / 255.0
     m = np.asarray(mask, np.float32)[..., None] / 255.0

@@ -20,7 +20,8 @@ def _onnx_session(model_path: str | os.PathLike, threads: int):
         import onnxruntime  # noqa: F401
     except ImportError:
         raise BgMattingError("onnxruntime is needed to run the MODNet teacher: pip install onnxruntime "
-                             "(or install bgmatting with its training extra), or leave out the 'people' source") from None
+                             "(or install bgmatting with its training extra), "
+                             "or leave out the 'people' source") from None
     if not Path(model_path).is_file():
         raise BgMattingError(f"teacher model '{model_path}' does not exist")
     from ..onnx_runtime import open_session  # (imports torch: only when a teacher runs)
@@ -47,7 +48,8 @@ class ModnetTeacher:
         s = (ref_size or self.ref_size) / max(H, W)
         h, w = max(32, int(round(H * s / 32)) * 32), max(32, int(round(W * s / 32)) * 32)
         x = np.clip(resize_float(rgb.astype(np.float32), (w, h)), 0.0, 1.0) * 2.0 - 1.0  # bicubic overshoots
-        out = self.session.run(None, {self.input: np.ascontiguousarray(x.transpose(2, 0, 1)[None], np.float32)})[0][0, 0]
+        out = self.session.run(
+            None, {self.input: np.ascontiguousarray(x.transpose(2, 0, 1)[None], np.float32)})[0][0, 0]
         return np.clip(resize_float(out, (W, H), Image.BILINEAR), 0.0, 1.0)
 
 
@@ -67,6 +69,7 @@ class SaliencyTeacher:
         x = np.clip(resize_float(rgb.astype(np.float32), (320, 320)), 0.0, 1.0)
         x = x / max(float(x.max()), 1e-6)
         x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
-        out = self.session.run(None, {self.input: np.ascontiguousarray(x.transpose(2, 0, 1)[None], np.float32)})[0][0, 0]
+        out = self.session.run(
+            None, {self.input: np.ascontiguousarray(x.transpose(2, 0, 1)[None], np.float32)})[0][0, 0]
         out = (out - out.min()) / max(float(out.max() - out.min()), 1e-6)
         return np.clip(resize_float(out, (W, H), Image.BILINEAR), 0.0, 1.0)

@@ -180,7 +180,8 @@ def _decode(fp, name: str, mode: str, max_pixels: int | None, formats: list[str]
     except Image.DecompressionBombError:
         raise ImageTooLargeError(_bomb_message(name)) from None
     except UnidentifiedImageError:
-        raise ImageDecodeError(f"{name} is not an image file that can be read (corrupt or unsupported format)") from None
+        raise ImageDecodeError(f"{name} is not an image file that can be read "
+                               "(corrupt or unsupported format)") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         raise ImageDecodeError(f"{name} is corrupt or truncated ({e})") from None
     if dropped_alpha and warn_alpha:

@@ -22,6 +22,7 @@ from torch import nn
 
 from .patches import CROPS, REFINE_MODES, SELECTIONS, crop_patches, paste_patches, resize_bilinear, select_patches
 
+
 class Refiner(nn.Module):
     """Patch refiner. ``forward(src, bgr, pha, fgr, err, hid) -> (pha, fgr, ref)``.
 

@@ -133,8 +133,9 @@ def average_checkpoints(checkpoint: str | os.PathLike, last: int, first: int):
     return mean, [step for step, _ in found]
 
 
-def export_weights(checkpoint: str | os.PathLike, out_path: str | os.PathLike, dtype: torch.dtype | None = torch.float16,
-                   description: str = "", average_from: int | None = None) -> Path:
+def export_weights(checkpoint: str | os.PathLike, out_path: str | os.PathLike,
+                   dtype: torch.dtype | None = torch.float16, description: str = "",
+                   average_from: int | None = None) -> Path:
     """Turn a training checkpoint into a shippable ``.safetensors`` weights file (via
     :func:`bgmatting.weights.save_weights`), loadable with :func:`bgmatting.load_model`.
 

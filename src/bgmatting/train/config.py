@@ -22,11 +22,10 @@ import dataclasses
 import json
 import math
 import os
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from ..errors import BgMattingError
 from ..models import BACKBONES, REFINE_MODES

@@ -143,7 +143,8 @@ def load_init(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.T
             report.skipped[name] = f"shape {tuple(value.shape)} vs {tuple(expected[target].shape)} in the model"
     if not new:
         first = ", ".join(list(state)[:3]) or "none"
-        raise BgMattingError(f"no tensor of '{label}' fits {type(model).__name__}({getattr(model, 'backbone_name', '?')})"
+        raise BgMattingError(f"no tensor of '{label}' fits "
+                             f"{type(model).__name__}({getattr(model, 'backbone_name', '?')})"
                              f" by name and shape (first names in the file: {first}); is it the right backbone?")
     with torch.no_grad():
         for target, value in new.items():

@@ -66,7 +66,8 @@ def background_dataset(roots: Sequence[str], kind: str, transform) -> Dataset:
         if k == "auto":
             has_video = root.is_dir() and any(p.suffix.lower() in VIDEO_SUFFIXES for p in root.iterdir())
             k = "video" if has_video else "image"
-        parts.append(BackgroundVideoDataset(root, transform) if k == "video" else BackgroundImageDataset(root, transform))
+        parts.append(BackgroundVideoDataset(root, transform) if k == "video"
+                     else BackgroundImageDataset(root, transform))
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 

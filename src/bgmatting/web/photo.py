@@ -11,8 +11,8 @@ from typing import Annotated
 from fastapi import File, Form, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from ..outputs import output_image, parse_outputs
 from ..errors import BgMattingError
+from ..outputs import output_image, parse_outputs
 from ..results import MatteResult
 from ..tensors import check_background_size, parse_colour
 from .codecs import OUTPUT_ALIASES, check_image_type, decode_image, encode_png

@@ -137,7 +137,8 @@ def add_on_block_edge(blocks: torch.Tensor, ids: torch.Tensor, values: torch.Ten
 
 def pair_windows(src: torch.Tensor, bgr: torch.Tensor, ib: torch.Tensor, top: torch.Tensor,
              left: torch.Tensor, size: int, margin: int) -> torch.Tensor:
-    """``size × size`` windows of ``[src, bgr]`` at ``(top[n], left[n])`` of batch item ``ib[n]`` → ``(N, 6, size, size)``.
+    """``size × size`` windows of ``[src, bgr]`` at ``(top[n], left[n])`` of batch item ``ib[n]``
+    → ``(N, 6, size, size)``.
 
     Pixels outside the image are 0 (the refiner's zero padding). Every window must lie within ``margin`` pixels
     around the image. Where the windows cover a fifth of the images or more, they are views of ``[src, bgr]``

@@ -31,11 +31,20 @@ from ..matting import MattingBase, MattingRefine, check_pair
 from ..patches import patch_count, select_patches, top_patches
 from .batchnorm import fold_batchnorm
 from .compose import compose
-from .crops import (HID_BLOCK, TILE, BlockStore, add_on_block_edge, blocks_read, fetched_crops, pair_windows,
-                    sample_crops, tiles_of, window_len)
+from .crops import (
+    HID_BLOCK,
+    TILE,
+    BlockStore,
+    add_on_block_edge,
+    blocks_read,
+    fetched_crops,
+    pair_windows,
+    sample_crops,
+    tiles_of,
+    window_len,
+)
 from .polyphase import nearest2_polyphase, up2_border_corrections, up2_conv3x3, up2_polyphase
 from .winograd import WinogradConv2d, nnpack_available
-
 
 EncoderFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
 

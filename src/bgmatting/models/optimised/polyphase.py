@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from .winograd import winograd_conv
 
-
 # Bilinear 2x upsampling (align_corners=False) seen from a 3x3 conv on its output: for output phase a (row 2i + a),
 # _UP2_TAPS[a][d, e] is the weight of input row i + e - 1 in the upsampled row 2i + a + d - 1.
 _UP2_TAPS = torch.tensor([[[0.75, 0.25, 0.0], [0.25, 0.75, 0.0], [0.0, 0.75, 0.25]],
