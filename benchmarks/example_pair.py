@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from accuracy import EXAMPLE_PEOPLE, example_checks, example_people
-
 from bgmatting import Matter
+
+from accuracy import EXAMPLE_PEOPLE, example_checks, example_people
 
 
 def main() -> None:

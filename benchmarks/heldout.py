@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import DifferenceKeyer, aligned  # noqa: E402
-
 from bgmatting import BgMattingError, Matter  # noqa: E402
 from bgmatting.data.heldout import GROUPS, build_heldout  # noqa: E402
 from bgmatting.evaluation import evaluate  # noqa: E402
 from bgmatting.folders import matte_images  # noqa: E402
 from bgmatting.io import read_image  # noqa: E402
+
+from accuracy import DifferenceKeyer, aligned  # noqa: E402
 
 SAMPLES = 20_000  # pixels per image used to tune the keyer
 

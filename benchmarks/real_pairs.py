@@ -21,7 +21,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-from pictures import TILE_H, tile  # benchmarks/pictures.py, beside this script
 from PIL import Image
 
 from bgmatting import Matter
@@ -29,6 +28,8 @@ from bgmatting.data.downloads import default_cache_dir, fetch_packages
 from bgmatting.io import read_image, write_image
 from bgmatting.io.video import VideoReader
 from bgmatting.plate import estimate_plate, save_plate
+
+from pictures import TILE_H, tile  # benchmarks/pictures.py, beside this script
 
 VTEST = "usr/share/doc/opencv-doc/examples/data/vtest.avi"
 GREEN = np.array([0.1, 0.8, 0.2], np.float32)
