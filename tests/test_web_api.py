@@ -313,6 +313,8 @@ def test_health_models_page_and_docs(client):
     h = client.get("/api/health").json()
     assert h["status"] == "ok" and h["model"]["architecture"] == "MattingRefine"
     assert h["model"]["backbone"] == "mobilenetv2" and h["device"] == "cpu"
+    assert {k: h["model"][k] for k in ("refine_mode", "refine_sample_pixels", "refine_prevent_oversampling")} == {
+        "refine_mode": "sampling", "refine_sample_pixels": 320, "refine_prevent_oversampling": True}
     assert h["limits"] == {"max_upload_mb": MAX_UPLOAD_MB, "max_pixels": MAX_PIXELS, "max_queue": 8}
     m = client.get("/api/models").json()
     names = [x["name"] for x in m["models"]]

@@ -10,6 +10,7 @@ from fractions import Fraction
 
 from . import __version__
 from .errors import BgMattingError
+from .model_metadata import REFINE_OPTIONS
 from .options import (
     BACKBONES,
     BACKENDS,
@@ -173,8 +174,7 @@ def _add_bgr_args(p: argparse.ArgumentParser) -> None:
 
 def _model_options(args) -> dict:
     """The refiner options given on the command line (those left out keep the weights' defaults)."""
-    return {k: getattr(args, k) for k in ("backbone_scale", "refine_mode", "refine_sample_pixels",
-                                          "refine_threshold") if getattr(args, k) is not None}
+    return {k: getattr(args, k, None) for k in REFINE_OPTIONS if getattr(args, k, None) is not None}
 
 
 def _matter(args):

@@ -86,8 +86,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import BgMattingError
+from ..model_metadata import REFINE_OPTIONS
 from ..models import MattingRefine
 from ..pipeline import Matter
+from ..weights import model_config
 from .errors import error_response
 from .hosts import allowed_host_names, host_allowed
 from .limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_UPLOAD_MB, BodyLimit
@@ -107,13 +109,9 @@ def describe_matter(matter: Matter | None) -> dict | None:
     info = {"architecture": getattr(model, "architecture", type(model).__name__),
             "backbone": getattr(model, "backbone_name", None), "device": str(matter.device),
             "precision": matter.precision, "backend": matter.backend}
-    if isinstance(model, MattingRefine):
-        r = model.refiner
-        info.update(backbone_scale=model.backbone_scale, refine_mode=r.mode, refine_sample_pixels=r.sample_pixels,
-                    refine_threshold=r.threshold)
-    elif matter.is_refine:  # an exported ONNX file: its options are in its metadata
-        info.update({k: model.config.get(k) for k in ("backbone_scale", "refine_mode", "refine_sample_pixels",
-                                                      "refine_threshold")})
+    if matter.is_refine:  # the model's options, or an exported ONNX file's (in its metadata)
+        options = model_config(model) if isinstance(model, MattingRefine) else model.config
+        info.update({k: options.get(k) for k in REFINE_OPTIONS})
     return info
 
 
