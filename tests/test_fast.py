@@ -45,6 +45,32 @@ def test_fold_batchnorm_keeps_the_function(backbone, rng):
         assert _max_diff(model(src, bgr), folded(src, bgr)) <= TOL
 
 
+def test_fold_batchnorm_pairs_by_order_not_by_name(rng):
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.project = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.norm = torch.nn.BatchNorm2d(4)  # follows the conv: folded, whatever the names
+            self.act = torch.nn.ReLU()
+            self.head = torch.nn.Conv2d(4, 5, 1)
+            self.other = torch.nn.BatchNorm2d(6)  # over other channels than the conv before it: left alone
+
+        def forward(self, x):
+            return self.head(self.act(self.norm(self.project(x))))
+
+    block = Block().eval()
+    with torch.no_grad():
+        for bn in (block.norm, block.other):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    x = torch.rand(2, 3, 8, 8, generator=rng)
+    with torch.no_grad():
+        want = block(x)
+        folded = fold_batchnorm(block)
+        assert isinstance(folded.norm, torch.nn.Identity) and isinstance(folded.other, torch.nn.BatchNorm2d)
+        assert float((folded(x) - want).abs().max()) <= 1e-5
+
+
 @pytest.mark.parametrize("mode,kernel_size,static,scale", [
     *itertools.product(("sampling", "thresholding"), (3, 1), (False, True), (1 / 4, 1 / 2, 0.3)),
     ("full", 3, False, 1 / 4), ("full", 1, False, 1 / 2)])

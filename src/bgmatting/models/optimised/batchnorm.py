@@ -9,21 +9,17 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 def fold_batchnorm(module: nn.Module) -> nn.Module:
     """Fold every eval-mode BatchNorm2d into the Conv2d that feeds it, in place; returns ``module``.
 
-    Covers both ways the networks pair them: consecutive ``(Conv2d, BatchNorm2d)`` in an ``nn.Sequential``
-    (torchvision's MobileNetV2 and ASPP, ResNet downsample) and attributes ``convN``/``bnN`` of one module
-    (ResNet stem and bottlenecks, the decoder, the refiner). The BatchNorm becomes ``nn.Identity``.
+    A pair is a ``Conv2d`` child of a module followed directly, in the order the children were registered, by a
+    ``BatchNorm2d`` child over its output channels: the items of an ``nn.Sequential`` (torchvision's MobileNetV2,
+    ASPP, ResNet downsample) and ``self.conv = ...; self.bn = ...`` attributes (ResNet stem and bottlenecks, the
+    decoder, the refiner) alike, whatever their names. The BatchNorm becomes ``nn.Identity``. Every BatchNorm of
+    the networks is found this way (``tests/test_fast.py`` checks that none is left and the outputs agree).
     """
-    for child in list(module.modules()):
-        if isinstance(child, nn.Sequential):
-            items = list(child)
-            for i in range(len(items) - 1):
-                conv, bn = items[i], items[i + 1]
-                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                    child[i] = fuse_conv_bn_eval(conv, bn)
-                    child[i + 1] = nn.Identity()
-        for suffix in ("", "1", "2", "3", "4"):
-            conv, bn = getattr(child, "conv" + suffix, None), getattr(child, "bn" + suffix, None)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                setattr(child, "conv" + suffix, fuse_conv_bn_eval(conv, bn))
-                setattr(child, "bn" + suffix, nn.Identity())
+    for parent in list(module.modules()):
+        children = list(parent.named_children())
+        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+            if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+                    and bn.num_features == conv.out_channels):
+                setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(parent, bn_name, nn.Identity())
     return module
