@@ -35,6 +35,8 @@ import math
 
 import numpy as np
 
+from ..shapes import check_same_shape, check_shape
+
 try:
     from scipy import ndimage as _ndi
 except ImportError:  # pragma: no cover - scipy is a dependency of the evaluation extra
@@ -55,8 +57,7 @@ def require_scipy():
 def check_matte(x, name: str) -> np.ndarray:
     """``x`` as a float64 ``(H, W)`` array in ``[0, 1]``; ``ValueError`` for anything else."""
     a = np.asarray(x)
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be an (H, W) matte, got an array of shape {a.shape}")
+    check_shape(a, f"{name} (a matte)", "H W")
     if a.dtype == bool:
         a = a.astype(np.float64)
     elif not np.issubdtype(a.dtype, np.floating):
@@ -72,8 +73,7 @@ def check_matte(x, name: str) -> np.ndarray:
 def _check_pair(pred, target) -> tuple[np.ndarray, np.ndarray]:
     p = check_matte(pred, "pred")
     t = check_matte(target, "target")
-    if p.shape != t.shape:
-        raise ValueError(f"pred and target must have the same shape, got {p.shape} and {t.shape}")
+    check_same_shape(p, "pred", t, "target")
     return p, t
 
 
@@ -83,8 +83,7 @@ def _check_mask(mask, shape: tuple[int, ...]) -> np.ndarray | None:
     m = np.asarray(mask)
     if m.dtype != bool:
         raise ValueError(f"mask must be a bool array, got dtype {m.dtype} (use unknown_region() for a trimap)")
-    if m.shape != shape:
-        raise ValueError(f"mask must have the matte's shape {shape}, got {m.shape}")
+    check_same_shape(m, "mask", shape, "the matte")
     return m
 
 

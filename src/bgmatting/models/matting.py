@@ -14,6 +14,7 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from ..errors import BgMattingError
+from ..shapes import check_same_shape, check_shape
 from .backbones import make_backbone
 from .decoder import Decoder
 from .refiner import Refiner
@@ -23,10 +24,10 @@ _OUT_CHANNELS = 1 + 3 + 1 + HIDDEN_CHANNELS  # pha, fgr residual, err, hid
 
 
 def check_pair(src: torch.Tensor, bgr: torch.Tensor, multiple: int = 1) -> None:
-    if src.ndim != 4 or src.shape[1] != 3:
-        raise BgMattingError(f"src must be a (B, 3, H, W) tensor, got shape {tuple(src.shape)}")
-    if bgr.shape != src.shape:
-        raise BgMattingError(f"src and bgr must have the same shape, got {tuple(src.shape)} and {tuple(bgr.shape)}")
+    """Refuse a network input pair that is not two ``(B, 3, H, W)`` tensors of one shape with ``H``, ``W``
+    divisible by ``multiple`` (:class:`~bgmatting.shapes.ShapeError`, or :class:`BgMattingError` for the sizes)."""
+    check_shape(src, "src", "B C H W", C=3)
+    check_same_shape(src, "src", bgr, "bgr")
     h, w = src.shape[2:]
     if h % multiple or w % multiple:
         raise BgMattingError(f"the model needs H and W divisible by {multiple}, got {h}x{w} "

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..shapes import check_same_shape, check_shape
+
 __all__ = [
     "spatial_gradient",
     "alpha_loss",
@@ -55,15 +57,7 @@ __all__ = [
 def _check_nchw(name: str, x: Tensor, channels: int | None = None) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, not {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(x.shape)}")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channel(s) (B, {channels}, H, W), got {tuple(x.shape)}")
-
-
-def _check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"{name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)} must have the same shape")
+    check_shape(x, name, "B C H W", **({} if channels is None else {"C": channels}))
 
 
 def spatial_gradient(x: Tensor) -> Tensor:
@@ -107,7 +101,7 @@ def alpha_loss(pha: Tensor, true_pha: Tensor) -> Tensor:
         tensor(0.5000)
     """
     _check_nchw("pha", pha)
-    _check_same_shape("pha", pha, "true_pha", true_pha)
+    check_same_shape(pha, "pha", true_pha, "true_pha")
     return F.l1_loss(pha, true_pha) + F.l1_loss(spatial_gradient(pha), spatial_gradient(true_pha))
 
 
@@ -128,7 +122,7 @@ def foreground_loss(fgr: Tensor, true_fgr: Tensor, true_pha: Tensor) -> Tensor:
         tensor(0.5000)
     """
     _check_nchw("fgr", fgr)
-    _check_same_shape("fgr", fgr, "true_fgr", true_fgr)
+    check_same_shape(fgr, "fgr", true_fgr, "true_fgr")
     _check_nchw("true_pha", true_pha, channels=1)
     if true_pha.shape[0] != fgr.shape[0] or true_pha.shape[-2:] != fgr.shape[-2:]:
         raise ValueError(f"true_pha {tuple(true_pha.shape)} does not match fgr {tuple(fgr.shape)} in batch or size")
@@ -154,8 +148,8 @@ def error_loss(err: Tensor, pha: Tensor, true_pha: Tensor) -> Tensor:
         tensor(1.)
     """
     _check_nchw("err", err)
-    _check_same_shape("err", err, "pha", pha)
-    _check_same_shape("err", err, "true_pha", true_pha)
+    check_same_shape(err, "err", pha, "pha")
+    check_same_shape(err, "err", true_pha, "true_pha")
     true_err = (pha.detach() - true_pha).abs()
     return F.mse_loss(err, true_err)
 
