@@ -19,7 +19,8 @@ from typing import Iterator
 from ..errors import BgMattingError
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's file-mode creation mask (read by setting it and setting it back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -76,7 +77,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         try:
             yield tmp_path
             if tmp_path.is_file():  # mkstemp makes files private (0600); give them the usual permissions
-                os.chmod(tmp_path, 0o666 & ~_umask())
+                os.chmod(tmp_path, 0o666 & ~current_umask())
             os.replace(tmp_path, p)
         except BaseException:
             tmp_path.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BgMattingError
+from .atomic import current_umask
 from .atomic import atomic_path, removing_new_folders
 from .audio import AudioMuxer, AudioPlan
 from .images import write_image
@@ -42,10 +43,8 @@ _FRAME_FORMATS = {(np.dtype(np.uint8), 3): "rgb24", (np.dtype(np.uint8), 4): "rg
 
 def _default_permissions(path: Path, folder: bool = False) -> None:
     """Give a file made by ``tempfile`` (mode 0600/0700) the permissions of an ordinary new file or folder."""
-    umask = os.umask(0)
-    os.umask(umask)
     try:
-        os.chmod(path, (0o777 if folder else 0o666) & ~umask)
+        os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
     except OSError:
         pass
 
