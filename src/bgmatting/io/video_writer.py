@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BgMattingError
-from .atomic import current_umask
-from .atomic import atomic_path, removing_new_folders
+from .atomic import atomic_path, current_umask, removing_new_folders
 from .audio import AudioMuxer, AudioPlan
 from .images import write_image
 from .video_formats import (
