@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from fractions import Fraction
 
@@ -452,3 +454,16 @@ def test_parse_time(text, seconds):
 def test_parse_time_rejects(text):
     with pytest.raises(BgMattingError, match="time"):
         parse_time(text)
+
+
+@needs("av")
+def test_written_videos_and_frame_folders_have_ordinary_permissions(tmp_path):
+    """Their temporary files come from ``tempfile`` (mode 0600 / 0700); what appears has the umask's modes."""
+    old = os.umask(0o027)
+    try:
+        for fmt, name in (("mp4", "v.mp4"), ("png", "frames")):
+            with VideoWriter(tmp_path / name, (H, W), format=fmt, channels=3, rate=25) as w:
+                w.write(frame_image(0), pts=0)
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == (0o640 if fmt == "mp4" else 0o750)
+    finally:
+        os.umask(old)
