@@ -37,7 +37,7 @@ from .errors import BgMattingError, import_optional
 from .io.atomic import atomic_path
 from .model_metadata import FORMAT_TAG, INPUT_NAMES, OUTPUT_NAMES
 from .models import MattingBase, MattingRefine
-from .models.patches import patch_count, resize_bilinear
+from .models.patches import patch_count, resize_bilinear, top_patches
 from .onnx_runtime import OnnxModel
 from .options import EXPORT_PRECISIONS
 from .pipeline import PRECISION_DTYPES
@@ -237,9 +237,8 @@ def _boundary_mask(model: nn.Module, ref_out: tuple, got_ref: torch.Tensor, tol:
     if r.mode == "thresholding":
         boundary = torch.full_like(e, r.threshold)
     else:
-        flat = e.flatten(1)
-        k = min(patch_count(r.sample_pixels), flat.shape[1])
-        boundary = flat.topk(k, dim=1).values[:, -1].view(-1, 1, 1, 1)
+        values, _ = top_patches(e.flatten(1), patch_count(r.sample_pixels))  # the selection's own top-k
+        boundary = values.min(dim=1).values.view(-1, 1, 1, 1)  # the k-th largest error
     near = (e - boundary).abs() <= tol
     return differ if bool((near | ~differ).all()) else None
 

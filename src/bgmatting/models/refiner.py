@@ -32,6 +32,9 @@ class Refiner(nn.Module):
 
     Returns full-resolution ``pha`` ``(B, 1, H, W)`` and ``fgr`` residual ``(B, 3, H, W)`` (not clamped), and
     ``ref`` ``(B, 1, H/4, W/4)``: 1 where a patch was refined.
+
+    ``selection`` and ``crop`` say how the patches are chosen and cut out (:data:`~.patches.SELECTIONS`,
+    :data:`~.patches.CROPS`); every way gives the same patches, and they are not part of the state dict.
     """
 
     def __init__(self, mode: str = "sampling", sample_pixels: int = 80_000, threshold: float = 0.1,
