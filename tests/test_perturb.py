@@ -269,3 +269,17 @@ def test_make_pair_extras_are_off_by_default_and_change_the_pair_when_on():
     for extra in ({"camouflage_p": 1}, {"white_balance_p": 1}, {"compress_p": 1}):
         src, shot = make_pair(fgr, pha, bgr, _gen(9), shadow_p=0, noise_p=0, colour_p=0, misalign_p=0, **extra)
         assert not (torch.equal(src, composite(fgr, pha, bgr)) and torch.equal(shot, bgr)), extra
+
+
+def test_misalignment_takes_one_probability_per_sample():
+    bgr = torch.rand(4, 3, 24, 24)
+    shot = misalign_background(bgr, _gen(), p=torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    moved = (shot - bgr).abs().flatten(1).amax(1) > 0
+    assert moved.tolist() == [True, False, True, False]
+    # a tensor of equal probabilities draws what the float draws
+    same = misalign_background(bgr, _gen(), p=torch.full((4,), 0.5))
+    assert torch.equal(same, misalign_background(bgr, _gen(), p=0.5))
+    with pytest.raises(ValueError, match="one probability"):
+        misalign_background(bgr, _gen(), p=torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match="misalign_p"):
+        make_pair(bgr, bgr[:, :1], bgr, misalign_p=torch.tensor([0.5, 2.0, 0.0, 0.0]))

@@ -63,6 +63,7 @@ def test_config_file_roundtrip_and_overrides(corpus, tmp_path):
     ({"compress_p": "often"}, "compress_p"),
     ({"perspective": 0.5}, "perspective"),
     ({"extra_subject_p": 2}, "extra_subject_p"),
+    ({"extra_subject_misalign_p": -0.1}, "extra_subject_misalign_p"),
     ({"extra_subject_scale": [0.3]}, "extra_subject_scale"),
     ({"stage": "refine", "backbone_scales": [0.25, 0.3]}, "backbone_scales"),
     ({"stage": "refine", "backbone_scales": [0]}, "backbone_scales"),
@@ -180,6 +181,20 @@ def test_extra_subjects_add_alpha(corpus):
         return float(next(iter(loader))["pha"].mean())
 
     assert mean_alpha(1.0) > mean_alpha(0.0) > 0
+
+
+def test_samples_with_a_second_subject_get_their_own_misalignment_rate(corpus):
+    cfg = tiny(corpus, corpus / "unused", extra_subject_p=0.5, batch_size=6).resolved()
+    torch.manual_seed(3)
+    batch = next(iter(build_loaders(cfg, Dist(), torch.device("cpu"))[0]))
+    flagged = batch["extra"] > 0
+    assert 0 < int(flagged.sum()) < 6  # the loader says which samples carry a second subject
+    none = {name: 0.0 for name in ("shadow_p", "noise_p", "colour_p", "misalign_p")}
+    _, shot, _, _ = make_inputs(batch, 1, torch.device("cpu"), None, cfg.replace(**none, extra_subject_misalign_p=1.0))
+    moved = (shot - batch["bgr"]).abs().flatten(1).amax(1) > 0
+    assert torch.equal(moved, flagged)  # exactly the samples with a second subject were misaligned
+    _, shot, _, _ = make_inputs(batch, 1, torch.device("cpu"), None, cfg.replace(**none))
+    assert torch.equal(shot, batch["bgr"])  # unset: misalign_p (0) for every sample
 
 
 @pytest.mark.slow

@@ -453,7 +453,8 @@ class MattingSampleDataset(Dataset):
             ``random`` or NumPy's; the global RNG state is left untouched.
 
     ``len`` is the matte dataset's length. Each sample is ``{"fgr": (3, H, W), "pha": (1, H, W),
-    "bgr": (3, H', W')}`` float in ``[0, 1]`` (sizes are whatever the datasets and transforms produce).
+    "bgr": (3, H', W')}`` float in ``[0, 1]`` (sizes are whatever the datasets and transforms produce); with
+    ``extra_p > 0`` also ``"extra"``, a 0-d float tensor: 1 when the sample carries a second subject, else 0.
 
     Raises:
         BgMattingError: the background dataset is empty.
@@ -497,7 +498,8 @@ class MattingSampleDataset(Dataset):
         bgr = background["bgr"] if isinstance(background, dict) else background
         if self.transform_pair is not None:
             fgr, pha = self.transform_pair(fgr, pha)
-        if self.extra_p > 0 and float(torch.rand(())) < self.extra_p:
+        extra = self.extra_p > 0 and float(torch.rand(())) < self.extra_p
+        if extra:
             k = int(torch.randint(len(self.matte_dataset), ()).item())  # type: ignore[arg-type]
             other = self.matte_dataset[k]
             fgr2, pha2 = other["fgr"], other["pha"]
@@ -506,6 +508,8 @@ class MattingSampleDataset(Dataset):
             fgr, pha = composite_subjects(fgr, pha, fgr2, pha2)
         if self.transform_bgr is not None:
             bgr = self.transform_bgr(bgr)
+        if self.extra_p > 0:
+            return {"fgr": fgr, "pha": pha, "bgr": bgr, "extra": torch.tensor(float(extra))}
         return {"fgr": fgr, "pha": pha, "bgr": bgr}
 
 

@@ -74,8 +74,12 @@ def _check_images(x: torch.Tensor, name: str, channels: int | None = 3) -> None:
         raise ValueError(f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}")
 
 
-def _check_p(p: float, name: str = "p") -> None:
-    if not 0.0 <= p <= 1.0:
+def _check_p(p: float | torch.Tensor, name: str = "p") -> None:
+    """``p`` is a probability, or (a tensor) one per sample."""
+    if isinstance(p, torch.Tensor):
+        if p.dim() != 1 or not bool(((p >= 0) & (p <= 1)).all()):
+            raise ValueError(f"{name} must be one probability in [0, 1] per sample, got {p.tolist()}")
+    elif not 0.0 <= p <= 1.0:
         raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
 
 
@@ -89,8 +93,13 @@ def _uniform(n, low, high, generator, device) -> torch.Tensor:
     return low + (high - low) * _rand(n, generator, device)
 
 
-def _chosen(n: int, p: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """Indices of the samples to perturb, each chosen with probability ``p``."""
+def _chosen(n: int, p: float | torch.Tensor, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Indices of the samples to perturb, each chosen with probability ``p`` (a tensor: sample ``i`` with
+    ``p[i]``; the draws are those of a float ``p`` strictly between 0 and 1)."""
+    if isinstance(p, torch.Tensor):
+        if p.shape != (n,):
+            raise ValueError(f"one probability per sample is needed ({n}), got shape {tuple(p.shape)}")
+        return torch.nonzero(_rand(n, generator, device) < p.to(device)).flatten()
     if p >= 1.0:
         return torch.arange(n, device=device)
     if p <= 0.0:
@@ -306,7 +315,8 @@ def jitter_background_colour(
 
 
 def misalign_background(
-    bgr: torch.Tensor, generator: torch.Generator | None = None, p: float = 1.0, perspective: float = 0.0
+    bgr: torch.Tensor, generator: torch.Generator | None = None, p: float | torch.Tensor = 1.0,
+    perspective: float = 0.0,
 ) -> torch.Tensor:
     """A small random camera movement: affine warp with reflected borders (no black edges).
 
@@ -318,7 +328,7 @@ def misalign_background(
     Args:
         bgr: images ``(N, C, H, W)`` in ``[0, 1]``.
         generator: random source; ``None`` uses the global RNG.
-        p: probability that each sample is moved.
+        p: probability that each sample is moved, or a tensor ``(N,)`` of one probability per sample.
         perspective: the largest projective coefficient (0: affine only, as BGMv2).
 
     Returns:
@@ -506,7 +516,7 @@ def make_pair(
     shadow_p: float = 0.3,
     noise_p: float = 0.4,
     colour_p: float = 0.8,
-    misalign_p: float = 0.3,
+    misalign_p: float | torch.Tensor = 0.3,
     *,
     camouflage_p: float = 0.0,
     white_balance_p: float = 0.0,
@@ -530,7 +540,8 @@ def make_pair(
         pha: alpha ``(N, 1, H, W)`` in ``[0, 1]``.
         bgr: clean background ``(N, 3, H, W)`` in ``[0, 1]``.
         generator: random source; ``None`` uses the global RNG.
-        shadow_p, noise_p, colour_p, misalign_p: per-sample probabilities of each perturbation.
+        shadow_p, noise_p, colour_p, misalign_p: per-sample probabilities of each perturbation; ``misalign_p``
+            may also be a tensor ``(N,)`` of one probability per sample.
 
     Returns:
         ``(src, bgr_shot)``, both ``(N, 3, H, W)`` in ``[0, 1]``.

@@ -82,6 +82,10 @@ class TrainConfig:
         extra_subject_p: probability that a second subject (another matte of the set, zoomed by
             ``extra_subject_scale`` and placed anywhere) is composited over the first: scenes with several
             people, most of them small (0: never).
+        extra_subject_misalign_p: probability that a sample carrying a second subject gets a misaligned
+            background shot (default ``None``: ``misalign_p``, as any sample). Near 1, the small subjects come
+            mostly with a moved camera: the model must tell a small person from the texture differences of a
+            misaligned shot instead of reading every small difference as a person.
 
     Perturbations of the training pairs (:func:`bgmatting.data.perturb.make_pair`; validation always uses BGMv2's):
         shadow_p, noise_p, colour_p, misalign_p: per-sample probabilities (BGMv2's 0.3, 0.4, 0.8, 0.3).
@@ -136,6 +140,7 @@ class TrainConfig:
     fgr_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
     extra_subject_p: float = 0.0
     extra_subject_scale: list[float] = field(default_factory=lambda: [0.1, 0.45])
+    extra_subject_misalign_p: float | None = None
     shadow_p: float = 0.3
     noise_p: float = 0.4
     colour_p: float = 0.8
@@ -325,6 +330,9 @@ class TrainConfig:
         p = self.extra_subject_p
         if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 1:
             raise BgMattingError(f"extra_subject_p must be a probability in [0, 1], not {p!r}")
+        p = self.extra_subject_misalign_p
+        if p is not None and (not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 1):
+            raise BgMattingError(f"extra_subject_misalign_p must be a probability in [0, 1], not {p!r}")
         for name in PERTURBATIONS:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:

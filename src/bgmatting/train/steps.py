@@ -20,7 +20,8 @@ def make_inputs(batch: Mapping[str, torch.Tensor], seed: int, device: torch.devi
                 crop_sizes: Sequence[tuple[int, int]] | None, cfg: TrainConfig | None = None):
     """Samples → ``(src, bgr, true_fgr, true_pha)`` on ``device``: crop the batch, then perturb it (deterministic
     in ``seed``) with ``cfg``'s perturbations (``None``: BGMv2's, as validation uses). ``crop_sizes=None`` keeps
-    the full size."""
+    the full size. Samples flagged ``batch["extra"]`` (a second subject) are misaligned with
+    ``cfg.extra_subject_misalign_p`` when it is set."""
     fgr, pha, bgr = (batch[k].to(device, non_blocking=True) for k in ("fgr", "pha", "bgr"))
     if crop_sizes is not None:
         fgr, pha, bgr = random_crop_batch([fgr, pha, bgr], crop_sizes, generator=torch.Generator().manual_seed(seed))
@@ -29,6 +30,9 @@ def make_inputs(batch: Mapping[str, torch.Tensor], seed: int, device: torch.devi
     if cfg is not None:
         options = {name: getattr(cfg, name) for name in PERTURBATIONS if name != "motion_blur_p"}
         options["perspective"] = cfg.perspective
+        if cfg.extra_subject_misalign_p is not None and "extra" in batch:
+            extra = batch["extra"].to(torch.float32).flatten() > 0
+            options["misalign_p"] = torch.where(extra, float(cfg.extra_subject_misalign_p), float(cfg.misalign_p))
         if cfg.motion_blur_p > 0:
             fgr, pha = motion_blur(fgr, pha, g, p=cfg.motion_blur_p)
     src, bgr_shot = make_pair(fgr, pha, bgr, generator=g, **options)
