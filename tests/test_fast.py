@@ -9,13 +9,14 @@ import torch.nn.functional as F
 from bgmatting import BgMattingError, MattingBase, MattingRefine
 from bgmatting.backends import make_runner, onnxruntime_available, resolve_backend
 from bgmatting.models import BACKBONES
-from bgmatting.models.optimised import FastMatting, WinogradConv2d, fold_batchnorm, nnpack_available
+from bgmatting.models.optimised import FastMatting, WinogradConv2d, fast_matting, fold_batchnorm, nnpack_available
 from bgmatting.models.optimised.crops import (
     blocks_read,
     fetched_crops,
     pair_windows,
     pair_windows_by_pixel,
     sample_crops,
+    tensor_fetch,
     tiles_of,
 )
 from bgmatting.models.optimised.polyphase import nearest2_polyphase, up2_conv3x3
@@ -293,6 +294,65 @@ def test_sample_crops_equals_resize_then_crop(size, out_size, crop, rng):
                             for b, r, c in zip(ib.tolist(), rows.tolist(), cols.tolist())])
     assert got.shape == (n, 5, crop, crop)
     assert float((got - expected).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("size", (8, 14))
+def test_stage1_of_crops_of_a_map_upsampled_by_2_is_one_conv_per_phase(size, rng):
+    """Stage 1's first conv of crops of a coarse map upsampled x2, computed on the map itself (one 3x3 conv per
+    output phase), equals the conv of the upsampled crops, for crops inside the image and reaching out of it."""
+    model = randomize_(MattingRefine("mobilenetv2", backbone_scale=1 / 4))
+    fast = FastMatting(model)
+    h, w = 15, 13
+    x = torch.rand(2, 36, h, w, generator=rng)
+    n = 60
+    ib = torch.randint(0, 2, (n,), generator=rng)
+    rows = torch.randint(-2, 2 * h - size + 3, (n,), generator=rng) // 2 * 2 + 1  # odd, as the refiner's crops
+    cols = torch.randint(-2, 2 * w - size + 3, (n,), generator=rng) // 2 * 2 + 1
+    inside = (rows >= 0) & (rows + size <= 2 * h) & (cols >= 0) & (cols + size <= 2 * w)
+    assert 0 < int(inside.sum()) < n
+    with torch.no_grad():
+        want = fast.stage1_coarse(sample_crops(x, ib, rows, cols, (2 * h, 2 * w), size))
+        got = fast._stage1_coarse_up2(tensor_fetch(x), (h, w), ib, rows, cols, size)
+        assert float((got - want).abs().max()) <= 1e-5
+        inner = torch.nonzero(inside).flatten()  # all inside: the polyphase conv alone
+        got = fast._stage1_coarse_up2(tensor_fetch(x), (h, w), ib[inner], rows[inner], cols[inner], size)
+        assert float((got - want[inner]).abs().max()) <= 1e-5
+
+
+def test_the_refiner_at_backbone_scale_1_4_convolves_the_coarse_map_not_its_upsampled_crops(rng, monkeypatch):
+    model = randomize_(MattingRefine("mobilenetv2", backbone_scale=1 / 4, refine_sample_pixels=16 * 400))
+    seen = []
+    real = FastMatting._stage1_coarse_up2
+
+    def spy(self, *args):
+        seen.append(args[2].shape[0])
+        return real(self, *args)
+
+    monkeypatch.setattr(FastMatting, "_stage1_coarse_up2", spy)
+    src, bgr = _pair(rng)
+    for path in ("tiles", "patches"):
+        seen.clear()
+        with torch.no_grad():
+            expected, got = model(src, bgr), FastMatting(model, refine_path=path)(src, bgr)
+        assert seen and seen[0] > 0
+        assert torch.equal(expected[5], got[5]) and _max_diff(expected, got) <= TOL
+
+
+@pytest.mark.parametrize("cover", (0.0, float("inf")))
+@pytest.mark.parametrize("path", ("tiles", "patches"))
+def test_stage_1_windows_pooled_whole_or_one_by_one_agree(cover, path, rng, monkeypatch):
+    """Stage 1's half-resolution [src, bgr] windows, cut from the images pooled once or pooled one by one."""
+    monkeypatch.setattr(fast_matting, "POOL_WINDOWS_COVER", cover)
+    model = randomize_(MattingRefine("mobilenetv2", backbone_scale=1 / 4, refine_sample_pixels=16 * 400))
+    src, bgr = _pair(rng)
+    calls = []
+    real = fast_matting.pair_windows
+    monkeypatch.setattr(fast_matting, "pair_windows", lambda *a: calls.append(a[0].shape[2]) or real(*a))
+    with torch.no_grad():
+        expected, got = model(src, bgr), FastMatting(model, refine_path=path)(src, bgr)
+    assert torch.equal(expected[5], got[5]) and _max_diff(expected, got) <= TOL
+    pooled_images = [h for h in calls if h == src.shape[2] // 2]
+    assert bool(pooled_images) == (cover == 0.0)
 
 
 @pytest.mark.parametrize("size,margin", [(16, 6), (28, 18), (6, 4), (8, 2)])

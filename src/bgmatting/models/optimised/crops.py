@@ -67,10 +67,15 @@ def sample_crops(x: torch.Tensor, ib: torch.Tensor, rows: torch.Tensor, cols: to
     (``0 <= a, b < size``) of the resized image of batch item ``ib[n]``; pixels outside it are 0 (the refiner's
     zero padding). Only the crops are computed: a small window of ``x`` per crop, resampled by two matrix products.
     """
-    def fetch(ib_, ry, rx):
-        return x.permute(0, 2, 3, 1)[ib_[:, None, None], ry[:, :, None], rx[:, None, :]]
+    return fetched_crops(tensor_fetch(x), tuple(x.shape[2:]), ib, rows, cols, out_size, size)
 
-    return fetched_crops(fetch, tuple(x.shape[2:]), ib, rows, cols, out_size, size)
+
+def tensor_fetch(x: torch.Tensor) -> Fetch:
+    """A ``fetch`` for :func:`fetched_crops` that reads the image ``x`` ``(B, C, h, w)``."""
+    def fetch(ib: torch.Tensor, ry: torch.Tensor, rx: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1)[ib[:, None, None], ry[:, :, None], rx[:, None, :]]
+
+    return fetch
 
 
 def fetched_crops(fetch: Fetch, in_size: tuple[int, int], ib: torch.Tensor, rows: torch.Tensor,
@@ -111,7 +116,10 @@ class BlockStore:
     def fetch(self, ib: torch.Tensor, ry: torch.Tensor, rx: torch.Tensor) -> torch.Tensor:
         bs = self.bs
         ry, rx = ry[:, :, None], rx[:, None, :]
-        return self.store[self.table[ib[:, None, None], ry // bs, rx // bs], ry % bs, rx % bs]
+        # one index per pixel into the store's rows of C values: index_select copies whole rows
+        idx = (self.table[ib[:, None, None], ry // bs, rx // bs] * bs + ry % bs) * bs + rx % bs
+        store = self.store.reshape(-1, self.store.shape[-1])
+        return store.index_select(0, idx.reshape(-1)).view(*idx.shape, store.shape[1])
 
     def dense(self) -> torch.Tensor:
         """The whole image ``(B, C, h, w)``, zeros where no block is known (for tests)."""

@@ -35,16 +35,22 @@ from .crops import (
     HID_BLOCK,
     TILE,
     BlockStore,
+    Fetch,
     add_on_block_edge,
     blocks_read,
     fetched_crops,
     pair_windows,
     sample_crops,
+    tensor_fetch,
     tiles_of,
     window_len,
 )
 from .polyphase import nearest2_polyphase, up2_border_corrections, up2_conv3x3, up2_polyphase
 from .winograd import WinogradConv2d, nnpack_available
+
+#: stage 1's [src, bgr] windows come from the images pooled once when the full-resolution windows would cover
+#: this fraction of the images or more (else each window is pooled)
+POOL_WINDOWS_COVER = 0.4
 
 EncoderFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
 
@@ -138,6 +144,9 @@ class FastMatting(nn.Module):
             c3 = self.net.refiner.conv3
             n_x = c3.in_channels - 6  # stage 1's channels; the last 6 are [src, bgr]
             self.register_buffer("_stage2_polyphase", nearest2_polyphase(c3.weight[:, :n_x].detach()),
+                                 persistent=False)
+            c1 = self.net.refiner.conv1  # its coarse channels, for crops of coarse maps upsampled by exactly 2
+            self.register_buffer("_stage1_polyphase", up2_polyphase(c1.weight[:, :c1.in_channels - 6].detach()),
                                  persistent=False)
 
     @property
@@ -310,16 +319,35 @@ class FastMatting(nn.Module):
             else:
                 hid = self.hidden(hid, *small)
         if store is not None:
-            crops = fetched_crops(store.fetch, (store.h, store.w), t_ib, c_rows, c_cols, half, s1)
+            fetch, in_size = store.fetch, (store.h, store.w)
         else:
-            crops = sample_crops(torch.cat([hid, pha, fgr.to(hid.dtype)], dim=1), t_ib, c_rows, c_cols, half, s1)
-        margin = 2 * bh + 4 * (tile - 1)  # how far the windows reach out of the image
-        win = pair_windows(src, bgr, t_ib, 4 * t_rows - 2 * bh, 4 * t_cols - 2 * bh, 2 * s1, margin)
-        x = self.stage1(crops, win)
+            coarse = torch.cat([hid, pha, fgr.to(hid.dtype)], dim=1)
+            fetch, in_size = tensor_fetch(coarse), tuple(coarse.shape[2:])
+        margin = 2 * bh + 4 * (tile - 1)  # how far the full-resolution windows reach out of the image
+        if bh and not self.static and half == (2 * in_size[0], 2 * in_size[1]):
+            part = self._stage1_coarse_up2(fetch, in_size, t_ib, c_rows, c_cols, s1)
+        else:
+            part = self.stage1_coarse(fetched_crops(fetch, in_size, t_ib, c_rows, c_cols, half, s1))
+        # stage 1 reads [src, bgr] at 1/2 resolution, stage 2 the middle of the same windows at full resolution.
+        # Where the windows cover much of the images, stage 1's are cut from the images pooled once and stage 2's
+        # are cut smaller (the crops start at even pixels: pooling a window or cutting it from the pooled image
+        # is the same); else one window serves both and is pooled itself (measured: 2026-12-07 speed notes).
+        full_top, full_left = 4 * t_rows - 2 * bh, 4 * t_cols - 2 * bh
+        pooled = t_ib.shape[0] * (2 * s1) ** 2 >= POOL_WINDOWS_COVER * src.shape[0] * H * W
+        if pooled:
+            half_win = pair_windows(F.avg_pool2d(src, 2), F.avg_pool2d(bgr, 2), t_ib, c_rows, c_cols, s1, margin // 2)
+        else:
+            win = pair_windows(src, bgr, t_ib, full_top, full_left, 2 * s1, margin)
+            half_win = F.avg_pool2d(win, 2)
+        x = self.stage1_rest(part, half_win)
         # x: (Nu, 16, so, so), half-resolution pixels from 2 * t_rows - bh + (2 if k3 else 0). Stage 2 on the
         # units too: each patch's stage-2 input is its part of the unit's, so the unit's result holds the patch's
         so, o = x.shape[-1], (4 if bh else 0)  # full-resolution pixels from 4 * t_rows - 2 * bh + o
-        out = self.stage2(x, win[:, :, o:o + 2 * so, o:o + 2 * so])  # (Nu, 4, 4 * tile, 4 * tile)
+        if pooled:
+            win = pair_windows(src, bgr, t_ib, full_top + o, full_left + o, 2 * so, margin)
+        else:
+            win = win[:, :, o:o + 2 * so, o:o + 2 * so]
+        out = self.stage2(x, win)  # (Nu, 4, 4 * tile, 4 * tile)
         if inv is None:
             return out
         dr, dc = rows - t_rows[inv], cols - t_cols[inv]
@@ -329,11 +357,45 @@ class FastMatting(nn.Module):
         """Stage 1 of the refiner on ``[coarse, avg_pool2d(src_bgr, 2)]``: ``coarse`` ``(N, 36, s, s)`` at 1/2
         resolution, ``src_bgr`` ``(N, 6, 2s, 2s)`` at full resolution → ``(N, 16, s - 4, s - 4)`` (kernel 3).
         The first conv is split by input channels: its two inputs are never concatenated."""
+        return self.stage1_rest(self.stage1_coarse(coarse), F.avg_pool2d(src_bgr.to(coarse.dtype), 2))
+
+    def stage1_coarse(self, coarse: torch.Tensor) -> torch.Tensor:
+        """The part of stage 1's first conv (valid, no bias) that reads the coarse channels ``coarse``."""
+        c1 = self.net.refiner.conv1
+        return F.conv2d(coarse, c1.weight[:, :coarse.shape[1]].to(coarse.dtype))
+
+    def stage1_rest(self, part: torch.Tensor, half_src_bgr: torch.Tensor) -> torch.Tensor:
+        """Stage 1 from :meth:`stage1_coarse`'s ``part`` ``(N, C1, s - 2, s - 2)``: the first conv's part that
+        reads ``[src, bgr]`` at 1/2 resolution, ``half_src_bgr`` ``(N, 6, s, s)``, and its bias added, then the
+        rest of the stage."""
         r = self.net.refiner
-        c1, dt, n = r.conv1, coarse.dtype, coarse.shape[1]
-        x = F.conv2d(coarse, c1.weight[:, :n].to(dt), None if c1.bias is None else c1.bias.to(dt))
-        x = r.relu(r.bn1(x + F.conv2d(F.avg_pool2d(src_bgr.to(dt), 2), c1.weight[:, n:].to(dt))))
-        return r.relu(r.bn2(r.conv2(x)))
+        c1, dt = r.conv1, part.dtype
+        n = c1.in_channels - half_src_bgr.shape[1]
+        x = part + F.conv2d(half_src_bgr.to(dt), c1.weight[:, n:].to(dt), None if c1.bias is None else c1.bias.to(dt))
+        return r.relu(r.bn2(r.conv2(r.relu(r.bn1(x)))))
+
+    def _stage1_coarse_up2(self, fetch: Fetch, in_size: tuple[int, int], ib: torch.Tensor, rows: torch.Tensor,
+                           cols: torch.Tensor, size: int) -> torch.Tensor:
+        """:meth:`stage1_coarse` of the ``size × size`` crops at ``(rows, cols)`` (odd) of a coarse map of
+        ``in_size`` read through ``fetch`` (:func:`fetched_crops`) and upsampled by exactly 2, without making the
+        upsampled crops: for a crop inside the image, the first conv of it is one 3×3 conv per output phase of the
+        map's own ``(size / 2 + 1)²`` window (:func:`up2_polyphase`). Crops that reach out of the image (its zero
+        padding is not an upsampled value) are cropped and convolved as :meth:`stage1_coarse` does."""
+        h, w = in_size
+        inside = (rows >= 0) & (rows + size <= 2 * h) & (cols >= 0) & (cols + size <= 2 * w)
+        inner = torch.nonzero(inside).flatten()
+        off = torch.arange(size // 2 + 1, device=rows.device)
+        ry = ((rows[inner] - 1) // 2)[:, None] + off  # the crop's first upsampled row is 1/4 past map row ry[0]
+        rx = ((cols[inner] - 1) // 2)[:, None] + off
+        win = fetch(ib[inner], ry, rx).permute(0, 3, 1, 2)  # (n, C, size / 2 + 1, same): channels last
+        part = F.pixel_shuffle(F.conv2d(win, self._stage1_polyphase.to(win.dtype)), 2)  # (n, C1, size - 2, same)
+        if inner.shape[0] == rows.shape[0]:
+            return part
+        edge = torch.nonzero(~inside).flatten()
+        crops = fetched_crops(fetch, in_size, ib[edge], rows[edge], cols[edge], (2 * h, 2 * w), size)
+        out = part.new_empty(rows.shape[0], *part.shape[1:])
+        out[inner], out[edge] = part, self.stage1_coarse(crops)
+        return out
 
     def stage2(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Stage 2 of the refiner: stage 1's output ``x`` ``(N, 16, s, s)`` (upsampled ×2, nearest) with the
