@@ -15,6 +15,7 @@ from bgmatting.models.optimised.crops import (
     fetched_crops,
     pair_windows,
     pair_windows_by_pixel,
+    pool2,
     sample_crops,
     tensor_fetch,
     tiles_of,
@@ -336,6 +337,15 @@ def test_the_refiner_at_backbone_scale_1_4_convolves_the_coarse_map_not_its_upsa
             expected, got = model(src, bgr), FastMatting(model, refine_path=path)(src, bgr)
         assert seen and seen[0] > 0
         assert torch.equal(expected[5], got[5]) and _max_diff(expected, got) <= TOL
+
+
+@pytest.mark.parametrize("shape,channels_last", [((2, 6, 16, 16), False), ((1, 3, 40, 60), False),
+                                                  ((3, 6, 8, 8), True), ((1, 3, 7, 10), False)])
+def test_pool2_is_avg_pool2d_bit_for_bit(shape, channels_last, rng):
+    x = torch.rand(*shape, generator=rng)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(pool2(x), F.avg_pool2d(x, 2))
 
 
 @pytest.mark.parametrize("cover", (0.0, float("inf")))

@@ -40,6 +40,7 @@ from .crops import (
     blocks_read,
     fetched_crops,
     pair_windows,
+    pool2,
     sample_crops,
     tensor_fetch,
     tiles_of,
@@ -357,7 +358,7 @@ class FastMatting(nn.Module):
         """Stage 1 of the refiner on ``[coarse, avg_pool2d(src_bgr, 2)]``: ``coarse`` ``(N, 36, s, s)`` at 1/2
         resolution, ``src_bgr`` ``(N, 6, 2s, 2s)`` at full resolution → ``(N, 16, s - 4, s - 4)`` (kernel 3).
         The first conv is split by input channels: its two inputs are never concatenated."""
-        return self.stage1_rest(self.stage1_coarse(coarse), F.avg_pool2d(src_bgr.to(coarse.dtype), 2))
+        return self.stage1_rest(self.stage1_coarse(coarse), pool2(src_bgr.to(coarse.dtype)))
 
     def stage1_coarse(self, coarse: torch.Tensor) -> torch.Tensor:
         """The part of stage 1's first conv (valid, no bias) that reads the coarse channels ``coarse``."""
@@ -382,20 +383,18 @@ class FastMatting(nn.Module):
         map's own ``(size / 2 + 1)²`` window (:func:`up2_polyphase`). Crops that reach out of the image (its zero
         padding is not an upsampled value) are cropped and convolved as :meth:`stage1_coarse` does."""
         h, w = in_size
-        inside = (rows >= 0) & (rows + size <= 2 * h) & (cols >= 0) & (cols + size <= 2 * w)
-        inner = torch.nonzero(inside).flatten()
         off = torch.arange(size // 2 + 1, device=rows.device)
-        ry = ((rows[inner] - 1) // 2)[:, None] + off  # the crop's first upsampled row is 1/4 past map row ry[0]
-        rx = ((cols[inner] - 1) // 2)[:, None] + off
-        win = fetch(ib[inner], ry, rx).permute(0, 3, 1, 2)  # (n, C, size / 2 + 1, same): channels last
-        part = F.pixel_shuffle(F.conv2d(win, self._stage1_polyphase.to(win.dtype)), 2)  # (n, C1, size - 2, same)
-        if inner.shape[0] == rows.shape[0]:
-            return part
+        # the crop's first upsampled row is 1/4 past map row ry[:, 0] (clamped: the edge crops are redone below)
+        ry = (((rows - 1) // 2)[:, None] + off).clamp(0, h - 1)
+        rx = (((cols - 1) // 2)[:, None] + off).clamp(0, w - 1)
+        win = fetch(ib, ry, rx).permute(0, 3, 1, 2)  # (N, C, size / 2 + 1, same): channels last
+        part = F.pixel_shuffle(F.conv2d(win, self._stage1_polyphase.to(win.dtype)), 2)  # (N, C1, size - 2, same)
+        inside = (rows >= 0) & (rows + size <= 2 * h) & (cols >= 0) & (cols + size <= 2 * w)
         edge = torch.nonzero(~inside).flatten()
-        crops = fetched_crops(fetch, in_size, ib[edge], rows[edge], cols[edge], (2 * h, 2 * w), size)
-        out = part.new_empty(rows.shape[0], *part.shape[1:])
-        out[inner], out[edge] = part, self.stage1_coarse(crops)
-        return out
+        if edge.shape[0]:
+            crops = fetched_crops(fetch, in_size, ib[edge], rows[edge], cols[edge], (2 * h, 2 * w), size)
+            part[edge] = self.stage1_coarse(crops)
+        return part
 
     def stage2(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Stage 2 of the refiner: stage 1's output ``x`` ``(N, 16, s, s)`` (upsampled ×2, nearest) with the
