@@ -332,6 +332,22 @@ def test_sample_dataset_adds_a_second_subject(pair_sets):
     assert (b["pha"] >= a["pha"] - 1e-6).all() and not torch.equal(a["pha"], b["pha"])
 
 
+def test_sample_dataset_pastes_a_subject_into_the_background(pair_sets):
+    mattes, backgrounds = pair_sets
+    plain = MattingSampleDataset(mattes, backgrounds, seed=7)[1]
+    scene = MattingSampleDataset(mattes, backgrounds, seed=7, background_subject_p=1.0)[1]
+    # the same subject and target; the background now holds another subject (a matte composited into it)
+    assert torch.equal(plain["fgr"], scene["fgr"]) and torch.equal(plain["pha"], scene["pha"])
+    assert not torch.equal(plain["bgr"], scene["bgr"])
+    pasted = [m["pha"] * m["fgr"] + (1 - m["pha"]) * plain["bgr"] for m in (mattes[k] for k in range(len(mattes)))]
+    assert any(torch.allclose(scene["bgr"], x.clamp(0, 1), atol=1e-6) for x in pasted)
+    assert torch.equal(MattingSampleDataset(mattes, backgrounds, seed=7, background_subject_p=0.0)[1]["bgr"],
+                       plain["bgr"])
+    with pytest.raises(ValueError, match="differ in size"):
+        MattingSampleDataset(mattes, backgrounds, transform_bgr=lambda b: b[:, :3, :3],
+                             background_subject_p=1.0)[0]
+
+
 def test_sample_dataset_unseeded_uses_global_rng(pair_sets):
     ds = MattingSampleDataset(*pair_sets)
     torch.manual_seed(0)

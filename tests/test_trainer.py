@@ -64,6 +64,7 @@ def test_config_file_roundtrip_and_overrides(corpus, tmp_path):
     ({"perspective": 0.5}, "perspective"),
     ({"extra_subject_p": 2}, "extra_subject_p"),
     ({"extra_subject_misalign_p": -0.1}, "extra_subject_misalign_p"),
+    ({"background_subject_p": 1.5}, "background_subject_p"),
     ({"extra_subject_scale": [0.3]}, "extra_subject_scale"),
     ({"stage": "refine", "backbone_scales": [0.25, 0.3]}, "backbone_scales"),
     ({"stage": "refine", "backbone_scales": [0]}, "backbone_scales"),

@@ -445,6 +445,10 @@ class MattingSampleDataset(Dataset):
             ``transform_extra`` (which must give the same size as ``transform_pair``), is composited over the
             first: ``pha = a2 + (1 - a2) a1``, ``fgr`` the alpha-weighted mix. Scenes with several people.
         transform_extra: the second subject's geometry (default ``transform_pair``).
+        background_subject_p: probability that another matte (geometry ``transform_extra``) is pasted into the
+            background itself, after ``transform_bgr``: a subject-like thing that belongs to the scene (in the
+            background shot too), whose alpha target stays 0. Misaligned with the shot, it teaches the model that a
+            person or object seen in both shots is background, however it moved.
         seed: ``None`` draws the background and the transforms' randomness from torch's global RNG (use it
             for training: each epoch sees new pairings; DataLoader workers are seeded apart by torch). An int
             makes sample ``i`` a pure function of ``(seed, i)`` — the same background and the same random
@@ -469,10 +473,12 @@ class MattingSampleDataset(Dataset):
         seed: int | None = None,
         extra_p: float = 0.0,
         transform_extra: PairTransform | None = None,
+        background_subject_p: float = 0.0,
     ) -> None:
         if len(background_dataset) == 0:  # type: ignore[arg-type]
             raise BgMattingError("the background dataset is empty")
         self.extra_p = extra_p
+        self.background_subject_p = background_subject_p
         self.transform_extra = transform_extra if transform_extra is not None else transform_pair
         self.matte_dataset = matte_dataset
         self.background_dataset = background_dataset
@@ -508,6 +514,16 @@ class MattingSampleDataset(Dataset):
             fgr, pha = composite_subjects(fgr, pha, fgr2, pha2)
         if self.transform_bgr is not None:
             bgr = self.transform_bgr(bgr)
+        if self.background_subject_p > 0 and float(torch.rand(())) < self.background_subject_p:
+            k = int(torch.randint(len(self.matte_dataset), ()).item())  # type: ignore[arg-type]
+            other = self.matte_dataset[k]
+            fgr3, pha3 = other["fgr"], other["pha"]
+            if self.transform_extra is not None:
+                fgr3, pha3 = self.transform_extra(fgr3, pha3)
+            if fgr3.shape[1:] != bgr.shape[1:]:
+                raise ValueError(f"the background subject and the background differ in size: {tuple(fgr3.shape)} "
+                                 f"and {tuple(bgr.shape)}")
+            bgr = (pha3 * fgr3 + (1 - pha3) * bgr).clamp(0, 1)
         if self.extra_p > 0:
             return {"fgr": fgr, "pha": pha, "bgr": bgr, "extra": torch.tensor(float(extra))}
         return {"fgr": fgr, "pha": pha, "bgr": bgr}

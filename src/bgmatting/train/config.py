@@ -82,6 +82,9 @@ class TrainConfig:
         extra_subject_p: probability that a second subject (another matte of the set, zoomed by
             ``extra_subject_scale`` and placed anywhere) is composited over the first: scenes with several
             people, most of them small (0: never).
+        background_subject_p: probability that another matte (zoomed by ``extra_subject_scale``, placed anywhere) is
+            pasted into the background itself, so that it is in the background shot too and its target alpha is 0:
+            people and objects that belong to the scene, which a misaligned shot must not turn into foreground.
         extra_subject_misalign_p: probability that a sample carrying a second subject gets a misaligned
             background shot (default ``None``: ``misalign_p``, as any sample). Near 1, the small subjects come
             mostly with a moved camera: the model must tell a small person from the texture differences of a
@@ -141,6 +144,7 @@ class TrainConfig:
     extra_subject_p: float = 0.0
     extra_subject_scale: list[float] = field(default_factory=lambda: [0.1, 0.45])
     extra_subject_misalign_p: float | None = None
+    background_subject_p: float = 0.0
     shadow_p: float = 0.3
     noise_p: float = 0.4
     colour_p: float = 0.8
@@ -330,6 +334,9 @@ class TrainConfig:
         p = self.extra_subject_p
         if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 1:
             raise BgMattingError(f"extra_subject_p must be a probability in [0, 1], not {p!r}")
+        p = self.background_subject_p
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 1:
+            raise BgMattingError(f"background_subject_p must be a probability in [0, 1], not {p!r}")
         p = self.extra_subject_misalign_p
         if p is not None and (not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 1):
             raise BgMattingError(f"extra_subject_misalign_p must be a probability in [0, 1], not {p!r}")

@@ -118,11 +118,11 @@ def build_loaders(cfg: TrainConfig, d: Dist, device: torch.device):
     matte = matte_dataset(cfg.matte_roots, cfg.matte_kind, None, valid=False)
     bgr = background_dataset(cfg.background_roots, cfg.background_kind, None)
     extra = None
-    if cfg.extra_subject_p > 0:  # anywhere in the frame, mostly small
+    if cfg.extra_subject_p > 0 or cfg.background_subject_p > 0:  # anywhere in the frame, mostly small
         extra = PairAugment(cfg.size, scale=tuple(cfg.extra_subject_scale), translate=(0.45, 0.45))
     samples = EpochSeeded(MattingSampleDataset(matte, bgr, PairAugment(cfg.size, scale=tuple(cfg.fgr_scale)),
                                                BackgroundAugment(cfg.size), extra_p=cfg.extra_subject_p,
-                                               transform_extra=extra),
+                                               transform_extra=extra, background_subject_p=cfg.background_subject_p),
                           cfg.seed)
     sampler = ResumableSampler(samples, d, cfg.seed)
     steps_per_epoch = len(sampler.inner) // cfg.batch_size
