@@ -2,7 +2,7 @@
 
     python benchmarks/heldout.py --corpus corpus [--heldout DIR] [--weights PATH|NAME [--weights PATH|NAME]]
                                  [--align] [--backbone-scale S] [--refine-mode MODE] [--cases 48] [--seed 0]
-                                 [--rebuild] [--no-keyer]
+                                 [--rebuild] [--no-keyer] [--per-case]
 
 Builds the held-out set with ``bgmatting data heldout`` (default ``<corpus>/../heldout``) unless it exists,
 then runs each model as a user would, ``bgmatting matte HELDOUT/src --bgr HELDOUT/bgr -o TMP --outputs pha
@@ -11,7 +11,8 @@ as ``bgmatting eval --data HELDOUT --predictions TMP --trimap-mse`` does. The cl
 colour difference between source and background shot (``benchmarks/accuracy.py``), with ``lo`` and ``hi``
 chosen on the same images for the lowest MSE (an oracle no real keyer has; tuned on a fixed sample of pixels
 of each image). Prints one table: whole-image SAD, MSE, Grad, Conn, the MSE of the trimap's unknown region,
-then the whole-image MSE of each group.
+then the whole-image MSE of each group. ``--per-case`` adds the whole-image MSE of every case, one column per
+method: a group's mean can hang on one case (a kite that moved with the shot), and this shows which.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed when building (default 0)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the held-out set even if it exists")
     ap.add_argument("--no-keyer", action="store_true", help="skip the difference-keying reference")
+    ap.add_argument("--per-case", action="store_true", help="also print each case's whole-image MSE per method")
     args = ap.parse_args()
     options = {k: v for k, v in (("backbone_scale", args.backbone_scale), ("refine_mode", args.refine_mode))
                if v is not None}
@@ -135,6 +137,15 @@ def main() -> None:
         print(f"{name:<{width}}  " + "  ".join(cells))
     print("SAD, Grad, Conn / 1000 and MSE x 1000 over the whole image; triMSE: MSE x 1000 in the trimap's unknown "
           f"region; {', '.join(GROUPS)}: the whole-image MSE of each group; s: seconds to run and score")
+    if args.per_case:
+        per = [{r["name"]: r["mse"] for r in report.rows} for _, report, _ in rows]
+        names = sorted(per[0])
+        cw = max(len(n) for n in names)
+        heads = "  ".join(f"{'#' + str(i + 1):>7}" for i in range(len(rows)))
+        print(f"\n{'case (whole-image MSE x 1000)':<{cw}}  {heads}")
+        for n in names:
+            print(f"{n:<{cw}}  " + "  ".join(f"{p.get(n, float('nan')):7.2f}" for p in per))
+        print("  ".join(f"#{i + 1}: {name}" for i, (name, _, _) in enumerate(rows)))
 
 
 if __name__ == "__main__":

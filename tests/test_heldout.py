@@ -270,3 +270,28 @@ def test_scored_by_group_with_eval(corpus, built, tmp_path, capsys):
     report = evaluate(built, matter=lambda src, bgr: type("R", (), {"pha": np.abs(src - bgr).max(2)})(),
                       progress=False)
     assert sorted(report.groups()) == sorted(ho.GROUPS)
+
+
+def test_benchmark_script_prints_each_case_per_method(corpus, built, tmp_path):
+    """benchmarks/heldout.py --per-case: one row per case, one column per model (here the same weights twice)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bgmatting import MattingRefine, save_weights
+
+    from helpers import randomize_
+
+    model = randomize_(MattingRefine("mobilenetv2", refine_sample_pixels=320))
+    weights = save_weights(model, tmp_path / "w.safetensors")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "heldout.py"
+    out = subprocess.run([sys.executable, str(script), "--corpus", str(corpus), "--heldout", str(built), "--no-keyer",
+                          "--weights", str(weights), "--weights", str(weights), "--per-case"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("case (whole-image MSE x 1000)"))
+    rows = [line.split() for line in lines[start + 1:start + 1 + len(_manifest(built)["items"])]]
+    names = {c["name"] for c in _manifest(built)["items"]}  # <group>/<case>
+    assert {r[0] for r in rows} == names
+    assert all(len(r) == 3 and r[1] == r[2] and float(r[1]) >= 0 for r in rows)  # the same model gives the same MSE
