@@ -65,6 +65,9 @@ def test_config_file_roundtrip_and_overrides(corpus, tmp_path):
     ({"extra_subject_p": 2}, "extra_subject_p"),
     ({"extra_subject_misalign_p": -0.1}, "extra_subject_misalign_p"),
     ({"background_subject_p": 1.5}, "background_subject_p"),
+    ({"matte_repeat": [["people"]]}, "matte_repeat"),
+    ({"matte_repeat": [["people", 0]]}, "matte_repeat"),
+    ({"matte_repeat": {"people": 4}}, "matte_repeat"),
     ({"extra_subject_scale": [0.3]}, "extra_subject_scale"),
     ({"stage": "refine", "backbone_scales": [0.25, 0.3]}, "backbone_scales"),
     ({"stage": "refine", "backbone_scales": [0]}, "backbone_scales"),
@@ -182,6 +185,18 @@ def test_extra_subjects_add_alpha(corpus):
         return float(next(iter(loader))["pha"].mean())
 
     assert mean_alpha(1.0) > mean_alpha(0.0) > 0
+
+
+def test_matte_repeat_draws_a_folder_s_mattes_more_often(corpus, tmp_path):
+    cfg = tiny(corpus, corpus / "unused").resolved()
+    plain = build_loaders(cfg, Dist(), torch.device("cpu"))[0].dataset
+    more = build_loaders(cfg.replace(matte_repeat=[["toy", 3]]), Dist(), torch.device("cpu"))[0].dataset
+    assert len(plain) == 6 and len(more) == 18  # the tiny corpus's six mattes all lie under fgr/toy/
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(cfg.replace(matte_repeat=[["toy", 3]]).to_dict()))
+    assert TrainConfig.from_file(path).matte_repeat == [["toy", 3]]  # written and read back
+    with pytest.raises(BgMattingError, match="fgr/people/"):
+        build_loaders(cfg.replace(matte_repeat=[["people", 2]]), Dist(), torch.device("cpu"))
 
 
 def test_samples_with_a_second_subject_get_their_own_misalignment_rate(corpus):

@@ -82,6 +82,10 @@ class TrainConfig:
         extra_subject_p: probability that a second subject (another matte of the set, zoomed by
             ``extra_subject_scale`` and placed anywhere) is composited over the first: scenes with several
             people, most of them small (0: never).
+        matte_repeat: ``[[folder, n], ...]``: each matte whose file lies under ``<matte root>/fgr/<folder>/`` is
+            drawn ``n`` times per epoch instead of once, each time with its own augmentation (e.g.
+            ``[["people", 4]]``: the real people of a ``bgmatting data prepare`` corpus, 22 of its 202 mattes,
+            shown as often as the procedural subjects are). Image matte roots only; empty: every matte once.
         background_subject_p: probability that another matte (zoomed by ``extra_subject_scale``, placed anywhere) is
             pasted into the background itself, so that it is in the background shot too and its target alpha is 0:
             people and objects that belong to the scene, which a misaligned shot must not turn into foreground.
@@ -145,6 +149,7 @@ class TrainConfig:
     extra_subject_scale: list[float] = field(default_factory=lambda: [0.1, 0.45])
     extra_subject_misalign_p: float | None = None
     background_subject_p: float = 0.0
+    matte_repeat: list = field(default_factory=list)
     shadow_p: float = 0.3
     noise_p: float = 0.4
     colour_p: float = 0.8
@@ -334,6 +339,12 @@ class TrainConfig:
         p = self.extra_subject_p
         if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 1:
             raise BgMattingError(f"extra_subject_p must be a probability in [0, 1], not {p!r}")
+        rep = self.matte_repeat
+        if not isinstance(rep, (list, tuple)) or not all(
+                isinstance(r, (list, tuple)) and len(r) == 2 and isinstance(r[0], str) and r[0]
+                and isinstance(r[1], int) and not isinstance(r[1], bool) and r[1] >= 1 for r in rep):
+            raise BgMattingError(f"matte_repeat must be a list of [folder, times] pairs (times >= 1), like "
+                                 f"[[\"people\", 4]], not {rep!r}")
         p = self.background_subject_p
         if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 1:
             raise BgMattingError(f"background_subject_p must be a probability in [0, 1], not {p!r}")

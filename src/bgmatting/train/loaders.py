@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .distributed import Dist
 from .seeding import TAG_SAMPLE, derive_seed
 
-__all__ = ["EpochSeeded", "ResumableSampler", "background_dataset", "build_loaders", "matte_dataset"]
+__all__ = ["EpochSeeded", "ResumableSampler", "background_dataset", "build_loaders", "matte_dataset", "repeat_mattes"]
 
 
 def _matte_kind(root: Path) -> str:
@@ -69,6 +69,31 @@ def background_dataset(roots: Sequence[str], kind: str, transform) -> Dataset:
         parts.append(BackgroundVideoDataset(root, transform) if k == "video"
                      else BackgroundImageDataset(root, transform))
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def repeat_mattes(matte: Dataset, repeat: Sequence[Sequence]) -> Dataset:
+    """``matte`` with each sample of an image matte root whose foreground lies under ``fgr/<folder>/`` present
+    ``n`` times, for each ``[folder, n]`` of ``repeat`` (the config's ``matte_repeat``); ``matte`` itself when
+    ``repeat`` is empty. Raises :class:`BgMattingError` when a folder matches no sample."""
+    if not repeat:
+        return matte
+    times = {str(folder): int(n) for folder, n in repeat}
+    seen: set[str] = set()
+    extra: list[int] = []
+    offset = 0
+    for part in matte.datasets if isinstance(matte, ConcatDataset) else [matte]:
+        if isinstance(part, ImageMatteDataset):
+            for i, (fgr, _) in enumerate(part.samples):
+                rel = Path(fgr).relative_to(part.root / "fgr").parts
+                if len(rel) > 1 and rel[0] in times:
+                    seen.add(rel[0])
+                    extra += [offset + i] * (times[rel[0]] - 1)
+        offset += len(part)  # type: ignore[arg-type]
+    missing = sorted(set(times) - seen)
+    if missing:
+        raise BgMattingError(f"matte_repeat: no matte lies under fgr/{missing[0]}/ of an image matte root "
+                             f"({', '.join(missing)})")
+    return ConcatDataset([matte, Subset(matte, extra)]) if extra else matte
 
 
 class EpochSeeded(Dataset):
@@ -115,7 +140,7 @@ def build_loaders(cfg: TrainConfig, d: Dist, device: torch.device):
 
     Raises :class:`BgMattingError` when the training set is smaller than one batch of every process, or validation
     mattes come without validation backgrounds."""
-    matte = matte_dataset(cfg.matte_roots, cfg.matte_kind, None, valid=False)
+    matte = repeat_mattes(matte_dataset(cfg.matte_roots, cfg.matte_kind, None, valid=False), cfg.matte_repeat)
     bgr = background_dataset(cfg.background_roots, cfg.background_kind, None)
     extra = None
     if cfg.extra_subject_p > 0 or cfg.background_subject_p > 0:  # anywhere in the frame, mostly small
