@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -281,3 +282,13 @@ def test_torchrun_two_cpu_processes(corpus, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3], "only rank 0 logs"
     assert load_checkpoint(out)["step"] == 3
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.toml")))
+def test_shipped_training_configs_are_valid(name, corpus):
+    path = CONFIGS / name
+    cfg = TrainConfig.from_file(path, data_root=str(corpus)).resolved()  # raises on any unknown or bad option
+    assert cfg.stage in ("base", "refine")
