@@ -147,7 +147,7 @@ def add_on_block_edge(blocks: torch.Tensor, ids: torch.Tensor, values: torch.Ten
 def pool2(x: torch.Tensor) -> torch.Tensor:
     """``F.avg_pool2d(x, 2)``, bit for bit: where ``x`` is contiguous with even sides, as the sum of its four
     strided 2×2 phases (in avg_pool2d's order) times 1/4, 2–3× faster on the CPU than avg_pool2d's kernel for
-    this layout (``benchmarks/results/2026-12-07-cpu-refiner-windows.md``)."""
+    this layout (``benchmarks/results/2026-12-07-cpu-worst-case.md``)."""
     if x.is_contiguous() and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0:
         return (x[..., ::2, ::2] + x[..., ::2, 1::2] + x[..., 1::2, ::2] + x[..., 1::2, 1::2]) * 0.25
     return F.avg_pool2d(x, 2)

@@ -332,7 +332,8 @@ class FastMatting(nn.Module):
         # stage 1 reads [src, bgr] at 1/2 resolution, stage 2 the middle of the same windows at full resolution.
         # Where the windows cover much of the images, stage 1's are cut from the images pooled once and stage 2's
         # are cut smaller (the crops start at even pixels: pooling a window or cutting it from the pooled image
-        # is the same); else one window serves both and is pooled itself (measured: 2026-12-07 speed notes).
+        # is the same); else one window serves both and is pooled itself
+        # (benchmarks/results/2026-12-07-cpu-worst-case.md).
         full_top, full_left = 4 * t_rows - 2 * bh, 4 * t_cols - 2 * bh
         pooled = t_ib.shape[0] * (2 * s1) ** 2 >= POOL_WINDOWS_COVER * src.shape[0] * H * W
         if pooled:
