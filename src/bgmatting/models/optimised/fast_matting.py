@@ -337,10 +337,10 @@ class FastMatting(nn.Module):
         full_top, full_left = 4 * t_rows - 2 * bh, 4 * t_cols - 2 * bh
         pooled = t_ib.shape[0] * (2 * s1) ** 2 >= POOL_WINDOWS_COVER * src.shape[0] * H * W
         if pooled:
-            half_win = pair_windows(F.avg_pool2d(src, 2), F.avg_pool2d(bgr, 2), t_ib, c_rows, c_cols, s1, margin // 2)
+            half_win = pair_windows(pool2(src), pool2(bgr), t_ib, c_rows, c_cols, s1, margin // 2)
         else:
             win = pair_windows(src, bgr, t_ib, full_top, full_left, 2 * s1, margin)
-            half_win = F.avg_pool2d(win, 2)
+            half_win = pool2(win)
         x = self.stage1_rest(part, half_win)
         # x: (Nu, 16, so, so), half-resolution pixels from 2 * t_rows - bh + (2 if k3 else 0). Stage 2 on the
         # units too: each patch's stage-2 input is its part of the unit's, so the unit's result holds the patch's
