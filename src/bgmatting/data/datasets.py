@@ -496,6 +496,15 @@ class MattingSampleDataset(Dataset):
             torch.manual_seed(_mix(self.seed, index))
             return self._sample(index)
 
+    def _other_subject(self) -> tuple[Tensor, Tensor]:
+        """A randomly chosen matte of the set, put through ``transform_extra``: ``(fgr, pha)``."""
+        k = int(torch.randint(len(self.matte_dataset), ()).item())  # type: ignore[arg-type]
+        other = self.matte_dataset[k]
+        fgr, pha = other["fgr"], other["pha"]
+        if self.transform_extra is not None:
+            fgr, pha = self.transform_extra(fgr, pha)
+        return fgr, pha
+
     def _sample(self, index: int) -> dict[str, Tensor]:
         j = int(torch.randint(len(self.background_dataset), ()).item())  # type: ignore[arg-type]
         matte = self.matte_dataset[index]
@@ -506,20 +515,11 @@ class MattingSampleDataset(Dataset):
             fgr, pha = self.transform_pair(fgr, pha)
         extra = self.extra_p > 0 and float(torch.rand(())) < self.extra_p
         if extra:
-            k = int(torch.randint(len(self.matte_dataset), ()).item())  # type: ignore[arg-type]
-            other = self.matte_dataset[k]
-            fgr2, pha2 = other["fgr"], other["pha"]
-            if self.transform_extra is not None:
-                fgr2, pha2 = self.transform_extra(fgr2, pha2)
-            fgr, pha = composite_subjects(fgr, pha, fgr2, pha2)
+            fgr, pha = composite_subjects(fgr, pha, *self._other_subject())
         if self.transform_bgr is not None:
             bgr = self.transform_bgr(bgr)
         if self.background_subject_p > 0 and float(torch.rand(())) < self.background_subject_p:
-            k = int(torch.randint(len(self.matte_dataset), ()).item())  # type: ignore[arg-type]
-            other = self.matte_dataset[k]
-            fgr3, pha3 = other["fgr"], other["pha"]
-            if self.transform_extra is not None:
-                fgr3, pha3 = self.transform_extra(fgr3, pha3)
+            fgr3, pha3 = self._other_subject()
             if fgr3.shape[1:] != bgr.shape[1:]:
                 raise ValueError(f"the background subject and the background differ in size: {tuple(fgr3.shape)} "
                                  f"and {tuple(bgr.shape)}")
