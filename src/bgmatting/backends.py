@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import BgMattingError, install_hint
+from .errors import BgMattingError
 from .io.atomic import atomic_write_bytes
 from .io.cache import cache_dir
 from .models import MattingBase, MattingRefine
@@ -36,7 +36,10 @@ from .tracing import LEGACY_EXPORTER, quiet_trace
 
 
 def onnxruntime_available() -> bool:
+    """Whether the ``onnxruntime`` backend can run here: ONNX Runtime, and onnx for torch's exporter (both are
+    dependencies of bgmatting; an environment may still lack them)."""
     try:
+        import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
         return False
@@ -60,7 +63,8 @@ def resolve_backend(backend: str, device: torch.device, precision: str = "fp32")
         if device.type != "cpu":
             raise BgMattingError("the onnxruntime backend runs on the CPU; on a GPU use --backend graph or eager")
         if not onnxruntime_available():
-            raise BgMattingError(f"the onnxruntime backend needs ONNX Runtime: {install_hint('onnx')}")
+            raise BgMattingError("the onnxruntime backend needs onnxruntime and onnx, dependencies of bgmatting that "
+                                 "are missing here: pip install onnxruntime onnx")
         if precision != "fp32":
             raise BgMattingError("the onnxruntime backend runs in fp32; use --precision fp32 or --backend eager")
     return backend

@@ -10,12 +10,14 @@ def install_hint(extra: str) -> str:
     return f'pip install "bgmatting[{extra}]" (in a checkout: pip install ".[{extra}]")'
 
 
-def import_optional(name: str, what: str, extra: str):
-    """Import the optional package ``name``, or raise :class:`BgMattingError` saying that ``what`` needs it and how
-    to install the extra ``extra`` that holds it."""
+def import_optional(name: str, what: str, extra: str | None):
+    """Import the package ``name``, or raise :class:`BgMattingError` saying that ``what`` needs it and how to install
+    the extra ``extra`` that holds it (``None``: ``name`` is a dependency of bgmatting itself, missing here)."""
     import importlib
 
     try:
         return importlib.import_module(name)
     except ImportError:
-        raise BgMattingError(f"{what} needs the '{name}' package: {install_hint(extra)}") from None
+        how = (f": {install_hint(extra)}" if extra
+               else f", a dependency of bgmatting that is missing here: pip install {name}")
+        raise BgMattingError(f"{what} needs the '{name}' package{how}") from None

@@ -351,8 +351,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17, p
     architecture, config, size, device = _prepare(model, precision, example_size)
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise BgMattingError(f"ONNX opset must be an integer from {MIN_OPSET} to {MAX_OPSET}, not {opset!r}")
-    onnx = import_optional("onnx", "ONNX export", "onnx")
-    ort = import_optional("onnxruntime", "checking an ONNX export", "onnx") if validate else None
+    onnx = import_optional("onnx", "ONNX export", None)
+    ort = import_optional("onnxruntime", "checking an ONNX export", None) if validate else None
     names = OUTPUT_NAMES[architecture]
     dtype = PRECISIONS[precision]
     reference = _reference_model(model)

@@ -30,7 +30,7 @@ def open_session(model: str | os.PathLike | bytes, error: str, *, providers: Seq
     Raises:
         BgMattingError: ``onnxruntime`` missing, an unavailable provider, or a model that does not load.
     """
-    ort = import_optional("onnxruntime", what, "onnx")
+    ort = import_optional("onnxruntime", what, None)
     providers = list(providers or ["CPUExecutionProvider"])
     missing = [p for p in providers if p not in ort.get_available_providers()]
     if missing:
