@@ -277,6 +277,31 @@ def test_matte_align_flag_and_background_check(tmp_path, weights, capsys):
     assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "bad", "--weights", weights, "--no-bgr-check", "-q") == 0
 
 
+def test_matte_aligns_the_background_shots_unless_told_not_to(tmp_path, weights, monkeypatch, capsys):
+    # photos are often hand-held: `matte` aligns by default (a shot that lines up is kept as it is), `--no-align`
+    # uses the shots as they are; `video` aligns only when asked (a static camera is the rule there)
+    import bgmatting.align
+
+    calls = []
+    real = bgmatting.align.align_background
+
+    def counting(bgr, src, **options):
+        calls.append(options.get("warn", True))
+        return real(bgr, src, **options)
+
+    monkeypatch.setattr(bgmatting.align, "align_background", counting)
+    src, plate = _img(tmp_path / "s.png", 96, 128), _img(tmp_path / "p.png", 96, 128, 1)
+    base = ("matte", src, "--bgr", plate, "--weights", weights, "--outputs", "pha", "-q")
+    assert run(*base, "-o", tmp_path / "default") == 0 and calls == [False]  # no warning when not asked for
+    assert run(*base, "-o", tmp_path / "explicit", "--align") == 0 and calls == [False, True]
+    assert run(*base, "-o", tmp_path / "off", "--no-align") == 0 and calls == [False, True]
+    assert run(*base, "-o", tmp_path / "both", "--align", "--no-align") == 2
+    assert "not allowed with" in capsys.readouterr().err
+    from bgmatting.cli import build_parser
+
+    assert build_parser().parse_args(["video", "v.mp4", "--bgr", "b.png", "-o", "o.mp4"]).align is False
+
+
 @pytest.mark.parametrize("backend", ("eager", "onnxruntime"))
 def test_matte_backends_write_the_reference_result(tmp_path, weights, backend):
     pytest.importorskip("onnxruntime")

@@ -165,9 +165,22 @@ def _add_model_args(p: argparse.ArgumentParser, runtime: bool = True) -> None:
                             "module); same outputs")
 
 
-def _add_bgr_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--align", action="store_true",
-                   help="align the background shot to each image/frame first (hand-held camera)")
+def _add_bgr_args(p: argparse.ArgumentParser, align: bool = False) -> None:
+    """``--align`` (off by default: video, where a static camera is the rule and aligning costs time per frame) or,
+    with ``align=True``, ``--align``/``--no-align`` with aligning on by default (photos, often hand-held; a shot
+    that already lines up is kept as it is)."""
+    if align:
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--align", dest="align", action="store_true", default="auto",
+                       help="align the background shot to each image first, and warn when it cannot be aligned "
+                            "(by default shots are aligned too: a hand-held shot moved by a pixel or more is warped "
+                            "onto the image, one that lines up is kept as it is, one that cannot be aligned is "
+                            "used as it is without a warning)")
+        g.add_argument("--no-align", dest="align", action="store_false",
+                       help="use the background shots as they are (tripod shots)")
+    else:
+        p.add_argument("--align", action="store_true",
+                       help="align the background shot to each frame first (hand-held camera)")
     p.add_argument("--no-bgr-check", action="store_true",
                    help="skip the check that the background shot shows the same scene as the source")
 
@@ -370,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_max_pixels_arg(p)
     _add_workers_arg(p)
-    _add_bgr_args(p)
+    _add_bgr_args(p, align=True)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.set_defaults(func=_cmd_matte)

@@ -172,7 +172,7 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
                  matter: Matter | Callable[[], Matter], outputs: str | Sequence[str] = ("com", "pha"),
                  target_bgr: str | None = None, overwrite: bool = False, pha_16bit: bool = False,
                  mask_threshold: float = 0.5,
-                 align: bool = False, check_bgr: bool = True, progress: bool = True,
+                 align: bool | str = "auto", check_bgr: bool = True, progress: bool = True,
                  workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[Job]:
     """Matte image files and write the outputs under ``out_dir/<kind>/<relative path>.png``.
 
@@ -186,7 +186,10 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
             ``fgr`` (RGB), ``err``/``ref`` (gray), ``mask`` (binary: subject white where alpha ≥ ``mask_threshold``).
         target_bgr: an image path or ``#RRGGBB``: ``com`` becomes the composite over it.
         overwrite: replace existing outputs (inputs are never overwritten).
-        align: align each background to its source first (hand-held shots; see :mod:`bgmatting.align`).
+        align: align each background to its source first (hand-held shots, see :mod:`bgmatting.align`); a shot
+            that already lines up is kept as it is. ``"auto"`` (default): a shot that cannot be aligned is used as
+            it is, silently; ``True``: the same with an :class:`~bgmatting.align.AlignmentWarning`; ``False``: the
+            shots are used as they are.
         check_bgr: stop with an explanation when a background does not show the source's scene (e.g. the new
             background passed as ``bgr`` instead of ``target_bgr``).
         workers: images in the works at once (read, model, written), each model call on its share of the
@@ -210,6 +213,8 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
     target = load_target(target_bgr, max_pixels)
     if not isinstance(matter, Matter):
         matter = matter()
+    if align not in (True, False, "auto"):
+        raise BgMattingError(f"align must be True, False or 'auto', not {align!r}")
     if align or check_bgr:
         from .align import align_background
         from .scene import check_background_matches
@@ -219,13 +224,13 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
         bgr = read_bgr(job.bgr)
         if align or check_bgr:
             bgr = match_background(to_tensor(bgr), src.shape[:2])[0].permute(1, 2, 0).numpy()
-        if align:
-            bgr = align_background(bgr, src)[0]
-        if check_bgr:
+        if check_bgr:  # before aligning: an unrelated image is this mistake, not a shot that cannot be aligned
             try:
-                check_background_matches(src, bgr)
+                check_background_matches(src, bgr, align=bool(align))
             except BgMattingError as e:
                 raise BgMattingError(f"{job.src}: {e}") from None
+        if align:
+            bgr = align_background(bgr, src, warn=align is True)[0]
         write_outputs(matter(src, bgr), job.outputs, target, pha_16bit, mask_threshold)
 
     calls = ModelWorkers(workers, matter, torch.device(getattr(matter, "device", "cpu")))
