@@ -154,6 +154,29 @@ def test_misalignment_moves_content_a_little_without_black_borders():
     assert out.min() > 0.19  # borders reflected, not black
 
 
+def test_misalignment_strength_scales_the_movement():
+    # the same random draws (same seed), each range multiplied: the patch moves about twice as far at strength 2,
+    # not at all at 0
+    x = torch.full((8, 1, 64, 96), 0.2)
+    x[:, :, 24:40, 40:56] = 1.0
+
+    def shifts(strength):
+        out = misalign_background(x, _gen(5), strength=strength)
+        moved = []
+        for i in range(8):
+            (cy, cx), (oy, ox) = _centroid(x[i : i + 1] - 0.2), _centroid(out[i : i + 1] - 0.2)
+            moved.append(((oy - cy) ** 2 + (ox - cx) ** 2) ** 0.5)
+        return torch.tensor(moved), out
+
+    one, _ = shifts(1.0)
+    two, _ = shifts(2.0)
+    zero, still = shifts(0.0)
+    assert one.mean() > 0.3 and 1.8 < two.mean() / one.mean() < 2.2
+    torch.testing.assert_close(still, x, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="strength"):
+        misalign_background(x, _gen(5), strength=-1.0)
+
+
 def test_composite():
     fgr, pha, bgr = _inputs()
     src = composite(fgr, pha, bgr)

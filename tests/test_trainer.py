@@ -63,6 +63,8 @@ def test_config_file_roundtrip_and_overrides(corpus, tmp_path):
     ({"misalign_p": 1.5}, "misalign_p"),
     ({"compress_p": "often"}, "compress_p"),
     ({"perspective": 0.5}, "perspective"),
+    ({"misalign_strength": -1}, "misalign_strength"),
+    ({"misalign_strength": "strong"}, "misalign_strength"),
     ({"extra_subject_p": 2}, "extra_subject_p"),
     ({"extra_subject_misalign_p": -0.1}, "extra_subject_misalign_p"),
     ({"background_subject_p": 1.5}, "background_subject_p"),
@@ -242,6 +244,11 @@ def test_training_perturbations_reach_the_pairs(corpus):
                                      cfg.replace(**none, compress_p=1.0, motion_blur_p=1.0))
     assert not torch.equal(bgr, batch["bgr"])  # compressed shot
     assert not torch.equal(pha, batch["pha"]) and abs(float(pha.sum() - batch["pha"].sum())) < 1  # blurred targets
+    # misalign_strength reaches the shot: 0 leaves it in place, 2 moves it further than 1 (same draws)
+    moved = {k: make_inputs(batch, 1, torch.device("cpu"), None,
+                            cfg.replace(**none | {"misalign_p": 1.0}, misalign_strength=k))[1] for k in (0.0, 1.0, 2.0)}
+    torch.testing.assert_close(moved[0.0], batch["bgr"], atol=1e-5, rtol=0)
+    assert (moved[2.0] - batch["bgr"]).abs().mean() > 1.2 * (moved[1.0] - batch["bgr"]).abs().mean()
     # validation (cfg None) keeps BGMv2's perturbations whatever the training config says
     a = make_inputs(batch, 1, torch.device("cpu"), None)
     b = make_inputs(batch, 1, torch.device("cpu"), None, cfg)

@@ -316,14 +316,17 @@ def jitter_background_colour(
 
 def misalign_background(
     bgr: torch.Tensor, generator: torch.Generator | None = None, p: float | torch.Tensor = 1.0,
-    perspective: float = 0.0,
+    perspective: float = 0.0, strength: float = 1.0,
 ) -> torch.Tensor:
     """A small random camera movement: affine warp with reflected borders (no black edges).
 
     Per sample: rotation ±1.5°, shift ±1.5 % of width / height, scale 0.98–1.02, shear ±1°, about the
     image centre, bilinear resampling. (BGMv2: rotation ±1°, shift ±1 %.) With ``perspective > 0`` the warp
     also tilts: a homography whose last row is ``(px, py, 1)`` in normalised coordinates, ``px, py`` uniform in
-    ``±perspective`` (0.01 moves a corner by about 1 % of the size).
+    ``±perspective`` (0.01 moves a corner by about 1 % of the size). ``strength`` multiplies every range
+    (rotation, shift, shear and the scale's distance from 1): a training crop of 640 pixels moved by 1.5 % moves
+    by 10 pixels, while a 1920-pixel frame moved by 1 % moves by 19, so training at a size below the one run on
+    needs a stronger movement to cover it in pixels.
 
     Args:
         bgr: images ``(N, C, H, W)`` in ``[0, 1]``.
@@ -336,13 +339,16 @@ def misalign_background(
     """
     _check_images(bgr, "bgr", None)
     _check_p(p)
+    if not 0 <= strength <= 10:
+        raise ValueError(f"strength must be in [0, 10], got {strength}")
     idx = _chosen(bgr.shape[0], p, generator, bgr.device)
     h, w = bgr.shape[2:]
+    scale = tuple(1 + strength * (s - 1) for s in MISALIGN_SCALE)
 
     def move(x: torch.Tensor) -> torch.Tensor:
         grid = _random_affine_grid(
-            x.shape[0], h, w, degrees=MISALIGN_DEGREES, translate=MISALIGN_TRANSLATE, scale=MISALIGN_SCALE,
-            shear=MISALIGN_SHEAR, generator=generator, device=x.device, dtype=torch.float32,
+            x.shape[0], h, w, degrees=strength * MISALIGN_DEGREES, translate=strength * MISALIGN_TRANSLATE,
+            scale=scale, shear=strength * MISALIGN_SHEAR, generator=generator, device=x.device, dtype=torch.float32,
         )
         if perspective > 0:
             tilt = _uniform(2 * x.shape[0], -perspective, perspective, generator, x.device).view(-1, 1, 1, 2)
@@ -522,6 +528,7 @@ def make_pair(
     white_balance_p: float = 0.0,
     compress_p: float = 0.0,
     perspective: float = 0.0,
+    misalign_strength: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A realistic (source, background shot) pair from a foreground, its alpha and a clean background.
 
@@ -532,7 +539,8 @@ def make_pair(
 
     Beyond BGMv2 (all off by default): :func:`camouflage` tints the clean background towards the subject's
     colours first (``camouflage_p``); :func:`shift_white_balance` gives the shot a colour cast
-    (``white_balance_p``, after the colour jitter); the misalignment tilts by up to ``perspective``; last,
+    (``white_balance_p``, after the colour jitter); the misalignment tilts by up to ``perspective`` and its
+    ranges are multiplied by ``misalign_strength`` (see :func:`misalign_background`); last,
     source and shot are each JPEG-compressed on their own (``compress_p`` per image).
 
     Args:
@@ -569,7 +577,7 @@ def make_pair(
     shot = jitter_background_colour(shot, generator, p=colour_p)
     if white_balance_p > 0:
         shot = shift_white_balance(shot, generator, p=white_balance_p)
-    shot = misalign_background(shot, generator, p=misalign_p, perspective=perspective)
+    shot = misalign_background(shot, generator, p=misalign_p, perspective=perspective, strength=misalign_strength)
     if compress_p > 0:
         src = compress(src, generator, p=compress_p)
         shot = compress(shot, generator, p=compress_p)

@@ -97,6 +97,9 @@ class TrainConfig:
     Perturbations of the training pairs (:func:`bgmatting.data.perturb.make_pair`; validation always uses BGMv2's):
         shadow_p, noise_p, colour_p, misalign_p: per-sample probabilities (BGMv2's 0.3, 0.4, 0.8, 0.3).
         perspective: the misalignment's largest projective tilt (0: affine, as BGMv2).
+        misalign_strength: multiplies the misalignment's ranges (rotation ±1.5°, shift ±1.5 %, scale ±2 %, shear
+            ±1°): crops of ``size`` pixels moved by a fraction of their size move by fewer pixels than the HD
+            frames the model runs on; 2 covers a 1920-pixel frame moved by 1 % when training at 640.
         camouflage_p: background tinted towards the subject's colours; white_balance_p: colour cast of the
             background shot; compress_p: JPEG compression of each image; motion_blur_p: the subject blurred
             along a line (targets blurred alike). All 0 by default.
@@ -155,6 +158,7 @@ class TrainConfig:
     colour_p: float = 0.8
     misalign_p: float = 0.3
     perspective: float = 0.0
+    misalign_strength: float = 1.0
     camouflage_p: float = 0.0
     white_balance_p: float = 0.0
     compress_p: float = 0.0
@@ -357,6 +361,9 @@ class TrainConfig:
                 raise BgMattingError(f"{name} must be a probability in [0, 1], not {v!r}")
         if not isinstance(self.perspective, (int, float)) or not 0 <= self.perspective <= 0.1:
             raise BgMattingError(f"perspective must be a number in [0, 0.1], not {self.perspective!r}")
+        v = self.misalign_strength
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 10:
+            raise BgMattingError(f"misalign_strength must be a number in [0, 10], not {v!r}")
         for name in ("lr_backbone", "lr_aspp", "lr_decoder", "lr_refiner", "max_minutes"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v):
