@@ -14,7 +14,7 @@ import torch
 
 from bgmatting.errors import BgMattingError
 from bgmatting.train import trainer as trainer_module
-from bgmatting.train.checkpoints import export_weights, latest_checkpoint, load_checkpoint
+from bgmatting.train.checkpoints import average_weights, export_weights, latest_checkpoint, load_checkpoint
 from bgmatting.train.config import TrainConfig, parse_overrides, to_toml
 from bgmatting.train.distributed import Dist, unwrap
 from bgmatting.train.loaders import build_loaders
@@ -299,3 +299,32 @@ def test_shipped_training_configs_are_valid(name, corpus):
     path = CONFIGS / name
     cfg = TrainConfig.from_file(path, data_root=str(corpus)).resolved()  # raises on any unknown or bad option
     assert cfg.stage in ("base", "refine")
+
+
+def test_average_weights_is_the_mean_of_the_files(tmp_path):
+    from bgmatting.cli import main
+    from bgmatting.models import MattingBase, MattingRefine
+    from bgmatting.weights import save_weights
+
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = MattingRefine("mobilenetv2", backbone_scale=0.5)
+        for m in model.modules():  # BatchNorm statistics other than their initial values, so they count too
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+        paths.append(save_weights(model, tmp_path / f"w{seed}.safetensors"))
+    states = [read_state_dict(p)[0] for p in paths]
+    assert main(["average-weights", *map(str, paths), "-o", str(tmp_path / "mean.safetensors"), "--dtype", "fp32"]) == 0
+    mean = load_model(tmp_path / "mean.safetensors")
+    assert mean.backbone_scale == 0.5  # the model options come along
+    for k, v in mean.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, sum(st[k] for st in states) / 3, rtol=0, atol=1e-6)
+    save_weights(MattingBase("resnet50"), tmp_path / "other.safetensors")
+    with pytest.raises(BgMattingError, match="different models"):
+        average_weights([paths[0], tmp_path / "other.safetensors"], tmp_path / "bad.safetensors")
+    with pytest.raises(BgMattingError, match="at least two"):
+        average_weights(paths[:1], tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()

@@ -308,6 +308,17 @@ def _cmd_export_weights(args) -> int:
     return 0
 
 
+def _cmd_average_weights(args) -> int:
+    import torch
+
+    from .train.checkpoints import average_weights
+
+    out = average_weights(args.weights, args.output, dtype=torch.float16 if args.dtype == "fp16" else None,
+                          description=args.description)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
@@ -521,6 +532,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--average-from", type=int, metavar="STEP",
                    help="average the run's checkpoints from STEP to the exported one (weight averaging)")
     p.set_defaults(func=_cmd_export_weights)
+
+    p = sub.add_parser("average-weights", help="average weights files of one model fine-tuned in different runs "
+                                               "from the same start (a model soup)")
+    p.add_argument("weights", nargs="+", help="two or more .safetensors (or other weights) files")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.safetensors")
+    p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16", help="storage precision (default fp16)")
+    p.add_argument("--description", default="", help="one line stored in the file's metadata")
+    p.set_defaults(func=_cmd_average_weights)
 
     p = sub.add_parser("export", help="export the model to TorchScript or ONNX, checked against PyTorch",
                        description="Export the network (refine mode and options included) to a TorchScript archive or "

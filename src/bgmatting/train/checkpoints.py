@@ -133,6 +133,40 @@ def average_checkpoints(checkpoint: str | os.PathLike, last: int, first: int):
     return mean, [step for step, _ in found]
 
 
+def average_weights(sources: list[str | os.PathLike], out_path: str | os.PathLike,
+                    dtype: torch.dtype | None = torch.float16, description: str = "") -> Path:
+    """The mean of weights files of one model fine-tuned along different runs from the same start (a uniform
+    "model soup", Wortsman et al. 2022), written as a ``.safetensors`` weights file.
+
+    Floating-point tensors (BatchNorm statistics included) are averaged in float64; the model options (backbone
+    scale, refine mode, ...) are the first file's. Files that are not the same architecture and backbone, or whose
+    tensors differ in names or shapes, are refused.
+
+    Raises:
+        BgMattingError: fewer than two files, an unreadable file, or files of different models.
+    """
+    from ..weights import load_model
+
+    if len(sources) < 2:
+        raise BgMattingError("average-weights needs at least two weights files")
+    models = [load_model(s) for s in sources]
+    kinds = {(model_config(m)["architecture"], model_config(m)["backbone"]) for m in models}
+    if len(kinds) > 1:
+        raise BgMattingError("the weights files are different models: "
+                             + ", ".join(f"{a}({b})" for a, b in sorted(kinds)))
+    states = [m.state_dict() for m in models]
+    for source, state in zip(sources[1:], states[1:]):
+        if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in states[0].items()}:
+            raise BgMattingError(f"'{source}' has other tensors than '{sources[0]}'")
+    mean = {k: (sum(st[k].double() for st in states) / len(states)).float() if v.is_floating_point() else v
+            for k, v in states[0].items()}
+    model = models[0]
+    model.load_state_dict(mean)
+    if not description:
+        description = "mean of " + ", ".join(Path(s).name for s in sources)
+    return save_weights(model, out_path, dtype=dtype, description=description)
+
+
 def export_weights(checkpoint: str | os.PathLike, out_path: str | os.PathLike,
                    dtype: torch.dtype | None = torch.float16, description: str = "",
                    average_from: int | None = None) -> Path:
