@@ -186,6 +186,27 @@ def test_background_of_another_size_with_the_same_view_is_resized(client, pair):
     assert r.status_code == 200 and decode(r.content).size == (64, 48)
 
 
+def test_the_background_shot_is_aligned_unless_told_not_to(client, pair, monkeypatch):
+    # as `bgmatting matte`: hand-held shots are aligned by default, `align=false` uses the shot as it is
+    import bgmatting.web.photo as photo
+
+    calls = []
+    real = photo.align_background
+
+    def counting(bgr, src, **options):
+        calls.append(bgr.shape[:2])
+        return real(bgr, src, **options)
+
+    monkeypatch.setattr(photo, "align_background", counting)
+    src, bgr = pair
+    big_bgr = np.asarray(Image.fromarray(bgr).resize((128, 96)))
+    assert post(client, png(src), png(big_bgr), output="pha").status_code == 200
+    assert calls == [(48, 64)]  # resized to the photo first
+    assert post(client, png(src), png(bgr), output="pha", align="false").status_code == 200
+    assert calls == [(48, 64)]
+    assert_json_error(post(client, png(src), png(bgr), output="pha", align="sometimes"), 422, "align")
+
+
 def test_example_pair_end_to_end(client):
     src = client.get("/api/example/src")
     bgr = client.get("/api/example/bgr")

@@ -15,7 +15,8 @@ stack trace):
     Fields: ``src`` (image file, required), ``bgr`` (image file, required: the same view without the subject,
     same size or same aspect ratio), ``output`` (comma-separated, default ``com``; see below), ``colour``
     (``#RRGGBB`` or ``r,g,b``) or ``target`` (image file) for the composite, ``format`` (``auto``, ``png`` or
-    ``json``).
+    ``json``), ``align`` (default ``true``: the shot is aligned to the photo first, as ``bgmatting matte`` does, a
+    shot that lines up kept as it is; ``false``: used as it is; its time counts in ``matte``).
 
     Outputs: ``pha`` alpha (8-bit gray), ``fgr`` foreground colour (RGB), ``com`` (alias ``composite``): the
     foreground over ``colour`` / ``target`` (RGB), or over transparency when neither is given (RGBA, straight

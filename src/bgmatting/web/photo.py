@@ -11,10 +11,11 @@ from typing import Annotated
 from fastapi import File, Form, UploadFile
 from fastapi.responses import JSONResponse, Response
 
+from ..align import align_background
 from ..errors import BgMattingError
 from ..outputs import output_image, parse_outputs
 from ..results import MatteResult
-from ..tensors import check_background_size, parse_colour
+from ..tensors import check_background_size, match_background, parse_colour, to_tensor
 from .codecs import OUTPUT_ALIASES, check_image_type, decode_image, encode_png
 from .errors import WebError
 from .worker import ModelWorker
@@ -35,6 +36,7 @@ class _PhotoJob:
     colour: tuple | None
     kinds: list
     max_pixels: int
+    align: bool = True
     timing: dict = field(default_factory=dict)
 
 
@@ -54,6 +56,9 @@ def _run_photo(worker: ModelWorker, job: _PhotoJob) -> tuple[int, int, dict[str,
     matter = worker.matter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the background is resized to the source: expected here
+        if job.align:  # as `bgmatting matte`: a hand-held shot is warped onto the photo, one that lines up is kept
+            bgr = align_background(match_background(to_tensor(bgr), src.shape[:2])[0].permute(1, 2, 0).numpy(),
+                                   src, warn=False)[0]
         s, b = matter.pair_tensors(src, bgr)
     del src, bgr  # the decoded images: only the tensors are needed from here on
     result = MatteResult.from_tensors(matter.forward_tensors(s, b))
@@ -67,7 +72,7 @@ def _run_photo(worker: ModelWorker, job: _PhotoJob) -> tuple[int, int, dict[str,
 
 
 async def _read_request(src: UploadFile, bgr: UploadFile, output: str, colour: str | None,
-                        target: UploadFile | None, format: str, max_pixels: int) -> _PhotoJob:
+                        target: UploadFile | None, format: str, max_pixels: int, align: bool = True) -> _PhotoJob:
     """Check the fields of a photo request and read its files (their types are checked now, cheaply, so that a
     wrong file does not wait for the model)."""
     kinds = parse_outputs([OUTPUT_ALIASES.get(k.strip(), k.strip()) for k in output.split(",")])
@@ -80,7 +85,8 @@ async def _read_request(src: UploadFile, bgr: UploadFile, output: str, colour: s
         raise WebError("give either 'colour' or 'target' to composite over, not both")
     job = _PhotoJob(src=await src.read(), bgr=await bgr.read(),
                     target=await target.read() if target is not None else None,
-                    colour=parse_colour(colour) if colour else None, kinds=kinds, max_pixels=max_pixels)
+                    colour=parse_colour(colour) if colour else None, kinds=kinds, max_pixels=max_pixels,
+                    align=align)
     for name, data in (("src", job.src), ("bgr", job.bgr), ("target", job.target)):
         if data:
             check_image_type(data, name)
@@ -115,8 +121,11 @@ def matte_endpoint(worker: ModelWorker, max_pixels: int, max_queue: int):
                                                                    "r,g,b")] = None,
                     target: Annotated[UploadFile | None, File(description="composite over this image")] = None,
                     format: Annotated[str, Form(description="auto (PNG for one output, JSON for several), png "
-                                                            "or json")] = "auto"):
-        job = await _read_request(src, bgr, output, colour, target, format, max_pixels)
+                                                            "or json")] = "auto",
+                    align: Annotated[bool, Form(description="align the background shot to the photo first "
+                                                            "(hand-held shots; one that lines up is kept as it "
+                                                            "is); false: use it as it is")] = True):
+        job = await _read_request(src, bgr, output, colour, target, format, max_pixels, align)
         if pending["count"] >= max_queue:
             raise WebError("the server is busy (too many requests waiting); try again in a moment", 503)
         pending["count"] += 1
