@@ -59,6 +59,42 @@ def example_people(matter) -> list[tuple[str, float]]:
     return [(name, float(pha[rows, cols][person[rows, cols]].mean())) for name, rows, cols in EXAMPLE_PEOPLE]
 
 
+# Where :func:`small_subjects` pastes the example's smallest person over the plate (top-left corners, rows and
+# columns of the 576x768 frame): path, road, grass near and far, pavement by the building.
+SMALL_SUBJECT_PLACES = ((178, 232), (178, 420), (120, 232), (230, 232), (300, 232), (60, 100), (330, 282),
+                        (400, 600), (250, 600))
+
+
+def small_subjects(matter, zooms=(0.5, 1.0, 1.5, 2.0)) -> list[tuple[float, int, float]]:
+    """How well ``matter`` finds a small person, by size: the example's person in red (77 px tall, the smallest
+    of the frame), cut out by its difference from the plate, zoomed and pasted over the plate alone at each of
+    :data:`SMALL_SUBJECT_PLACES` (one person per image, the plate as the background shot).
+
+    Returns:
+        ``(zoom, height in pixels, mean alpha over the pasted person's pixels, averaged over the places)``.
+    """
+    from PIL import Image
+
+    src, bgr = read_image(EXAMPLES / "src.jpg"), read_image(EXAMPLES / "bgr.jpg")
+    name, rows, cols = EXAMPLE_PEOPLE[0]
+    person, behind = src[rows, cols], bgr[rows, cols]
+    mask = np.sqrt(((person - behind) ** 2).sum(axis=2)) > KEY_DISTANCE
+    out = []
+    for zoom in zooms:
+        h, w = max(1, round(person.shape[0] * zoom)), max(1, round(person.shape[1] * zoom))
+        img = np.asarray(Image.fromarray((person * 255).round().astype(np.uint8)).resize((w, h), Image.BILINEAR),
+                         dtype=np.float32) / 255
+        m = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
+        found = []
+        for y, x in SMALL_SUBJECT_PLACES:
+            y, x = min(y, bgr.shape[0] - h), min(x, bgr.shape[1] - w)
+            frame = bgr.copy()
+            frame[y:y + h, x:x + w][m] = img[m]
+            found.append(float(matter(frame, bgr).pha[y:y + h, x:x + w][m].mean()))
+        out.append((zoom, h, float(np.mean(found))))
+    return out
+
+
 def example_checks(matter) -> list[tuple[str, float, float, bool]]:
     """``(description, value, bound, passed)`` for each of :data:`EXAMPLE_CHECKS` on the example pair."""
     pha = matter(read_image(EXAMPLES / "src.jpg"), read_image(EXAMPLES / "bgr.jpg")).pha
