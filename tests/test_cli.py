@@ -274,6 +274,9 @@ def test_matte_align_flag_and_background_check(tmp_path, weights, capsys):
     assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "bad", "--weights", weights, "-q") == 2
     err = capsys.readouterr().err
     assert "--target-bgr" in err and err.count("\n") == 1
+    assert "use --align" not in err  # matte aligned the shot already (its default)
+    assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "bad", "--weights", weights, "--no-align", "-q") == 2
+    assert "If the camera moved between the shots, use --align" in capsys.readouterr().err
     assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "bad", "--weights", weights, "--no-bgr-check", "-q") == 0
 
 

@@ -29,7 +29,7 @@ from .io import (
 from .outputs import load_target, output_image, parse_outputs
 from .pipeline import Matter
 from .results import MatteResult
-from .tensors import check_background_size, match_background, to_tensor
+from .tensors import check_background_size, match_background_image
 from .workers import ModelWorkers
 
 
@@ -223,7 +223,7 @@ def matte_images(srcs: Sequence[str | os.PathLike], bgrs: Sequence[str | os.Path
         src = read_image(job.src, max_pixels=max_pixels)
         bgr = read_bgr(job.bgr)
         if align or check_bgr:
-            bgr = match_background(to_tensor(bgr), src.shape[:2])[0].permute(1, 2, 0).numpy()
+            bgr = match_background_image(bgr, src.shape[:2])
         if check_bgr:  # before aligning: an unrelated image is this mistake, not a shot that cannot be aligned
             try:
                 check_background_matches(src, bgr, align=bool(align))

@@ -289,12 +289,11 @@ def background_agreement(src: Any, bgr: Any, *, align: bool = False) -> float:
 
 
 def _mismatch_message(agreement: float, what: str, aligned: bool = False) -> str:
-    moved = "" if aligned else "If the camera moved between the shots, use --align; "
+    skip = "To skip" if aligned else "If the camera moved between the shots, use --align; to skip"
     return (f"the background image does not show the scene of the {what} (only {100 * agreement:.0f}% of the frame "
             "matches). --bgr must be a shot of the same scene without the subject, taken from the same camera "
             "position (e.g. a frame of the empty scene); to put the subject on a new background, pass that image "
-            f"or colour with --target-bgr instead. {moved}{'to' if moved else 'To'} skip this check, use "
-            "--no-bgr-check.")
+            f"or colour with --target-bgr instead. {skip} this check, use --no-bgr-check.")
 
 
 def check_background_matches(src: Any, bgr: Any, *, align: bool = False, min_agreement: float = MIN_AGREEMENT) -> float:
@@ -316,7 +315,7 @@ def check_background_matches(src: Any, bgr: Any, *, align: bool = False, min_agr
     """
     agreement = background_agreement(src, bgr, align=align)
     if agreement < min_agreement:
-        raise BgMattingError(_mismatch_message(agreement, "source image", bool(align)))
+        raise BgMattingError(_mismatch_message(agreement, "source image", align))
     return agreement
 
 

@@ -104,6 +104,12 @@ def match_background(bgr: torch.Tensor, size: tuple[int, int], tolerance: float 
     return F.interpolate(bgr, size=(H, W), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
 
 
+def match_background_image(bgr: Any, size: tuple[int, int]) -> np.ndarray:
+    """:func:`match_background` for one image in any form :func:`to_tensor` takes: a float32 ``(H, W, 3)`` array of
+    ``size`` (what the aligner and the scene check compare with the source)."""
+    return match_background(to_tensor(bgr), size)[0].permute(1, 2, 0).numpy()
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> torch.Tensor:
     """Replicate-pad ``x`` ``(B, C, H, W)`` at the bottom and right so that H and W are multiples of ``multiple``."""
     h, w = x.shape[2:]

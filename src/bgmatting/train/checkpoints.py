@@ -150,7 +150,7 @@ def average_weights(sources: list[str | os.PathLike], out_path: str | os.PathLik
     if len(sources) < 2:
         raise BgMattingError("average-weights needs at least two weights files")
     models = [load_model(s) for s in sources]
-    kinds = {(model_config(m)["architecture"], model_config(m)["backbone"]) for m in models}
+    kinds = {(cfg["architecture"], cfg["backbone"]) for cfg in map(model_config, models)}
     if len(kinds) > 1:
         raise BgMattingError("the weights files are different models: "
                              + ", ".join(f"{a}({b})" for a, b in sorted(kinds)))

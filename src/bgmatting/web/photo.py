@@ -15,7 +15,7 @@ from ..align import align_background
 from ..errors import BgMattingError
 from ..outputs import output_image, parse_outputs
 from ..results import MatteResult
-from ..tensors import check_background_size, match_background, parse_colour, to_tensor
+from ..tensors import check_background_size, match_background_image, parse_colour
 from .codecs import OUTPUT_ALIASES, check_image_type, decode_image, encode_png
 from .errors import WebError
 from .worker import ModelWorker
@@ -57,8 +57,7 @@ def _run_photo(worker: ModelWorker, job: _PhotoJob) -> tuple[int, int, dict[str,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the background is resized to the source: expected here
         if job.align:  # as `bgmatting matte`: a hand-held shot is warped onto the photo, one that lines up is kept
-            bgr = align_background(match_background(to_tensor(bgr), src.shape[:2])[0].permute(1, 2, 0).numpy(),
-                                   src, warn=False)[0]
+            bgr = align_background(match_background_image(bgr, src.shape[:2]), src, warn=False)[0]
         s, b = matter.pair_tensors(src, bgr)
     del src, bgr  # the decoded images: only the tensors are needed from here on
     result = MatteResult.from_tensors(matter.forward_tensors(s, b))
