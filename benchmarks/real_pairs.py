@@ -1,6 +1,7 @@
 """Real (frame, plate) pairs from real footage, for a visual check of a model before and after a change.
 
-    python benchmarks/real_pairs.py [--before NAME|PATH] [--after PATH] [--frames 100 300 518 700] [--out docs]
+    python benchmarks/real_pairs.py [--before NAME|PATH] [--after PATH] [--before-scale S] [--after-scale S]
+                                    [--frames 100 300 518 700] [--out docs]
 
 OpenCV's ``vtest.avi`` (Debian ``opencv-doc``: 795 frames, 768×576, static camera, people walking) is a real
 pair source without true alpha: its temporal median (``bgmatting plate``) is a clean plate, and each frame
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default=None, help="weights (default: the shipped model)")
     ap.add_argument("--after", default=None, help="weights to compare (default: none, one column)")
+    ap.add_argument("--before-scale", type=lambda t: float(Fraction(t)), default=None,
+                    help="backbone scale of the --before model (default: its own)")
+    ap.add_argument("--after-scale", type=lambda t: float(Fraction(t)), default=None,
+                    help="backbone scale of the --after model (default: its own; e.g. 1 for these small people)")
     ap.add_argument("--frames", type=int, nargs="+", default=[100, 300, 518, 700])
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("docs"))
@@ -76,9 +82,12 @@ def main() -> None:
     video = vtest_video(args.cache or default_cache_dir())
     plate = plate_of(video)
     frames = frames_at(video, args.frames)
-    models = [("before", Matter(args.before, device="cpu"))]
-    if args.after:
-        models.append(("after", Matter(args.after, device="cpu")))
+    def matter(weights, scale):
+        return Matter(weights, device="cpu", **({} if scale is None else {"backbone_scale": scale}))
+
+    models = [("before", matter(args.before, args.before_scale))]
+    if args.after or args.after_scale:
+        models.append(("after", matter(args.after, args.after_scale)))
     rows = []
     for i in args.frames:
         src = frames[i]

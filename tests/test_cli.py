@@ -131,7 +131,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path, weights, capsys, case, messa
         "corrupt_src": ("matte", (tmp_path / "c.png", (tmp_path / "c.png").write_bytes(b"xx"))[0], "--bgr", bgr,
                         "-o", out, "--weights", weights),
         "mismatched_size": ("matte", src, "--bgr", _img(tmp_path / "sq.jpg", 30, 30), "-o", out, "--weights", weights),
-        "bad_scale": ("matte", src, "--bgr", bgr, "-o", out, "--backbone-scale", "3/4"),
+        "bad_scale": ("matte", src, "--bgr", bgr, "-o", out, "--backbone-scale", "5/4"),
         "bad_outputs": ("matte", src, "--bgr", bgr, "-o", out, "--outputs", "pha,alpha", "--weights", weights),
         "bad_colour": ("matte", src, "--bgr", bgr, "-o", out, "--target-bgr", "#zz0000", "--weights", weights),
         "bad_weights": ("matte", src, "--bgr", bgr, "-o", out, "--weights", src),
@@ -317,6 +317,24 @@ def test_matte_backends_write_the_reference_result(tmp_path, weights, backend):
     assert np.abs(expected - got).max() <= 1  # 8-bit rounding of alphas equal within 1e-4
 
 
+def test_matte_backbone_scale_1_supersamples_and_writes_the_frame_size(tmp_path, weights, monkeypatch):
+    import bgmatting.pipeline
+
+    made = []
+    real = bgmatting.pipeline.Matter.__init__
+
+    def spy(self, *a, **k):
+        real(self, *a, **k)
+        made.append(self)
+
+    monkeypatch.setattr(bgmatting.pipeline.Matter, "__init__", spy)
+    src, bgr = _img(tmp_path / "s.png", 36, 52), _img(tmp_path / "b.png", 36, 52, seed=1)
+    assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "o", "--weights", weights, "--outputs", "pha",
+               "--backbone-scale", "1", "--device", "cpu", "-q") == 0
+    assert [(m.backbone_scale, m.supersample) for m in made] == [(1, 2)]
+    assert Image.open(tmp_path / "o" / "pha" / "s.png").size == (52, 36)
+
+
 def test_bench_prints_a_table_with_every_backend(weights, capsys):
     assert run("bench", "--weights", weights, "--resolution", "96x64,64x48", "--device", "cpu", "--frames", "1",
                "--warmup", "0", "--backend", "reference,eager") == 0
@@ -464,7 +482,9 @@ def test_bgr_values_that_could_be_split_two_ways_are_refused(tmp_path, capsys):
      "matte: argument --workers: must be at least 1"),
     (["matte", "s.png", "--bgr", "b.png", "-o", "o", "--refine-sample-pixels", "8"], "at least 16 (one 4x4 patch)"),
     (["matte", "s.png", "--bgr", "b.png", "-o", "o", "--max-pixels", "-1"], "--max-pixels: must be at least 0"),
-    (["matte", "s.png", "--bgr", "b.png", "-o", "o", "--backbone-scale", "1/1000000"], "must be in [1/64, 1/2]"),
+    (["matte", "s.png", "--bgr", "b.png", "-o", "o", "--backbone-scale", "1/1000000"], "must be in [1/64, 1]"),
+    (["export", "-o", "m.onnx", "--backbone-scale", "3/4"], "backbone scale must be in [1/64, 1/2], got 3/4"),
+    (["bench", "--backbone-scale", "1"], "backbone scale must be in [1/64, 1/2], got 1"),
     (["video", "v.mp4", "--bgr", "b.png", "-o", "o.mp4", "--batch", "0"],
      "video: argument --batch: must be at least 1"),
     (["video", "v.mp4", "--bgr", "auto", "-o", "o.mp4", "--plate-frames", "-2"], "--plate-frames: must be at least 1"),

@@ -279,3 +279,38 @@ def test_parse_colour_refuses_what_is_not_text():
     with pytest.raises(BgMattingError, match="not a colour") as e:
         parse_colour("#" + "f" * 10_000)
     assert len(str(e.value)) < 200
+
+
+@pytest.mark.parametrize("backend", ["reference", "eager"])
+def test_a_backbone_scale_above_one_half_supersamples_the_frame(refine_model, tmp_path, backend):
+    # the base network sees the frame at the scale asked for (here 1: its own size), the refiner refines as many of
+    # the frame's pixels as asked, and the outputs come back at the frame's size: the enlarged frame's outputs shrunk
+    from bgmatting.weights import save_weights
+
+    path = save_weights(refine_model, tmp_path / "m.safetensors")
+    matter = Matter(path, device="cpu", backend=backend, backbone_scale=1, refine_sample_pixels=16 * 30)
+    assert matter.supersample == 2 and matter.backbone_scale == 1
+    assert matter.model.backbone_scale == 0.5 and matter.model.refiner.sample_pixels == 16 * 120
+    seen = []
+    hook = matter.model.backbone.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[2:])))
+    src, bgr = torch.rand(1, 3, 40, 56), torch.rand(1, 3, 40, 56)
+    try:
+        out = matter.forward_tensors(src, bgr)
+    finally:
+        hook.remove()
+    if backend == "reference":  # the eager backend runs its own copy of the backbone
+        assert seen == [(40, 56)]
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"pha": (1, 1, 40, 56), "fgr": (1, 3, 40, 56),
+                                                           "err": (1, 1, 40, 56), "ref": (1, 1, 40, 56)}
+    at_half = Matter(path, device="cpu", backend=backend, backbone_scale=0.5, refine_sample_pixels=16 * 120)
+    big = at_half.forward_tensors(*(F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)
+                                    for t in (src, bgr)))
+    torch.testing.assert_close(out["pha"], F.avg_pool2d(big["pha"], 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["fgr"], F.avg_pool2d(big["fgr"], 2), atol=1e-5, rtol=0)
+    assert Matter(path, device="cpu", backbone_scale=0.75).supersample == 1.5
+    assert Matter(path, device="cpu", backbone_scale=0.5).supersample == 1
+
+
+def test_the_network_itself_runs_at_one_half_at_most(refine_model):
+    with pytest.raises(BgMattingError, match=r"backbone_scale must be in \(0, 1/2\]"):
+        MattingRefine("mobilenetv2", backbone_scale=1)

@@ -330,6 +330,17 @@ def test_errors_inside_the_model_are_json_without_trace(matter, pair):
 
 # --------------------------------------------------------------------------------------------- other endpoints
 
+def test_the_served_model_is_described_with_the_scale_the_user_gave_when_it_supersamples(tmp_path):
+    from bgmatting.weights import save_weights
+    from bgmatting.web.app import describe_matter
+
+    path = save_weights(MattingRefine("mobilenetv2", refine_sample_pixels=320).eval(), tmp_path / "m.safetensors")
+    info = describe_matter(Matter(path, device="cpu", backbone_scale=0.75, refine_sample_pixels=400))
+    assert (info["backbone_scale"], info["refine_sample_pixels"]) == (0.75, 400)
+    info = describe_matter(Matter(path, device="cpu", backbone_scale=0.5, refine_sample_pixels=400))
+    assert (info["backbone_scale"], info["refine_sample_pixels"]) == (0.5, 400)
+
+
 def test_health_models_page_and_docs(client):
     h = client.get("/api/health").json()
     assert h["status"] == "ok" and h["model"]["architecture"] == "MattingRefine"

@@ -51,16 +51,22 @@ class _Parser(argparse.ArgumentParser):
 MIN_BACKBONE_SCALE = 1 / 64  # e.g. a 4K frame at 1/64 is 60x33 pixels for the base network, whose stride is 16
 
 
-def _scale(text: str) -> float:
+def _scale(text: str, high: float = 1.0) -> float:
+    """A backbone scale in [1/64, ``high``] (above 1/2, :class:`~bgmatting.Matter` supersamples the frame)."""
     try:
         value = float(Fraction(text))
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"'{text}' is not a number (e.g. 0.25 or 1/4)") from None
     except OverflowError:  # a number too large for a float
         value = math.inf
-    if not MIN_BACKBONE_SCALE <= value <= 0.5:
-        raise argparse.ArgumentTypeError(f"backbone scale must be in [1/64, 1/2], got {text}")
+    if not MIN_BACKBONE_SCALE <= value <= high:
+        raise argparse.ArgumentTypeError(f"backbone scale must be in [1/64, {Fraction(high)}], got {text}")
     return value
+
+
+def _network_scale(text: str) -> float:
+    """A backbone scale the network itself runs at, in [1/64, 1/2] (``export``, ``bench``: no supersampling)."""
+    return _scale(text, 0.5)
 
 
 def _int_at_least(low: int, what: str = "", high: int | None = None):
@@ -151,7 +157,13 @@ def _add_model_args(p: argparse.ArgumentParser, runtime: bool = True) -> None:
     g.add_argument("--weights", metavar="PATH|NAME", default=None,
                    help="weights file (original .pth/TorchScript or .safetensors) or zoo name; "
                         "default: the shipped model")
-    g.add_argument("--backbone-scale", type=_scale, metavar="S", help="input scale of the base network, e.g. 1/4")
+    if runtime:
+        g.add_argument("--backbone-scale", type=_scale, metavar="S",
+                       help="input scale of the base network, e.g. 1/4; above 1/2 (up to 1) the frame is enlarged "
+                            "first: for people under about 150 px (SD footage), at (2S)^2 times the time")
+    else:
+        g.add_argument("--backbone-scale", type=_network_scale, metavar="S",
+                       help="input scale of the base network, in [1/64, 1/2], e.g. 1/4")
     g.add_argument("--refine-mode", choices=REFINE_MODES)
     g.add_argument("--refine-sample-pixels", type=_int_at_least(16, " (one 4x4 patch)"), metavar="N",
                    help="pixels refined in sampling mode")
@@ -566,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weights", metavar="PATH|NAME", default=None, help="weights (default: the shipped model)")
     g.add_argument("--backbone", choices=BACKBONES,
                    help="time this architecture with random weights instead of --weights")
-    g.add_argument("--backbone-scale", type=_scale, metavar="S", help="default: 1/4 for hd, 1/8 for 4k")
+    g.add_argument("--backbone-scale", type=_network_scale, metavar="S", help="default: 1/4 for hd, 1/8 for 4k")
     g.add_argument("--refine-mode", choices=REFINE_MODES)
     g.add_argument("--refine-sample-pixels", type=_int_at_least(16, " (one 4x4 patch)"), metavar="N",
                    help="default: 80000 for hd, 320000 for 4k")

@@ -113,6 +113,9 @@ def describe_matter(matter: Matter | None) -> dict | None:
     if matter.is_refine:  # the model's options, or an exported ONNX file's (in its metadata)
         options = model_config(model) if isinstance(model, MattingRefine) else model.config
         info.update({k: options.get(k) for k in REFINE_OPTIONS})
+        if matter.supersample != 1:  # the frame is enlarged first: report the options as the user gave them
+            info.update(backbone_scale=matter.backbone_scale,
+                        refine_sample_pixels=round(info["refine_sample_pixels"] / matter.supersample ** 2))
     return info
 
 
