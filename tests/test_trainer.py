@@ -3,6 +3,7 @@
 
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -63,6 +64,7 @@ def test_config_file_roundtrip_and_overrides(corpus, tmp_path):
     ({"misalign_p": 1.5}, "misalign_p"),
     ({"compress_p": "often"}, "compress_p"),
     ({"perspective": 0.5}, "perspective"),
+    ({"lr_schedule": "linear"}, "lr_schedule must be one of constant, cosine"),
     ({"misalign_strength": -1}, "misalign_strength"),
     ({"misalign_strength": "strong"}, "misalign_strength"),
     ({"extra_subject_p": 2}, "extra_subject_p"),
@@ -122,6 +124,21 @@ def test_export_weights_averages_checkpoints(corpus, tmp_path):
     assert "mean of steps 2, 3" in meta["description"]
     with pytest.raises(BgMattingError, match="no checkpoint .* between steps 5 and 3"):
         export_weights(out, tmp_path / "none.safetensors", average_from=5)
+
+
+def test_a_cosine_schedule_lowers_every_rate_to_near_zero_by_the_last_step(corpus, tmp_path):
+    out = tmp_path / "cos"
+    train(tiny(corpus, out, steps=4, stage="refine", backbone_scale=0.5, lr_schedule="cosine"))
+    rows = read_metrics(out)
+    base = {"backbone": 5e-5, "aspp": 5e-5, "decoder": 1e-4, "refiner": 3e-4}
+    for step in (1, 2, 3, 4):
+        factor = 0.5 * (1 + math.cos(math.pi * (step - 1) / 4))
+        for part, lr in base.items():
+            assert rows[step][f"lr_{part}"] == pytest.approx(lr * factor), (step, part)
+    assert rows[4]["lr_refiner"] < 0.15 * 3e-4 < rows[1]["lr_refiner"]
+    out = tmp_path / "const"
+    train(tiny(corpus, out, steps=2))
+    assert {r["lr_decoder"] for r in read_metrics(out).values()} == {5e-4}
 
 
 @pytest.mark.slow

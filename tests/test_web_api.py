@@ -331,8 +331,8 @@ def test_errors_inside_the_model_are_json_without_trace(matter, pair):
 # --------------------------------------------------------------------------------------------- other endpoints
 
 def test_the_served_model_is_described_with_the_scale_the_user_gave_when_it_supersamples(tmp_path):
-    from bgmatting.weights import save_weights
     from bgmatting.web.app import describe_matter
+    from bgmatting.weights import save_weights
 
     path = save_weights(MattingRefine("mobilenetv2", refine_sample_pixels=320).eval(), tmp_path / "m.safetensors")
     info = describe_matter(Matter(path, device="cpu", backbone_scale=0.75, refine_sample_pixels=400))

@@ -61,7 +61,7 @@ from ..io import atomic_path
 from ..weights import build_model
 from .checkpoints import latest_checkpoint, restore_model, restore_training_state, save_checkpoint
 from .cli import parse_train_args
-from .config import TrainConfig, to_toml
+from .config import TrainConfig, lr_factor, to_toml
 from .distributed import Dist, all_agree, mean_across, say, setup, unwrap
 from .initial_weights import load_init
 from .loaders import build_loaders
@@ -163,6 +163,7 @@ def _run(cfg: TrainConfig, d: Dist, device: torch.device) -> Path:
             setattr(model, part, nn.SyncBatchNorm.convert_sync_batchnorm(getattr(model, part)))
     model.train()
     optimizer = torch.optim.Adam(_param_groups(model, cfg))
+    base_lrs = [g["lr"] for g in optimizer.param_groups]  # the configured rates, which lr_schedule scales
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     if ckpt is not None:
         restore_training_state(ckpt, optimizer, scaler)
@@ -198,6 +199,9 @@ def _run(cfg: TrainConfig, d: Dist, device: torch.device) -> Path:
                 src, bgr, fgr, pha = make_inputs(batch, seed, device, crop_sizes, cfg)
                 if len(scales) > 1:  # drawn from the step's seed: resuming repeats it
                     unwrap(model).backbone_scale = scales[seed % len(scales)]
+                factor = lr_factor(cfg.lr_schedule, step, cfg.steps)
+                for group, lr in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = lr * factor
                 terms = train_step(model, optimizer, scaler, cfg.stage, src, bgr, fgr, pha, amp, device)
                 if len(scales) > 1:  # checkpoints, validation and export keep the configured scale
                     unwrap(model).backbone_scale = cfg.backbone_scale
