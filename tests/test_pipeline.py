@@ -314,3 +314,15 @@ def test_a_backbone_scale_above_one_half_supersamples_the_frame(refine_model, tm
 def test_the_network_itself_runs_at_one_half_at_most(refine_model):
     with pytest.raises(BgMattingError, match=r"backbone_scale must be in \(0, 1/2\]"):
         MattingRefine("mobilenetv2", backbone_scale=1)
+
+
+def test_supersampling_refuses_a_frame_it_would_enlarge_past_the_limit(refine_model, tmp_path, monkeypatch):
+    import bgmatting.pipeline
+    from bgmatting.weights import save_weights
+
+    monkeypatch.setattr(bgmatting.pipeline, "MAX_SUPERSAMPLED_PIXELS", 4 * 40 * 56)
+    matter = Matter(save_weights(refine_model, tmp_path / "m.safetensors"), device="cpu", backbone_scale=1)
+    assert matter.forward_tensors(torch.rand(1, 3, 40, 56), torch.rand(1, 3, 40, 56))["pha"].shape[2:] == (40, 56)
+    with pytest.raises(BgMattingError, match=r"backbone scale 1 would enlarge this 56x44 frame to 0 megapixels, "
+                                             r"over the 0 that the network takes; .* use 1/2"):
+        matter.forward_tensors(torch.rand(1, 3, 44, 56), torch.rand(1, 3, 44, 56))

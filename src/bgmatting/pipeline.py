@@ -38,6 +38,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+MAX_SUPERSAMPLED_PIXELS = 40_000_000
+"""The largest frame a backbone scale above 1/2 may enlarge to (the network's work at 1/2 on an image at the
+default pixel limit): 4K at scale 1 passes, 8K does not."""
+
+
 class Matter:
     """Background matting for frames of any size.
 
@@ -142,6 +147,11 @@ class Matter:
         h, w = src.shape[2:]
         src, bgr = src.to(self.device, torch.float32), bgr.to(self.device, torch.float32)
         if self.supersample != 1:
+            big = round(h * self.supersample) * round(w * self.supersample)
+            if big > MAX_SUPERSAMPLED_PIXELS:
+                raise BgMattingError(f"backbone scale {self.backbone_scale:g} would enlarge this {w}x{h} frame to "
+                                     f"{big / 1e6:.0f} megapixels, over the {MAX_SUPERSAMPLED_PIXELS // 10**6} "
+                                     "that the network takes; scales above 1/2 are for smaller frames: use 1/2")
             src, bgr = (F.interpolate(t, scale_factor=self.supersample, mode="bilinear", align_corners=False)
                         for t in (src, bgr))
         sh, sw = src.shape[2:]
