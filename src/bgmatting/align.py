@@ -4,7 +4,11 @@ Background matting compares each frame with a shot of the empty scene, so the tw
 two. When the camera is hand-held, :class:`BackgroundAligner` warps the background shot onto each frame:
 
 1. both images are scaled down (longest side ``max_size``, 640 px by default) and turned gray;
-2. ORB (or SIFT) features are matched with Lowe's ratio test, and a homography is fitted with RANSAC;
+2. ORB (or SIFT) features are matched with Lowe's ratio test, and a homography and a similarity transform
+   (rotation, scale, shift) are fitted with RANSAC; the homography is used only when it matches the frame's
+   structure at fine and coarse scales clearly better than the similarity does: fitted to features that crowd
+   into part of the picture (a sharp subject before a soft background), its extra freedom extrapolates into
+   a false zoom or tilt elsewhere, which the model would matte as foreground;
 3. a homography that is implausible (too few inliers, a flip, a scale change beyond ``max_scale``, strong
    perspective, or a plate that would cover too little of the frame) is rejected; the aligner then tries a
    similarity transform (rotation, scale, shift) from the same matches, then a pure translation (phase
@@ -16,10 +20,12 @@ two. When the camera is hand-held, :class:`BackgroundAligner` warps the backgrou
    the method is ``'none'`` (a tripod shot is not resampled through a transform with estimation error);
 6. otherwise the transform, scaled back to full resolution, warps the full-resolution background onto the frame.
 
-Where the warped background does not reach (the frame shows more than the background shot did), those
-pixels are **filled from the source frame itself**: source and background are then equal there, so the model
-sees no difference and predicts background (alpha 0). The subject is therefore cut away in that band; the
-fraction of the frame the background really covers is reported as ``AlignInfo.coverage``.
+Where the warped background does not reach (the frame shows more than the background shot did), the shot's
+border pixels are repeated (``fill='edge'``, the default): a subject that reaches that edge of the frame (a person
+cut off by the bottom of the picture, the common case) then still differs from the background there and stays
+foreground, and a narrow band of background is filled with what is next to it. ``fill='src'`` copies the frame
+itself instead, so that the band is matted as background, subject included. The fraction of the frame the
+background really covers is reported as ``AlignInfo.coverage``.
 
 OpenCV (``pip install opencv-python-headless``) is imported only when needed.
 """
@@ -76,7 +82,7 @@ class AlignInfo:
         matches: feature matches that passed the ratio test.
         inliers: matches consistent with the accepted transform (0 for translation / previous / none).
         coverage: fraction of the source frame covered by the warped background, in [0, 1]; the rest was
-            filled from the source frame (and will be matted as background).
+            filled as ``fill`` says (the shot's border repeated, by default).
         reason: why the feature homography was not used (empty when it was).
     """
 
@@ -115,8 +121,9 @@ class BackgroundAligner:
         min_coverage: the smallest fraction of the frame the warped background must cover.
         max_shift: the largest accepted translation, as a fraction of the frame size.
         ecc_min_correlation: the correlation the translation (ECC) fallback must reach.
-        fill: ``'src'`` (default) fills uncovered pixels from the source frame (→ matted as background);
-            ``'edge'`` repeats the background's border pixels instead.
+        fill: ``'edge'`` (default) repeats the background's border pixels where the warped shot does not reach,
+            so that a subject reaching that edge of the frame stays foreground; ``'src'`` fills those pixels from
+            the source frame instead (→ matted as background, subject included).
         warn: issue an :class:`AlignmentWarning` the first time a frame cannot be aligned.
 
     Example:
@@ -128,7 +135,7 @@ class BackgroundAligner:
     def __init__(self, *, max_size: int = 640, features: str = "orb", n_features: int = 3000, ratio: float = 0.8,
                  ransac_threshold: float = 2.5, min_inliers: int = 15, max_scale: float = 1.5,
                  min_coverage: float = 0.5, max_shift: float = 0.25, ecc_min_correlation: float = 0.6,
-                 fill: str = "src", warn: bool = True):
+                 fill: str = "edge", warn: bool = True):
         if features not in ("orb", "sift"):
             raise BgMattingError(f"features must be 'orb' or 'sift', not '{features}'")
         if fill not in ("src", "edge"):
@@ -308,22 +315,33 @@ class BackgroundAligner:
                 reasons.append(f"only {inl} of {n} feature matches agree on a homography")
             else:
                 bad = self._implausible(hom, bf.gray.shape, sf.gray.shape)
-                if bad is None:
+                if bad is not None:
+                    reasons.append(f"the homography is implausible ({bad})")
+            sim, sim_inl = self._similarity(pb, ps, bf, sf)
+            if not reasons:  # a plausible homography: kept only when it fits clearly better than the similarity
+                if sim is None or _homography_fits_better(bf.gray, sf.gray, hom, sim):
                     return hom, "homography", n, inl, ""
-                reasons.append(f"the homography is implausible ({bad})")
-            aff, mask = cv2.estimateAffinePartial2D(pb, ps, method=cv2.RANSAC,
-                                                    ransacReprojThreshold=self.ransac_threshold)
-            inl = int(mask.sum()) if mask is not None else 0
-            if aff is not None and inl >= max(6, self.min_inliers // 2):
-                sim = np.vstack([aff, [0.0, 0.0, 1.0]])
-                if self._implausible(sim, bf.gray.shape, sf.gray.shape) is None:
-                    return sim, "similarity", n, inl, reasons[0]
+                return sim, "similarity", n, sim_inl, "a similarity fits the frame as well as the homography"
+            if sim is not None:
+                return sim, "similarity", n, sim_inl, reasons[0]
         else:
             reasons.append(f"too few matching features ({n})")
         trans, why = self._estimate_translation(bf.gray, sf.gray)
         if trans is not None:
             return trans, "translation", n, 0, reasons[0]
         return None, "none", n, 0, f"{reasons[0]}; {why}"
+
+    def _similarity(self, pb: np.ndarray, ps: np.ndarray, bf: _Features, sf: _Features):
+        """``(similarity at working size, inliers)`` fitted with RANSAC, or ``(None, inliers)`` when too few
+        matches agree on one or it is implausible."""
+        cv2 = import_cv2()
+        aff, mask = cv2.estimateAffinePartial2D(pb, ps, method=cv2.RANSAC,
+                                                ransacReprojThreshold=self.ransac_threshold)
+        inl = int(mask.sum()) if mask is not None else 0
+        if aff is None or inl < max(6, self.min_inliers // 2):
+            return None, inl
+        sim = np.vstack([aff, [0.0, 0.0, 1.0]])
+        return (sim, inl) if self._implausible(sim, bf.gray.shape, sf.gray.shape) is None else (None, inl)
 
     def _implausible(self, hom: np.ndarray, bgr_shape: tuple[int, int], src_shape: tuple[int, int]) -> str | None:
         """Why the homography (working size) cannot be a camera shake, or ``None`` when it is plausible."""
@@ -412,10 +430,15 @@ def _moves_at_most(matrix: np.ndarray, other: np.ndarray, shape: tuple[int, int]
     return bool(np.max(np.hypot(*(a[:2] / a[2] - b[:2] / b[2]))) <= pixels)
 
 
-def _structure(gray: np.ndarray) -> np.ndarray:
-    """Band-pass (difference of Gaussians) of a gray image: edges and texture, not exposure."""
+_FINE = ((1.0, 4.0),)  # difference-of-Gaussians bands (sigmas, working-size pixels): edges and texture
+_FINE_AND_COARSE = ((1.0, 4.0), (4.0, 16.0))  # and the soft gradients of an out-of-focus background
+_HOMOGRAPHY_MARGIN = 0.95  # a homography replaces the similarity only when its mismatch is below this fraction
+
+
+def _structure(gray: np.ndarray, bands=_FINE) -> list[np.ndarray]:
+    """Band-passes (differences of Gaussians) of a gray image: structure, not exposure."""
     g = gray.astype(np.float32) / 255.0
-    return blur(g, 1.0) - blur(g, 4.0)
+    return [blur(g, lo) - blur(g, hi) for lo, hi in bands]
 
 
 def _mismatch(src_structure: np.ndarray, bgr_structure: np.ndarray, valid: np.ndarray) -> float:
@@ -427,22 +450,34 @@ def _mismatch(src_structure: np.ndarray, bgr_structure: np.ndarray, valid: np.nd
     return float(np.partition(d, k - 1)[:k].mean())
 
 
+def _mismatches(bgr_gray: np.ndarray, src_gray: np.ndarray, warps, bands) -> list[float]:
+    """The structural mismatch (:func:`_mismatch`, summed over ``bands``) between the frame and the background
+    shot moved by each of ``warps`` (working size), over the pixels that every warp covers."""
+    cv2 = import_cv2()
+    h, w = src_gray.shape[:2]
+    s = _structure(src_gray, bands)
+    ones = np.ones(bgr_gray.shape[:2], np.float32)
+    moved, valid = [], np.ones((h, w), bool)
+    for m in warps:
+        g = cv2.warpPerspective(bgr_gray, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        valid &= cv2.warpPerspective(ones, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0) > 0.999
+        moved.append(_structure(g, bands))
+    return [sum(_mismatch(a, b, valid) for a, b in zip(s, m)) for m in moved]
+
+
 def _warp_helps(bgr_gray: np.ndarray, src_gray: np.ndarray, warp: np.ndarray, unwarped: np.ndarray) -> bool:
     """Whether warping the background shot (working size, ``warp``) matches the frame clearly better in structure
     than leaving it where it is (``unwarped``, the plain resize), over the pixels both cover. A shot that already
     lines up is then kept as it is, instead of being resampled through a transform with a little estimation error.
     """
-    cv2 = import_cv2()
-    h, w = src_gray.shape[:2]
-    s = _structure(src_gray)
-    ones = np.ones(bgr_gray.shape[:2], np.float32)
-    scores, covers = [], []
-    for m in (warp, unwarped):
-        moved = cv2.warpPerspective(bgr_gray, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        covers.append(cv2.warpPerspective(ones, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0) > 0.999)
-        scores.append(_structure(moved))
-    valid = covers[0] & covers[1]
-    return _mismatch(s, scores[0], valid) < _KEEP_MARGIN * _mismatch(s, scores[1], valid)
+    warped, kept = _mismatches(bgr_gray, src_gray, (warp, unwarped), _FINE)
+    return warped < _KEEP_MARGIN * kept
+
+
+def _homography_fits_better(bgr_gray: np.ndarray, src_gray: np.ndarray, hom: np.ndarray, sim: np.ndarray) -> bool:
+    """Whether the homography matches the frame clearly better than the similarity, at fine and coarse scales."""
+    h, s = _mismatches(bgr_gray, src_gray, (hom, sim), _FINE_AND_COARSE)
+    return h < _HOMOGRAPHY_MARGIN * s
 
 
 def align_background(bgr: Any, src: Any, **options) -> tuple[np.ndarray, AlignInfo]:
@@ -455,8 +490,9 @@ def align_background(bgr: Any, src: Any, **options) -> tuple[np.ndarray, AlignIn
 
     Returns:
         ``(aligned, info)``: ``aligned`` float32 ``(H, W, 3)`` in [0, 1], the background warped onto ``src``
-        (pixels it does not cover are copied from ``src``, so they are matted as background); ``info`` an
+        (where it does not reach, its border pixels are repeated; ``fill='src'`` copies ``src`` there); ``info`` an
         :class:`AlignInfo`. When no alignment can be found the background is returned unaligned, with an
         :class:`AlignmentWarning`.
     """
     return BackgroundAligner(**options).align(bgr, src)
+
