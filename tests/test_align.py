@@ -57,6 +57,13 @@ def hand_held_pair(seed: int = 0):
     return bgr, src, subject, inside
 
 
+def corner_error(matrix: np.ndarray, true: np.ndarray, h: int, w: int) -> float:
+    """The farthest (in pixels) that ``matrix`` puts a corner of an ``h`` x ``w`` image from where ``true`` does."""
+    corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], float).T
+    est, ref = matrix @ corners, true @ corners
+    return float(np.abs(est[:2] / est[2] - ref[:2] / ref[2]).max())
+
+
 @pytest.mark.parametrize("features", ["orb", "sift"])
 @needs("cv2")
 def test_homography_recovers_a_hand_held_move(features):
@@ -69,9 +76,7 @@ def test_homography_recovers_a_hand_held_move(features):
     aligned_err = np.abs(aligned - src)[background].mean()
     assert aligned_err < 0.02 and aligned_err < unaligned_err / 8
     # the matrix maps background pixels to source pixels like the true move does
-    corners = np.array([[0, 0, 1], [W, 0, 1], [W, H, 1], [0, H, 1]], float).T
-    est, true = info.matrix @ corners, MOVE @ corners
-    assert np.abs(est[:2] / est[2] - true[:2] / true[2]).max() < 1.5
+    assert corner_error(info.matrix, MOVE, H, W) < 1.5
 
 
 @needs("cv2")
@@ -118,10 +123,7 @@ def test_crowded_features_give_a_similarity_not_a_false_homography():
         bgr, src, move = crowded_pair(seed)
         _, info = align_background(bgr, src)
         assert info.method == "similarity" and "as well as the homography" in info.reason
-        h, w = bgr.shape[:2]
-        corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], float).T
-        est, true = info.matrix @ corners, move @ corners
-        errors.append(np.abs(est[:2] / est[2] - true[:2] / true[2]).max())
+        errors.append(corner_error(info.matrix, move, *bgr.shape[:2]))
     assert np.mean(errors) < 1.2, errors
 
 

@@ -470,10 +470,10 @@ def _mismatches(bgr_gray: np.ndarray, src_gray: np.ndarray, warps, bands) -> lis
     totals = [0.0] * len(moved)
     for lo, hi in bands:
         s = _band(src_gray, lo, hi)
-        v = valid if s.shape == valid.shape else \
-            cv2.resize(valid, (s.shape[1], s.shape[0]), interpolation=cv2.INTER_NEAREST)
+        v = (valid if s.shape == valid.shape else
+             cv2.resize(valid, (s.shape[1], s.shape[0]), interpolation=cv2.INTER_NEAREST)).astype(bool)
         for i, g in enumerate(moved):
-            totals[i] += _mismatch(s, _band(g, lo, hi), v.astype(bool))
+            totals[i] += _mismatch(s, _band(g, lo, hi), v)
     return totals
 
 
@@ -507,4 +507,3 @@ def align_background(bgr: Any, src: Any, **options) -> tuple[np.ndarray, AlignIn
         :class:`AlignmentWarning`.
     """
     return BackgroundAligner(**options).align(bgr, src)
-
