@@ -66,7 +66,10 @@ class Orientation(NamedTuple):
 
 def frame_orientation(frame, stream) -> Orientation:
     """The orientation from a decoded frame's display matrix, else the stream's ``rotate`` tag (clockwise°)."""
-    for sd in frame.side_data:
+    container = frame.side_data
+    for item in container:
+        # PyAV up to 18.1.0 iterates over the side data themselves; 18.1.1 over their types (Mapping keys).
+        sd = item if hasattr(item, "type") else container[item]
         if getattr(sd.type, "name", str(sd.type)) == "DISPLAYMATRIX":
             m = np.frombuffer(bytes(sd), dtype="<i4")
             if m.size >= 5:
