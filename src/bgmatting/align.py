@@ -13,6 +13,11 @@ two. When the camera is hand-held, :class:`BackgroundAligner` warps the backgrou
    perspective, or a plate that would cover too little of the frame) is rejected; the aligner then tries a
    similarity transform (rotation, scale, shift) from the same matches, then a pure translation (phase
    correlation refined by ECC), which also works on smooth images with few corners;
+   similarities and translations are then refined by direct image alignment (robust Lucas-Kanade on the gray
+   levels, with a gain and offset for exposure, the subject weighted out): features place a transform to a pixel
+   or two, this to a few hundredths; where features and translation both fail (dark, soft or repetitive
+   backgrounds), the same direct alignment, started from no move at all, finds the similarity (``refine=False``
+   turns both off);
 4. if all of these fail, the last good alignment is kept (for video) or, without one, the unaligned
    background is used, and an :class:`AlignmentWarning` is issued once per aligner;
 5. a background shot that already lines up is kept as it is: when the transform moves no corner by half a
@@ -124,6 +129,9 @@ class BackgroundAligner:
         fill: ``'edge'`` (default) repeats the background's border pixels where the warped shot does not reach,
             so that a subject reaching that edge of the frame stays foreground; ``'src'`` fills those pixels from
             the source frame instead (→ matted as background, subject included).
+        refine: refine each estimate by direct image alignment (robust Lucas-Kanade on the gray levels, in the
+            estimate's own model) to a fraction of a pixel, and, where features fail (repetitive or faint
+            texture), find a similarity from no move at all that way; ``False`` keeps the feature estimate.
         warn: issue an :class:`AlignmentWarning` the first time a frame cannot be aligned.
 
     Example:
@@ -135,7 +143,7 @@ class BackgroundAligner:
     def __init__(self, *, max_size: int = 640, features: str = "orb", n_features: int = 3000, ratio: float = 0.8,
                  ransac_threshold: float = 2.5, min_inliers: int = 15, max_scale: float = 1.5,
                  min_coverage: float = 0.5, max_shift: float = 0.25, ecc_min_correlation: float = 0.6,
-                 fill: str = "edge", warn: bool = True):
+                 fill: str = "edge", refine: bool = True, warn: bool = True):
         if features not in ("orb", "sift"):
             raise BgMattingError(f"features must be 'orb' or 'sift', not '{features}'")
         if fill not in ("src", "edge"):
@@ -155,6 +163,7 @@ class BackgroundAligner:
         self.max_shift = float(max_shift)
         self.ecc_min_correlation = float(ecc_min_correlation)
         self.fill = fill
+        self.refine = bool(refine)
         self.warn = warn
         self.counts: dict[str, int] = {}
         self.last_info: AlignInfo | None = None
@@ -302,7 +311,34 @@ class BackgroundAligner:
         return pb, ps
 
     def _estimate_small(self, bf: _Features, sf: _Features):
-        """``(homography at working size or None, method, matches, inliers, reason)``."""
+        """``(homography at working size or None, method, matches, inliers, reason)``: from feature matches
+        (homography or similarity), else a translation (phase correlation and ECC), else (``refine``) a similarity
+        found by direct image alignment from no move at all. Similarities and translations are refined by direct
+        image alignment (:func:`_refine`) when ``refine`` is on."""
+        hom, method, matches, inliers, reason = self._estimate_features(bf, sf)
+        textured = min(float(bf.gray.std()), float(sf.gray.std())) >= 2.0  # as the translation fallback asks
+        if hom is None and self.refine and textured and bf.gray.shape == sf.gray.shape:
+            dense = self._refined(bf, sf, np.eye(3), "similarity", keep=False)
+            if dense is not None:
+                return dense, "similarity", matches, 0, f"{reason}; the similarity comes from direct image alignment"
+        return hom, method, matches, inliers, reason
+
+    def _refined(self, bf: _Features, sf: _Features, estimate: np.ndarray, model: str, keep: bool = True):
+        """``estimate`` refined by :func:`_refine` when ``refine`` is on and the result is plausible and matches the
+        frame's structure at least as well; else ``estimate`` (``keep``) or ``None``."""
+        if not self.refine:
+            return estimate if keep else None
+        refined = _refine(bf.gray, sf.gray, estimate, model, finest=1)
+        if refined is None or self._implausible(refined, bf.gray.shape, sf.gray.shape) is not None:
+            return estimate if keep else None
+        if keep:
+            new, old = _mismatches(bf.gray, sf.gray, (refined, estimate), _FINE)
+            return refined if new <= old else estimate
+        return refined
+
+    def _estimate_features(self, bf: _Features, sf: _Features):
+        """``(homography at working size or None, method, matches, inliers, reason)`` from feature matches
+        (homography or similarity), else a translation (phase correlation and ECC)."""
         cv2 = import_cv2()
         pb, ps = self._match(bf, sf)
         n = len(pb)
@@ -318,6 +354,8 @@ class BackgroundAligner:
                 if bad is not None:
                     reasons.append(f"the homography is implausible ({bad})")
             sim, sim_inl = self._similarity(pb, ps, bf, sf)
+            if sim is not None:
+                sim = self._refined(bf, sf, sim, "similarity")
             if not reasons:  # a plausible homography: kept only when it fits clearly better than the similarity
                 if sim is None or _homography_fits_better(bf.gray, sf.gray, hom, sim):
                     return hom, "homography", n, inl, ""
@@ -328,7 +366,7 @@ class BackgroundAligner:
             reasons.append(f"too few matching features ({n})")
         trans, why = self._estimate_translation(bf.gray, sf.gray)
         if trans is not None:
-            return trans, "translation", n, 0, reasons[0]
+            return self._refined(bf, sf, trans, "translation"), "translation", n, 0, reasons[0]
         return None, "none", n, 0, f"{reasons[0]}; {why}"
 
     def _similarity(self, pb: np.ndarray, ps: np.ndarray, bf: _Features, sf: _Features):
@@ -490,6 +528,104 @@ def _homography_fits_better(bgr_gray: np.ndarray, src_gray: np.ndarray, hom: np.
     """Whether the homography matches the frame clearly better than the similarity, at fine and coarse scales."""
     h, s = _mismatches(bgr_gray, src_gray, (hom, sim), _FINE_AND_COARSE)
     return h < _HOMOGRAPHY_MARGIN * s
+
+
+_REFINE_PARAMS = {"translation": 2, "similarity": 4, "homography": 8}
+
+
+def _refine(bgr_gray: np.ndarray, src_gray: np.ndarray, init: np.ndarray, model: str, levels: int = 4,
+            iterations: int = 25, finest: int = 0) -> np.ndarray | None:
+    """Refine a transform (working size, background → frame) by direct image alignment.
+
+    Robust Gauss-Newton (Lucas-Kanade) on the gray levels, coarse to fine over a Gaussian pyramid, with Tukey
+    weights (scale from the median absolute residual) so that the subject, which the background shot does not
+    show, drops out of the fit. ``model`` is ``'translation'``, ``'similarity'`` or ``'homography'``. A gain and an
+    offset of the gray levels are fitted beside the move (an exposure change is not a move). Feature matches place
+    a transform to within a pixel or two (a few on repetitive textures); this places it to a fraction of a pixel,
+    and from the identity it finds the small moves of a hand-held camera where features fail.
+
+    Returns the refined ``(3, 3)`` matrix, or ``None`` when the iteration fails (too few usable pixels, a
+    singular system, a non-finite result).
+    """
+    cv2 = import_cv2()
+    n = _REFINE_PARAMS[model]
+    if bgr_gray.shape != src_gray.shape or min(src_gray.shape[:2]) < 16:
+        return None
+    h0, w0 = src_gray.shape[:2]
+    centre, half = np.array([(w0 - 1) / 2.0, (h0 - 1) / 2.0]), max(w0, h0) / 2.0
+    norm = np.array([[1 / half, 0, -centre[0] / half], [0, 1 / half, -centre[1] / half], [0, 0, 1.0]])
+    try:
+        warp = norm @ np.linalg.inv(init) @ np.linalg.inv(norm)  # frame → background, normalised coordinates
+    except np.linalg.LinAlgError:
+        return None
+    warp /= warp[2, 2]
+
+    gain, offset = 1.0, 0.0
+    bgr_pyr, src_pyr = [bgr_gray.astype(np.float32)], [src_gray.astype(np.float32)]
+    for _ in range(levels - 1):
+        if min(src_pyr[-1].shape) < 32:
+            break
+        bgr_pyr.append(cv2.pyrDown(bgr_pyr[-1]))
+        src_pyr.append(cv2.pyrDown(src_pyr[-1]))
+    for level in range(len(src_pyr) - 1, min(finest, len(src_pyr) - 1) - 1, -1):
+        f = float(2 ** level)
+        b = blur(bgr_pyr[level], 1.0)
+        s = blur(src_pyr[level], 1.0)
+        gx = cv2.Sobel(b, cv2.CV_32F, 1, 0, ksize=3) * (half / (8.0 * f))  # d/du in normalised units
+        gy = cv2.Sobel(b, cv2.CV_32F, 0, 1, ksize=3) * (half / (8.0 * f))
+        yy, xx = np.mgrid[0:s.shape[0], 0:s.shape[1]].astype(np.float32)
+        u = (xx * f - centre[0]) / half
+        v = (yy * f - centre[1]) / half
+        for _ in range(iterations):
+            d = warp[2, 0] * u + warp[2, 1] * v + warp[2, 2]
+            wu = (warp[0, 0] * u + warp[0, 1] * v + warp[0, 2]) / d
+            wv = (warp[1, 0] * u + warp[1, 1] * v + warp[1, 2]) / d
+            mx = ((wu * half + centre[0]) / f).astype(np.float32)
+            my = ((wv * half + centre[1]) / f).astype(np.float32)
+            sampled = cv2.remap(b, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
+            valid = np.isfinite(sampled)
+            if np.count_nonzero(valid) < 4 * n:
+                return None
+            sampled = np.where(valid, sampled, 0.0).astype(np.float32)
+            r = gain * sampled + offset - s
+            c = 4.685 * 1.4826 * float(np.median(np.abs(r[valid]))) + 1e-4
+            weight = np.where(valid & (np.abs(r) < c), (1.0 - (r / c) ** 2) ** 2, 0.0).astype(np.float32)
+            ix = cv2.remap(gx, mx, my, cv2.INTER_LINEAR) * gain
+            iy = cv2.remap(gy, mx, my, cv2.INTER_LINEAR) * gain
+            if model == "translation":
+                jac = [ix, iy]
+            elif model == "similarity":  # x' = (1 + a) u - b v + tx, y' = b u + (1 + a) v + ty
+                jac = [ix * u + iy * v, iy * u - ix * v, ix, iy]
+            else:  # x' = (h00 u + h01 v + h02) / d, y' = (h10 u + h11 v + h12) / d, d = h20 u + h21 v + 1
+                ixd, iyd = ix / d, iy / d
+                proj = -(ixd * wu + iyd * wv)
+                jac = [ixd * u, ixd * v, ixd, iyd * u, iyd * v, iyd, proj * u, proj * v]
+            j = np.stack([a.ravel() for a in jac] + [sampled.ravel(), np.ones(r.size, np.float32)], 1)
+            jw = j * weight.ravel()[:, None]
+            try:
+                step = -np.linalg.solve(jw.T @ j + 1e-6 * np.eye(n + 2), jw.T @ r.ravel())
+            except np.linalg.LinAlgError:
+                return None
+            if not np.all(np.isfinite(step)):
+                return None
+            gain, offset = gain + step[n], offset + step[n + 1]
+            step = step[:n]
+            if model == "translation":
+                delta = np.array([[0, 0, step[0]], [0, 0, step[1]], [0, 0, 0.0]])
+            elif model == "similarity":
+                delta = np.array([[step[0], -step[1], step[2]], [step[1], step[0], step[3]], [0, 0, 0.0]])
+            else:
+                delta = np.append(step, 0.0).reshape(3, 3)
+            warp = warp + delta
+            warp /= warp[2, 2]
+            if np.abs(step).max() * half / f < 0.01:  # under a hundredth of a pixel at this level
+                break
+    try:
+        out = np.linalg.inv(norm) @ np.linalg.inv(warp) @ norm
+    except np.linalg.LinAlgError:
+        return None
+    out /= out[2, 2]
+    return out if np.all(np.isfinite(out)) else None
 
 
 def align_background(bgr: Any, src: Any, **options) -> tuple[np.ndarray, AlignInfo]:
