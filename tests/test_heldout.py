@@ -243,6 +243,32 @@ def test_bad_options(corpus, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_some_groups_from_the_train_split(corpus, built, tmp_path):
+    # a validation set for training-time choices: the training people and photographs, only the moved shots
+    import shutil
+
+    train_only = tmp_path / "corpus"
+    shutil.copytree(corpus / "valid", train_only / "train")
+    assert main(["data", "heldout", "--corpus", str(train_only), "--out", str(tmp_path / "tv"), "--split", "train",
+                 "--groups", "combo,misalign", "--cases", "8", "-q"]) == 0
+    manifest = _manifest(tmp_path / "tv")
+    assert manifest["split"] == "train" and list(manifest["groups"]) == ["misalign", "combo"]
+    # each group keeps the cases the full set has (same people and photographs here, so the same cases)
+    full = [c for c in ho.plan_heldout(ho.find_sources(corpus), cases=24) if c["group"] in ("misalign", "combo")]
+    assert manifest["items"] == full
+    files = sorted(p.relative_to(tmp_path / "tv" / "src").parts[0] for p in (tmp_path / "tv" / "src").rglob("*.png"))
+    assert files == ["combo"] * 4 + ["misalign"] * 4
+    with pytest.raises(BgMattingError, match="no held-out people"):
+        build(train_only, tmp_path / "x")  # the default split is the held-out one
+    for groups in ("", "misalign,nonsense"):
+        with pytest.raises(BgMattingError, match="groups must be some of"):
+            build(corpus, tmp_path / "x", groups=groups)
+    with pytest.raises(BgMattingError, match="multiple of 2"):
+        build(corpus, tmp_path / "x", groups=["misalign", "combo"], cases=7)
+    with pytest.raises(BgMattingError, match="split must be"):
+        ho.find_sources(corpus, "test")
+
+
 def test_cli_error_is_one_line(tmp_path, capsys):
     assert main(["data", "heldout", "--corpus", str(tmp_path / "nowhere"), "--out", str(tmp_path / "h")]) == 2
     err = capsys.readouterr().err

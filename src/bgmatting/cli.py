@@ -300,10 +300,10 @@ def _cmd_data_prepare(args) -> int:
 
 
 def _cmd_data_heldout(args) -> int:
-    from .data.heldout import build_heldout
+    from .data.heldout import GROUPS, build_heldout
 
-    out = build_heldout(args.corpus, args.out, cases=args.cases, seed=args.seed, overwrite=args.overwrite,
-                        progress=not args.quiet)
+    out = build_heldout(args.corpus, args.out, cases=args.cases, seed=args.seed, groups=args.groups or GROUPS,
+                        split=args.split, overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote the held-out set to {out}; score a model with: bgmatting matte {out}/src --bgr {out}/bgr "
           f"-o OUT --outputs pha && bgmatting eval --data {out} --predictions OUT --trimap-mse", file=sys.stderr)
     return 0
@@ -527,8 +527,14 @@ def build_parser() -> argparse.ArgumentParser:
                                         "src/, bgr/, pha/, fgr/ as <group>/<name>.png and manifest.json.")
     p.add_argument("--corpus", required=True, metavar="DIR", help="a corpus from 'bgmatting data prepare'")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to create")
-    p.add_argument("--cases", type=_positive, default=48, help="number of cases, a multiple of 6 (default 48)")
+    p.add_argument("--cases", type=_positive, default=48,
+                   help="number of cases, a multiple of the number of groups (default 48)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--groups", metavar="G,G", help="build only these groups, e.g. misalign,combo (default: all six; "
+                                                 "each keeps the cases the full set has)")
+    p.add_argument("--split", choices=("valid", "train"), default="valid",
+                   help="'valid': the held-out people and photographs (default); 'train': the training ones, a "
+                        "validation set for choices during training (which checkpoints to average), not held out")
     p.add_argument("--overwrite", action="store_true", help="replace a held-out set already at --out")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_data_heldout)

@@ -128,14 +128,23 @@ class HeldoutSources:
     backgrounds: dict[str, Path]
 
 
-def find_sources(corpus_dir: str | os.PathLike) -> HeldoutSources:
+SPLITS = ("valid", "train")
+
+
+def find_sources(corpus_dir: str | os.PathLike, split: str = "valid") -> HeldoutSources:
     """The held-out people and real photographs of a corpus (its ``valid/`` split).
 
+    ``split='train'`` takes the training people and photographs instead: a *validation* set for choices made
+    during training (which checkpoints to average), kept apart from the held-out set that judges the result;
+    it measures nothing about unseen people.
+
     Raises:
-        BgMattingError: the corpus has no ``valid/`` people (with alpha) or no real background photograph.
+        BgMattingError: the corpus has no such people (with alpha) or no real background photograph.
     """
+    if split not in SPLITS:
+        raise BgMattingError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     root = Path(corpus_dir)
-    valid = root / "valid"
+    valid = root / split
     hint = f"run 'bgmatting data prepare --out {root}' first"
     if not root.is_dir():
         raise BgMattingError(f"corpus folder '{root}' does not exist: {hint}")
@@ -288,11 +297,20 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "x"
 
 
-def _check_cases(cases: int) -> int:
-    if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < len(GROUPS) \
-            or cases % len(GROUPS):
-        raise BgMattingError(f"the number of cases must be a positive multiple of {len(GROUPS)} (one share per "
-                             f"group: {', '.join(GROUPS)}), got {cases!r}")
+def _check_groups(groups: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(groups, str):
+        groups = [g.strip() for g in groups.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown or not groups:
+        raise BgMattingError(f"groups must be some of {', '.join(GROUPS)}, got {', '.join(map(str, groups)) or 'none'}")
+    return tuple(g for g in GROUPS if g in groups)  # in the benchmark's order, each once
+
+
+def _check_cases(cases: int, groups: Sequence[str] = GROUPS) -> int:
+    if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < len(groups) \
+            or cases % len(groups):
+        raise BgMattingError(f"the number of cases must be a positive multiple of {len(groups)} (one share per "
+                             f"group: {', '.join(groups)}), got {cases!r}")
     return int(cases)
 
 
@@ -312,6 +330,7 @@ def plan_heldout(
     cases: int = 48,
     seed: int = 0,
     sizes: Sequence[Sequence[int]] = HD_SIZES,
+    groups: Sequence[str] = GROUPS,
 ) -> list[dict[str, Any]]:
     """Every case of the benchmark, with all its random choices drawn (no image is made).
 
@@ -326,13 +345,16 @@ def plan_heldout(
         cases: a positive multiple of 6.
         seed: any whole number >= 0.
         sizes: the two frame sizes ``(H, W)`` (smaller sizes make quick tests).
+        groups: some of :data:`GROUPS` (a list or ``"misalign,combo"``); each keeps its index ``g`` in
+            :data:`GROUPS`, so its cases are those the full set with as many cases per group has.
 
     Returns:
         one dict per case (the entries of ``manifest.json``'s ``items``): ``name`` (``"<group>/<NN>_<person>
         _<background>"``), ``group``, ``person``, ``background``, ``height``, ``width``, ``placement``,
         ``background_crop``, ``params``.
     """
-    cases = _check_cases(cases)
+    groups = _check_groups(groups)
+    cases = _check_cases(cases, groups)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise BgMattingError(f"seed must be a whole number >= 0, got {seed!r}")
     small, large = _check_sizes(sizes)
@@ -341,11 +363,13 @@ def plan_heldout(
     backgrounds = list(sources.backgrounds)
     people = [people[i] for i in order.permutation(len(people))]
     backgrounds = [backgrounds[i] for i in order.permutation(len(backgrounds))]
-    per_group = cases // len(GROUPS)
+    per_group = cases // len(groups)
     n_large = int(round(per_group * LARGE_FRACTION))
     shapes: dict[str, tuple[int, int]] = {}
     out = []
     for g, group in enumerate(GROUPS):
+        if group not in groups:
+            continue
         for j in range(per_group):
             rng = _rng(seed, g, j)
             person = people[(j + g) % len(people)]
@@ -529,6 +553,8 @@ def build_heldout(
     cases: int = 48,
     seed: int = 0,
     sizes: Sequence[Sequence[int]] = HD_SIZES,
+    groups: Sequence[str] = GROUPS,
+    split: str = "valid",
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
@@ -540,6 +566,9 @@ def build_heldout(
         cases: a positive multiple of 6 (default 48: 8 per group, 6 at 1280×720 and 2 at 1920×1080).
         seed: makes a different set; the same seed always makes the same set.
         sizes: the two frame sizes ``(H, W)`` (default :data:`HD_SIZES`).
+        groups: build only these of :data:`GROUPS` (``cases`` is then split among them; see :func:`plan_heldout`).
+        split: ``'valid'`` (the held-out people and photographs) or ``'train'`` (a validation set for choices
+            during training, e.g. which checkpoints to average; never a measure of unseen people).
         overwrite: replace an existing held-out set at ``out_dir``; a folder holding anything else is
             never replaced.
         progress: show a progress bar.
@@ -555,9 +584,9 @@ def build_heldout(
     """
     out = Path(out_dir)
     _check_out(out, overwrite)
-    sources = find_sources(corpus_dir)
-    plan = plan_heldout(sources, cases=cases, seed=seed, sizes=sizes)
-    if len(sources.people) < MIN_PEOPLE or len(sources.backgrounds) < MIN_PHOTOS:
+    sources = find_sources(corpus_dir, split)
+    plan = plan_heldout(sources, cases=cases, seed=seed, sizes=sizes, groups=groups)
+    if split == "valid" and len(sources.people) < MIN_PEOPLE or len(sources.backgrounds) < MIN_PHOTOS:
         warnings.warn(f"the corpus holds {len(sources.people)} held-out people and {len(sources.backgrounds)} "
                       f"photographs; the held-out set is meant to have at least {MIN_PEOPLE} and {MIN_PHOTOS}",
                       stacklevel=2)
@@ -576,9 +605,10 @@ def build_heldout(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "generator": f"bgmatting {__version__} (bgmatting.data.heldout)",
             "corpus": str(Path(corpus_dir)),
+            "split": split,
             "seed": int(seed),
             "cases": len(plan),
-            "groups": GROUP_DEFINITIONS,
+            "groups": {g: GROUP_DEFINITIONS[g] for g in _check_groups(groups)},
             "people": sorted(f"people/{p}" for p in sources.people),
             "backgrounds": sorted(sources.backgrounds),
             "layout": {k: f"{k}/<group>/<name>.png" for k in ("src", "bgr", "pha", "fgr")},
