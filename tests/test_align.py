@@ -172,6 +172,18 @@ def test_direct_refinement_places_the_similarity_to_a_tenth_of_a_pixel():
     assert max(refined) < 0.15 and max(unrefined) > 0.3, (refined, unrefined)
 
 
+@needs("cv2")
+def test_direct_refinement_places_a_homography_to_a_tenth_of_a_pixel():
+    refined, unrefined = [], []
+    for seed in range(4):
+        bgr, src, _, _ = hand_held_pair(seed)
+        info = align_background(bgr, src)[1]
+        assert info.method == "homography"
+        refined.append(corner_error(info.matrix, MOVE, H, W))
+        unrefined.append(corner_error(align_background(bgr, src, refine=False)[1].matrix, MOVE, H, W))
+    assert max(refined) < 0.15 and max(unrefined) > 0.5, (refined, unrefined)
+
+
 def dusk_pair(seed: int, h: int = 288, w: int = 384):
     """A dark, soft, low-contrast scene (no corners for the features, little for a translation search) moved by a
     hand-held similarity (0.6-1°, 0.6-1 % zoom, a few pixels), a subject over a third of the middle."""

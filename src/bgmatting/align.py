@@ -13,7 +13,7 @@ two. When the camera is hand-held, :class:`BackgroundAligner` warps the backgrou
    perspective, or a plate that would cover too little of the frame) is rejected; the aligner then tries a
    similarity transform (rotation, scale, shift) from the same matches, then a pure translation (phase
    correlation refined by ECC), which also works on smooth images with few corners;
-   similarities and translations are then refined by direct image alignment (robust Lucas-Kanade on the gray
+   the transform chosen is then refined by direct image alignment (robust Lucas-Kanade on the gray
    levels, with a gain and offset for exposure, the subject weighted out): features place a transform to a pixel
    or two, this to a few hundredths; where features and translation both fail (dark, soft or repetitive
    backgrounds), the same direct alignment, started from no move at all, finds the similarity (``refine=False``
@@ -313,8 +313,8 @@ class BackgroundAligner:
     def _estimate_small(self, bf: _Features, sf: _Features):
         """``(homography at working size or None, method, matches, inliers, reason)``: from feature matches
         (homography or similarity), else a translation (phase correlation and ECC), else (``refine``) a similarity
-        found by direct image alignment from no move at all. Similarities and translations are refined by direct
-        image alignment (:func:`_refine`) when ``refine`` is on."""
+        found by direct image alignment from no move at all. Each estimate is refined by direct image alignment
+        (:func:`_refine`, in its own model) when ``refine`` is on."""
         hom, method, matches, inliers, reason = self._estimate_features(bf, sf)
         textured = min(float(bf.gray.std()), float(sf.gray.std())) >= 2.0  # as the translation fallback asks
         if hom is None and self.refine and textured and bf.gray.shape == sf.gray.shape:
@@ -358,7 +358,7 @@ class BackgroundAligner:
                 sim = self._refined(bf, sf, sim, "similarity")
             if not reasons:  # a plausible homography: kept only when it fits clearly better than the similarity
                 if sim is None or _homography_fits_better(bf.gray, sf.gray, hom, sim):
-                    return hom, "homography", n, inl, ""
+                    return self._refined(bf, sf, hom, "homography"), "homography", n, inl, ""
                 return sim, "similarity", n, sim_inl, "a similarity fits the frame as well as the homography"
             if sim is not None:
                 return sim, "similarity", n, sim_inl, reasons[0]
