@@ -258,6 +258,10 @@ def test_some_groups_from_the_train_split(corpus, built, tmp_path):
     assert manifest["items"] == full
     files = sorted(p.relative_to(tmp_path / "tv" / "src").parts[0] for p in (tmp_path / "tv" / "src").rglob("*.png"))
     assert files == ["combo"] * 4 + ["misalign"] * 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the held-out minimum of people and photographs is not asked of train
+        ho.build_heldout(train_only, tmp_path / "tv2", cases=2, sizes=SIZES, groups="misalign", split="train",
+                         progress=False)
     with pytest.raises(BgMattingError, match="no held-out people"):
         build(train_only, tmp_path / "x")  # the default split is the held-out one
     for groups in ("", "misalign,nonsense"):

@@ -316,8 +316,7 @@ class BackgroundAligner:
         found by direct image alignment from no move at all. Each estimate is refined by direct image alignment
         (:func:`_refine`, in its own model) when ``refine`` is on."""
         hom, method, matches, inliers, reason = self._estimate_features(bf, sf)
-        textured = min(float(bf.gray.std()), float(sf.gray.std())) >= 2.0  # as the translation fallback asks
-        if hom is None and self.refine and textured and bf.gray.shape == sf.gray.shape:
+        if hom is None and self.refine and _textured(bf.gray, sf.gray):
             dense = self._refined(bf, sf, np.eye(3), "similarity", keep=False)
             if dense is not None:
                 return dense, "similarity", matches, 0, f"{reason}; the similarity comes from direct image alignment"
@@ -328,7 +327,7 @@ class BackgroundAligner:
         frame's structure at least as well; else ``estimate`` (``keep``) or ``None``."""
         if not self.refine:
             return estimate if keep else None
-        refined = _refine(bf.gray, sf.gray, estimate, model, finest=1)
+        refined = _refine(bf.gray, sf.gray, estimate, model)
         if refined is None or self._implausible(refined, bf.gray.shape, sf.gray.shape) is not None:
             return estimate if keep else None
         if keep:
@@ -422,7 +421,7 @@ class BackgroundAligner:
         cv2 = import_cv2()
         if bgr_gray.shape != src_gray.shape:
             return None, "no translation fallback for images of different sizes"
-        if float(bgr_gray.std()) < 2.0 or float(src_gray.std()) < 2.0:
+        if not _textured(bgr_gray, src_gray):
             return None, "the images have no texture"
         b = bgr_gray.astype(np.float32)
         s = src_gray.astype(np.float32)
@@ -451,6 +450,11 @@ class BackgroundAligner:
         if abs(tx) > self.max_shift * w or abs(ty) > self.max_shift * h:
             return None, "the best translation is too large"
         return np.array([[1.0, 0.0, tx], [0.0, 1.0, ty], [0.0, 0.0, 1.0]]), ""
+
+
+def _textured(bgr_gray: np.ndarray, src_gray: np.ndarray) -> bool:
+    """Whether both gray images (uint8 levels) vary enough for an image-based alignment to mean anything."""
+    return min(float(bgr_gray.std()), float(src_gray.std())) >= 2.0
 
 
 _KEEP_MOVE = 0.5  # pixels at full resolution: a transform that moves no corner further is no move at all
@@ -534,7 +538,7 @@ _REFINE_PARAMS = {"translation": 2, "similarity": 4, "homography": 8}
 
 
 def _refine(bgr_gray: np.ndarray, src_gray: np.ndarray, init: np.ndarray, model: str, levels: int = 4,
-            iterations: int = 25, finest: int = 0) -> np.ndarray | None:
+            iterations: int = 25, finest: int = 1) -> np.ndarray | None:
     """Refine a transform (working size, background → frame) by direct image alignment.
 
     Robust Gauss-Newton (Lucas-Kanade) on the gray levels, coarse to fine over a Gaussian pyramid, with Tukey
@@ -544,8 +548,9 @@ def _refine(bgr_gray: np.ndarray, src_gray: np.ndarray, init: np.ndarray, model:
     a transform to within a pixel or two (a few on repetitive textures); this places it to a fraction of a pixel,
     and from the identity it finds the small moves of a hand-held camera where features fail.
 
-    Returns the refined ``(3, 3)`` matrix, or ``None`` when the iteration fails (too few usable pixels, a
-    singular system, a non-finite result).
+    The finest level fitted is ``finest`` (1: half the working size, where the result is within a few hundredths
+    of a pixel of level 0's at two thirds of the time). Returns the refined ``(3, 3)`` matrix, or ``None`` when the
+    images differ in size or the iteration fails (too few usable pixels, a singular system, a non-finite result).
     """
     cv2 = import_cv2()
     n = _REFINE_PARAMS[model]

@@ -585,8 +585,9 @@ def build_heldout(
     out = Path(out_dir)
     _check_out(out, overwrite)
     sources = find_sources(corpus_dir, split)
+    groups = _check_groups(groups)
     plan = plan_heldout(sources, cases=cases, seed=seed, sizes=sizes, groups=groups)
-    if split == "valid" and len(sources.people) < MIN_PEOPLE or len(sources.backgrounds) < MIN_PHOTOS:
+    if split == "valid" and (len(sources.people) < MIN_PEOPLE or len(sources.backgrounds) < MIN_PHOTOS):
         warnings.warn(f"the corpus holds {len(sources.people)} held-out people and {len(sources.backgrounds)} "
                       f"photographs; the held-out set is meant to have at least {MIN_PEOPLE} and {MIN_PHOTOS}",
                       stacklevel=2)
@@ -608,7 +609,7 @@ def build_heldout(
             "split": split,
             "seed": int(seed),
             "cases": len(plan),
-            "groups": {g: GROUP_DEFINITIONS[g] for g in _check_groups(groups)},
+            "groups": {g: GROUP_DEFINITIONS[g] for g in groups},
             "people": sorted(f"people/{p}" for p in sources.people),
             "backgrounds": sorted(sources.backgrounds),
             "layout": {k: f"{k}/<group>/<name>.png" for k in ("src", "bgr", "pha", "fgr")},
