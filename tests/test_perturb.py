@@ -102,6 +102,19 @@ def test_shadow_only_darkens_and_follows_the_subject():
     assert torch.equal(cast_shadow(bgr, torch.zeros_like(pha), _gen(), p=1.0), bgr)
 
 
+def test_shadow_strength_sets_how_dark_the_densest_shadow_is():
+    bgr = torch.full((1, 3, 96, 96), 0.8)
+    pha = torch.zeros(1, 1, 96, 96)
+    pha[..., 16:80, 24:72] = 1
+    darkest = {k: float((1 - cast_shadow(bgr, pha, _gen(), p=1.0, strength=(k, k)) / bgr).max())
+               for k in (0.0, 0.3, 0.6)}
+    assert darkest[0.0] < 1e-6  # no light blocked: no shadow
+    assert 0.2 < darkest[0.3] <= 0.3 + 1e-5 and 0.4 < darkest[0.6] <= 0.6 + 1e-5
+    assert darkest[0.6] > 1.8 * darkest[0.3]  # same shape, twice as dense
+    with pytest.raises(ValueError, match="strength"):
+        cast_shadow(bgr, pha, _gen(), strength=(0.5, 0.2))
+
+
 def test_shadow_on_a_large_image_is_built_small_and_upsampled():
     bgr = torch.full((1, 3, 700, 900), 0.5)
     pha = torch.zeros(1, 1, 700, 900)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from bgmatting.data.perturb import composite
 from bgmatting.errors import BgMattingError
 from bgmatting.train import trainer as trainer_module
 from bgmatting.train.checkpoints import average_weights, export_weights, latest_checkpoint, load_checkpoint
@@ -67,6 +68,9 @@ def test_config_file_roundtrip_and_overrides(corpus, tmp_path):
     ({"lr_schedule": "linear"}, "lr_schedule must be one of constant, cosine"),
     ({"misalign_strength": -1}, "misalign_strength"),
     ({"misalign_strength": "strong"}, "misalign_strength"),
+    ({"shadow_strength": [0.5, 0.2]}, "shadow_strength"),
+    ({"shadow_strength": 0.5}, "shadow_strength"),
+    ({"shadow_strength": [0.1, 1.5]}, "shadow_strength"),
     ({"extra_subject_p": 2}, "extra_subject_p"),
     ({"extra_subject_misalign_p": -0.1}, "extra_subject_misalign_p"),
     ({"background_subject_p": 1.5}, "background_subject_p"),
@@ -266,6 +270,13 @@ def test_training_perturbations_reach_the_pairs(corpus):
                             cfg.replace(**none | {"misalign_p": 1.0}, misalign_strength=k))[1] for k in (0.0, 1.0, 2.0)}
     torch.testing.assert_close(moved[0.0], batch["bgr"], atol=1e-5, rtol=0)
     assert (moved[2.0] - batch["bgr"]).abs().mean() > 1.2 * (moved[1.0] - batch["bgr"]).abs().mean()
+    # shadow_strength reaches the source: the same shadows, denser
+    shaded = {k: make_inputs(batch, 1, torch.device("cpu"), None,
+                             cfg.replace(**none | {"shadow_p": 1.0}, shadow_strength=[k, k]))[0]
+              for k in (0.0, 0.2, 0.5)}
+    clean = composite(batch["fgr"], batch["pha"], batch["bgr"])
+    torch.testing.assert_close(shaded[0.0], clean, atol=1e-5, rtol=0)
+    assert (clean - shaded[0.5]).mean() > 2 * (clean - shaded[0.2]).mean() > 0
     # validation (cfg None) keeps BGMv2's perturbations whatever the training config says
     a = make_inputs(batch, 1, torch.device("cpu"), None)
     b = make_inputs(batch, 1, torch.device("cpu"), None, cfg)

@@ -186,13 +186,14 @@ def composite(fgr: torch.Tensor, pha: torch.Tensor, bgr: torch.Tensor) -> torch.
 
 
 def cast_shadow(
-    bgr: torch.Tensor, pha: torch.Tensor, generator: torch.Generator | None = None, p: float = 1.0
+    bgr: torch.Tensor, pha: torch.Tensor, generator: torch.Generator | None = None, p: float = 1.0,
+    strength: tuple[float, float] = SHADOW_STRENGTH,
 ) -> torch.Tensor:
     """Darken the background with a soft shadow of the subject.
 
     The shadow is the alpha, warped by a random affine transform (rotation ±5°, shift ±20 % of the size,
     scale 0.5–1.5, shear ±5°, zeros outside), box-blurred (20–40 px at 512 px, scaled with the image),
-    and multiplied by a random strength in ``[0.1, 0.4]``; the background is multiplied by
+    and multiplied by a random strength in ``strength`` (default ``[0.1, 0.4]``); the background is multiplied by
     ``1 − shadow``, so it only ever gets darker. (BGMv2 subtracts ``0.3 · U(0, 1) · shadow`` instead;
     the multiplicative form keeps dark areas from clipping to black.)
 
@@ -201,6 +202,8 @@ def cast_shadow(
         pha: the subject's alpha ``(N, 1, H, W)`` in ``[0, 1]``.
         generator: random source; ``None`` uses the global RNG.
         p: probability that each sample gets a shadow.
+        strength: ``(min, max)`` fraction of the light blocked where the shadow is densest, ``0 <= min <= max
+            <= 1``.
 
     Returns:
         ``(N, 3, H, W)`` in ``[0, 1]``, ``≤ bgr`` everywhere.
@@ -210,6 +213,9 @@ def cast_shadow(
     if pha.shape[0] != bgr.shape[0] or pha.shape[2:] != bgr.shape[2:]:
         raise ValueError(f"pha {tuple(pha.shape)} must match bgr {tuple(bgr.shape)} in N, H, W")
     _check_p(p)
+    lo, hi = strength
+    if not 0 <= lo <= hi <= 1:
+        raise ValueError(f"shadow strength must be (min, max) with 0 <= min <= max <= 1, got {strength!r}")
     idx = _chosen(bgr.shape[0], p, generator, bgr.device)
     if not idx.numel():
         return bgr.clone()
@@ -229,8 +235,8 @@ def cast_shadow(
     shadow = torch.cat([box_blur(shadow[i : i + 1], int(k) // 2 * 2 + 1) for i, k in enumerate(sizes.tolist())])
     if (sh, sw) != (h, w):
         shadow = F.interpolate(shadow, size=(h, w), mode="bilinear", align_corners=False)
-    strength = _uniform(n, SHADOW_STRENGTH[0], SHADOW_STRENGTH[1], generator, bgr.device)
-    shadow = (shadow.clamp(0, 1) * strength[:, None, None, None]).clamp(0, 1)
+    density = _uniform(n, lo, hi, generator, bgr.device)
+    shadow = (shadow.clamp(0, 1) * density[:, None, None, None]).clamp(0, 1)
     return _apply(bgr, idx, lambda b: b.float() * (1 - shadow))
 
 
@@ -529,6 +535,7 @@ def make_pair(
     compress_p: float = 0.0,
     perspective: float = 0.0,
     misalign_strength: float = 1.0,
+    shadow_strength: tuple[float, float] = SHADOW_STRENGTH,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A realistic (source, background shot) pair from a foreground, its alpha and a clean background.
 
@@ -540,7 +547,8 @@ def make_pair(
     Beyond BGMv2 (all off by default): :func:`camouflage` tints the clean background towards the subject's
     colours first (``camouflage_p``); :func:`shift_white_balance` gives the shot a colour cast
     (``white_balance_p``, after the colour jitter); the misalignment tilts by up to ``perspective`` and its
-    ranges are multiplied by ``misalign_strength`` (see :func:`misalign_background`); last,
+    ranges are multiplied by ``misalign_strength`` (see :func:`misalign_background`); the shadow's densest
+    darkening is drawn from ``shadow_strength`` (see :func:`cast_shadow`); last,
     source and shot are each JPEG-compressed on their own (``compress_p`` per image).
 
     Args:
@@ -570,7 +578,7 @@ def make_pair(
     composite(fgr, pha, bgr)  # shape checks
     if camouflage_p > 0:
         bgr = camouflage(bgr, fgr, pha, generator, p=camouflage_p)
-    src = composite(fgr, pha, cast_shadow(bgr, pha, generator, p=shadow_p))
+    src = composite(fgr, pha, cast_shadow(bgr, pha, generator, p=shadow_p, strength=tuple(shadow_strength)))
     idx = _chosen(src.shape[0], noise_p, generator, src.device)
     src = _apply(src, idx, lambda x: add_noise(x, generator))
     shot = _apply(bgr, idx, lambda x: add_noise(x, generator))

@@ -100,6 +100,8 @@ class TrainConfig:
         misalign_strength: multiplies the misalignment's ranges (rotation ±1.5°, shift ±1.5 %, scale ±2 %, shear
             ±1°): crops of ``size`` pixels moved by a fraction of their size move by fewer pixels than the HD
             frames the model runs on; 2 covers a 1920-pixel frame moved by 1 % when training at 640.
+        shadow_strength: ``[min, max]`` fraction of the light the cast shadow blocks where it is densest
+            (default ``[0.1, 0.4]``; shadows of real subjects in daylight reach 0.5 and more).
         camouflage_p: background tinted towards the subject's colours; white_balance_p: colour cast of the
             background shot; compress_p: JPEG compression of each image; motion_blur_p: the subject blurred
             along a line (targets blurred alike). All 0 by default.
@@ -162,6 +164,7 @@ class TrainConfig:
     misalign_p: float = 0.3
     perspective: float = 0.0
     misalign_strength: float = 1.0
+    shadow_strength: list[float] = field(default_factory=lambda: [0.1, 0.4])
     camouflage_p: float = 0.0
     white_balance_p: float = 0.0
     compress_p: float = 0.0
@@ -368,6 +371,11 @@ class TrainConfig:
         v = self.misalign_strength
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 10:
             raise BgMattingError(f"misalign_strength must be a number in [0, 10], not {v!r}")
+        v = self.shadow_strength
+        if (not isinstance(v, (list, tuple)) or len(v) != 2
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+                or not 0 <= v[0] <= v[1] <= 1):
+            raise BgMattingError(f"shadow_strength must be [min, max] with 0 <= min <= max <= 1, not {v!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise BgMattingError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}")
         for name in ("lr_backbone", "lr_aspp", "lr_decoder", "lr_refiner", "max_minutes"):

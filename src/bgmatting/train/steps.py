@@ -31,6 +31,7 @@ def make_inputs(batch: Mapping[str, torch.Tensor], seed: int, device: torch.devi
         options = {name: getattr(cfg, name) for name in PERTURBATIONS if name != "motion_blur_p"}
         options["perspective"] = cfg.perspective
         options["misalign_strength"] = cfg.misalign_strength
+        options["shadow_strength"] = tuple(cfg.shadow_strength)
         if cfg.extra_subject_misalign_p is not None and "extra" in batch:
             extra = batch["extra"].to(torch.float32).flatten() > 0
             options["misalign_p"] = torch.where(extra, float(cfg.extra_subject_misalign_p), float(cfg.misalign_p))
