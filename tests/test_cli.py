@@ -335,6 +335,24 @@ def test_matte_backbone_scale_1_supersamples_and_writes_the_frame_size(tmp_path,
     assert Image.open(tmp_path / "o" / "pha" / "s.png").size == (52, 36)
 
 
+def test_matte_backbone_scale_auto_enlarges_a_small_frame(tmp_path, weights, monkeypatch):
+    import bgmatting.pipeline
+
+    made = []
+    real = bgmatting.pipeline.Matter.__init__
+
+    def spy(self, *a, **k):
+        real(self, *a, **k)
+        made.append(self)
+
+    monkeypatch.setattr(bgmatting.pipeline.Matter, "__init__", spy)
+    src, bgr = _img(tmp_path / "s.png", 36, 52), _img(tmp_path / "b.png", 36, 52, seed=1)
+    assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "o", "--weights", weights, "--outputs", "pha",
+               "--backbone-scale", "auto", "--device", "cpu", "-q") == 0
+    assert [(m.auto_scale, m.backbone_scale, m.supersample) for m in made] == [(True, 1, 2)]  # 52 px: up to 1
+    assert Image.open(tmp_path / "o" / "pha" / "s.png").size == (52, 36)
+
+
 def test_bench_prints_a_table_with_every_backend(weights, capsys):
     assert run("bench", "--weights", weights, "--resolution", "96x64,64x48", "--device", "cpu", "--frames", "1",
                "--warmup", "0", "--backend", "reference,eager") == 0

@@ -64,6 +64,11 @@ def _scale(text: str, high: float = 1.0) -> float:
     return value
 
 
+def _scale_or_auto(text: str) -> float | str:
+    """A backbone scale as :func:`_scale` takes it, or ``auto`` (:func:`bgmatting.pipeline.auto_backbone_scale`)."""
+    return "auto" if text.strip().lower() == "auto" else _scale(text)
+
+
 def _network_scale(text: str) -> float:
     """A backbone scale the network itself runs at, in [1/64, 1/2] (``export``, ``bench``: no supersampling)."""
     return _scale(text, 0.5)
@@ -158,9 +163,11 @@ def _add_model_args(p: argparse.ArgumentParser, runtime: bool = True) -> None:
                    help="weights file (original .pth/TorchScript or .safetensors) or zoo name; "
                         "default: the shipped model")
     if runtime:
-        g.add_argument("--backbone-scale", type=_scale, metavar="S",
+        g.add_argument("--backbone-scale", type=_scale_or_auto, metavar="S",
                        help="input scale of the base network, e.g. 1/4; above 1/2 (up to 1) the frame is enlarged "
-                            "first: for people under about 150 px (SD footage), at (2S)^2 times the time")
+                            "first: for people under about 150 px (SD footage), at (2S)^2 times the time; 'auto': "
+                            "the weights' own for HD and larger frames, up to 1 so that the base network sees at "
+                            "least 640 px along the long side of smaller ones")
     else:
         g.add_argument("--backbone-scale", type=_network_scale, metavar="S",
                        help="input scale of the base network, in [1/64, 1/2], e.g. 1/4")

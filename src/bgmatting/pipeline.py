@@ -7,6 +7,7 @@ and returns alpha, foreground, error and refinement maps at the input size.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Collection
 
@@ -43,6 +44,23 @@ MAX_SUPERSAMPLED_PIXELS = 40_000_000
 default pixel limit): 4K at scale 1 passes, 8K does not."""
 
 
+AUTO_BASE_SIDE = 640
+"""With ``backbone_scale="auto"``: the fewest pixels along its long side that the base network should see. The
+shipped model learned at 1/2 on crops whose subjects HD frames at 1/2 resemble; a smaller frame at 1/2 shows it
+subjects too small (an SD frame's people of 77 px become 38 px)."""
+
+
+def auto_backbone_scale(height: int, width: int, default: float) -> float:
+    """The backbone scale ``"auto"`` picks for a ``height`` x ``width`` frame: the model's own ``default`` unless
+    that leaves the base network fewer than :data:`AUTO_BASE_SIDE` pixels along the long side; then enough for
+    that, rounded up to eighths, at most 1 (640x480 → 1, 768x576 → 7/8, 960x540 → 3/4, 1280x720 and up → the
+    default)."""
+    want = AUTO_BASE_SIDE / max(height, width, 1)
+    if want <= default:
+        return default
+    return min(1.0, math.ceil(want * 8 - 1e-9) / 8)
+
+
 class Matter:
     """Background matting for frames of any size.
 
@@ -61,7 +79,9 @@ class Matter:
             and run at 1/2, so that the base network sees the frame at ``backbone_scale`` of its size, and the
             outputs are shrunk back (area average); ``refine_sample_pixels`` still counts the frame's own pixels.
             For subjects small in the frame (people under about 150 px in SD footage), which the base network at
-            1/2 misses; it costs about ``(2 * backbone_scale)**2`` times the time.
+            1/2 misses; it costs about ``(2 * backbone_scale)**2`` times the time. ``backbone_scale="auto"``
+            picks the scale per frame size (:func:`auto_backbone_scale`): the weights' own for HD and larger,
+            up to 1 for smaller frames.
 
     Example:
         >>> matter = Matter("mobilenetv2")                          # doctest: +SKIP
@@ -81,6 +101,8 @@ class Matter:
         self._runner = None
         self.supersample = 1.0
         """How much each frame is enlarged before the network (``2 * backbone_scale`` for a scale above 1/2)."""
+        self.auto_scale = False
+        """Whether the backbone scale follows each frame's size (``backbone_scale="auto"``)."""
         from .weights import is_onnx_file, load_model
 
         if is_onnx_file(model):
@@ -88,7 +110,10 @@ class Matter:
             return
         if not isinstance(model, nn.Module):
             scale = model_options.get("backbone_scale")
-            if isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0.5 < scale <= 1:
+            if scale == "auto":
+                self.auto_scale = True
+                model_options = {k: v for k, v in model_options.items() if k != "backbone_scale"}
+            elif isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0.5 < scale <= 1:
                 self.supersample = 2 * float(scale)
                 model_options = {**model_options, "backbone_scale": 0.5}
             model = load_model(model, **model_options)
@@ -100,6 +125,9 @@ class Matter:
             raise BgMattingError(f"Matter needs a MattingBase or MattingRefine model, not {type(model).__name__}")
         self.model = model.eval().to(self.device)
         self.is_refine = isinstance(model, MattingRefine)
+        self.auto_scale = self.auto_scale and self.is_refine  # a base model sees the whole frame anyway
+        if self.auto_scale:
+            self._own_scale, self._own_sample_pixels = model.backbone_scale, model.refiner.sample_pixels
         self.backend = resolve_backend(backend or os.environ.get("BGMATTING_BACKEND") or "auto", self.device,
                                        self.precision)
 
@@ -145,6 +173,8 @@ class Matter:
             raise BgMattingError(f"unknown output(s) {', '.join(sorted(unknown))}; choose from "
                                  f"{', '.join(TENSOR_OUTPUTS)}")
         h, w = src.shape[2:]
+        if self.auto_scale:
+            self._use_scale(auto_backbone_scale(h, w, self._own_scale))
         src, bgr = src.to(self.device, torch.float32), bgr.to(self.device, torch.float32)
         if self.supersample != 1:
             big = round(h * self.supersample) * round(w * self.supersample)
@@ -179,6 +209,17 @@ class Matter:
             res = {k: F.interpolate(v, size=(h, w), mode="nearest" if k == "ref" else "area")
                    for k, v in res.items()}
         return {k: v.clamp(0, 1) for k, v in res.items()}
+
+    def _use_scale(self, scale: float) -> None:
+        """Run the next frames at backbone ``scale`` (above 1/2: the network at 1/2 on an enlarged frame, with the
+        refined pixels scaled alike); the engine is rebuilt when the network's settings change."""
+        net, supersample = (0.5, 2 * scale) if scale > 0.5 else (scale, 1.0)
+        if (net, supersample) == (self.model.backbone_scale, self.supersample):
+            return
+        self.model.backbone_scale = net
+        self.model.refiner.sample_pixels = round(self._own_sample_pixels * supersample ** 2)
+        self.supersample = supersample
+        self._runner = None
 
     @property
     def backbone_scale(self) -> float | None:
