@@ -22,20 +22,21 @@ from accuracy import EXAMPLE_PEOPLE, example_checks, example_people, small_subje
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", action="append", help="weights file or zoo name (repeat; default: the shipped model)")
-    ap.add_argument("--backbone-scale", type=float, action="append",
-                    help="backbone scales to run at (repeat; default: 1/2 and 1/4)")
+    ap.add_argument("--backbone-scale", type=lambda t: t if t == "auto" else float(t), action="append",
+                    help="backbone scales to run at, or auto (repeat; default: 1/2 and 1/4)")
     ap.add_argument("--small", action="store_true", help="also the small-person test at each size (slower)")
     args = ap.parse_args()
     scales = args.backbone_scale or [0.5, 0.25]
     short = [name.split(" ")[-1] if len(name) > 12 else name for name, *_ in EXAMPLE_PEOPLE]
-    print(f"{'weights':<40} {'scale':>6} " + " ".join(f"{s[:9]:>9}" for s in short) + f" {'people':>7} checks")
+    print(f"{'weights':<40} {'scale':>10} " + " ".join(f"{s[:9]:>9}" for s in short) + f" {'people':>7} checks")
     for weights in args.weights or [None]:
         for scale in scales:
             matter = Matter(weights, device="cpu", backbone_scale=scale)
             people = [v for _, v in example_people(matter)]
             checks = example_checks(matter)
             passed = sum(p for *_, p in checks)
-            print(f"{str(weights or 'default')[-40:]:<40} {scale:6.3g} " + " ".join(f"{v:9.3f}" for v in people)
+            shown = f"{'auto ' if scale == 'auto' else ''}{matter.backbone_scale:.3g}"  # after a frame: auto's choice
+            print(f"{str(weights or 'default')[-40:]:<40} {shown:>10} " + " ".join(f"{v:9.3f}" for v in people)
                   + f" {sum(people) / len(people):7.3f} {passed}/{len(checks)}")
             if args.small:
                 print("    one small person over the plate, mean alpha by height: " + ", ".join(

@@ -74,8 +74,8 @@ def tune_keyer(data: Path, names: list[str], align: bool) -> tuple[float, float]
     return best
 
 
-def _scale(text: str) -> float:
-    return float(Fraction(text))
+def _scale(text: str) -> float | str:
+    return "auto" if text == "auto" else float(Fraction(text))
 
 
 def main() -> None:

@@ -335,7 +335,7 @@ def test_matte_backbone_scale_1_supersamples_and_writes_the_frame_size(tmp_path,
     assert Image.open(tmp_path / "o" / "pha" / "s.png").size == (52, 36)
 
 
-def test_matte_backbone_scale_auto_enlarges_a_small_frame(tmp_path, weights, monkeypatch):
+def test_matte_picks_the_backbone_scale_by_frame_size_unless_told(tmp_path, weights, monkeypatch):
     import bgmatting.pipeline
 
     made = []
@@ -348,8 +348,14 @@ def test_matte_backbone_scale_auto_enlarges_a_small_frame(tmp_path, weights, mon
     monkeypatch.setattr(bgmatting.pipeline.Matter, "__init__", spy)
     src, bgr = _img(tmp_path / "s.png", 36, 52), _img(tmp_path / "b.png", 36, 52, seed=1)
     assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "o", "--weights", weights, "--outputs", "pha",
+               "--device", "cpu", "-q") == 0  # auto by default
+    assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "o2", "--weights", weights, "--outputs", "pha",
                "--backbone-scale", "auto", "--device", "cpu", "-q") == 0
-    assert [(m.auto_scale, m.backbone_scale, m.supersample) for m in made] == [(True, 1, 2)]  # 52 px: up to 1
+    assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "o3", "--weights", weights, "--outputs", "pha",
+               "--backbone-scale", "1/4", "--device", "cpu", "-q") == 0
+    # 52 px wide: run as a 1280-px frame would be, at most at scale 1 (the frame enlarged 2x); 1/4 when told
+    assert [(m.auto_scale, m.backbone_scale, m.supersample) for m in made] == [(True, 1, 2), (True, 1, 2),
+                                                                                (False, 0.25, 1)]
     assert Image.open(tmp_path / "o" / "pha" / "s.png").size == (52, 36)
 
 

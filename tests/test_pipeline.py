@@ -314,10 +314,10 @@ def test_a_backbone_scale_above_one_half_supersamples_the_frame(refine_model, tm
 
 def test_auto_backbone_scale_follows_the_frame_size():
     assert auto_backbone_scale(720, 1280, 0.5) == 0.5 and auto_backbone_scale(2160, 3840, 0.5) == 0.5
-    assert auto_backbone_scale(540, 960, 0.5) == 0.75  # 640/960 = 0.67, rounded up to eighths
-    assert auto_backbone_scale(576, 768, 0.5) == 0.875 and auto_backbone_scale(480, 640, 0.5) == 1
-    assert auto_backbone_scale(48, 64, 0.5) == 1  # never above 1
-    assert auto_backbone_scale(1080, 1920, 0.25) == 0.375 and auto_backbone_scale(2160, 3840, 0.25) == 0.25
+    assert auto_backbone_scale(540, 960, 0.5) == auto_backbone_scale(576, 768, 0.5) == 1  # doubled, not 3/4
+    assert auto_backbone_scale(719, 1279, 0.5) == 1 and auto_backbone_scale(48, 64, 0.5) == 1  # never above 1
+    assert auto_backbone_scale(1080, 1920, 0.25) == 0.25 and auto_backbone_scale(540, 960, 0.25) == 0.5
+    assert auto_backbone_scale(360, 480, 0.25) == 1  # 480 px at 1/2 is still fewer than 1280 at 1/4
 
 
 @pytest.mark.parametrize("backend", ["reference", "eager"])
@@ -325,15 +325,15 @@ def test_an_auto_backbone_scale_is_chosen_per_frame_size(refine_model, tmp_path,
     import bgmatting.pipeline
     from bgmatting.weights import save_weights
 
-    monkeypatch.setattr(bgmatting.pipeline, "AUTO_BASE_SIDE", 64)  # small frames stand for SD and HD
+    monkeypatch.setattr(bgmatting.pipeline, "AUTO_REFERENCE_SIDE", 128)  # small frames stand for SD and HD
     refine_model.backbone_scale = 0.5  # as the shipped weights
     path = save_weights(refine_model, tmp_path / "m.safetensors")
     auto = Matter(path, device="cpu", backend=backend, backbone_scale="auto", refine_sample_pixels=16 * 30)
     src, bgr = torch.rand(1, 3, 40, 64), torch.rand(1, 3, 40, 64)
     small, large = src[..., :, :32], torch.rand(1, 3, 80, 128)
     small_bgr, large_bgr = bgr[..., :, :32], torch.rand(1, 3, 80, 128)
-    # 32 px wide: the base network must see 64, so the frame is enlarged 2x, as backbone_scale=1 does
-    out = auto.forward_tensors(small, small_bgr)
+    # 32 px wide: the scale doubled, at most to 1: the frame enlarged 2x, as backbone_scale=1 does
+    out = out_small = auto.forward_tensors(small, small_bgr)
     assert (auto.backbone_scale, auto.supersample, auto.model.refiner.sample_pixels) == (1, 2, 16 * 120)
     one = Matter(path, device="cpu", backend=backend, backbone_scale=1, refine_sample_pixels=16 * 30)
     torch.testing.assert_close(out["pha"], one.forward_tensors(small, small_bgr)["pha"], atol=1e-5, rtol=0)
@@ -342,9 +342,9 @@ def test_an_auto_backbone_scale_is_chosen_per_frame_size(refine_model, tmp_path,
     assert (auto.backbone_scale, auto.supersample, auto.model.refiner.sample_pixels) == (0.5, 1, 16 * 30)
     own = Matter(path, device="cpu", backend=backend, refine_sample_pixels=16 * 30)
     torch.testing.assert_close(out["pha"], own.forward_tensors(large, large_bgr)["pha"], atol=1e-5, rtol=0)
-    # 96 px wide: 64/96, rounded up to 3/4: the frame enlarged 1.5x
-    auto.forward_tensors(torch.rand(1, 3, 40, 96), torch.rand(1, 3, 40, 96))
-    assert (auto.backbone_scale, auto.supersample, auto.model.refiner.sample_pixels) == (0.75, 1.5, 16 * 30 * 1.5 ** 2)
+    # and back to the small frame's setting
+    torch.testing.assert_close(auto.forward_tensors(small, small_bgr)["pha"], out_small["pha"], atol=0, rtol=0)
+    assert (auto.backbone_scale, auto.supersample) == (1, 2)
 
 
 def test_the_network_itself_runs_at_one_half_at_most(refine_model):

@@ -166,8 +166,8 @@ def _add_model_args(p: argparse.ArgumentParser, runtime: bool = True) -> None:
         g.add_argument("--backbone-scale", type=_scale_or_auto, metavar="S",
                        help="input scale of the base network, e.g. 1/4; above 1/2 (up to 1) the frame is enlarged "
                             "first: for people under about 150 px (SD footage), at (2S)^2 times the time; 'auto': "
-                            "the weights' own for HD and larger frames, up to 1 so that the base network sees at "
-                            "least 640 px along the long side of smaller ones")
+                            "the weights' own for HD and larger frames, more (up to 1) for smaller ones, so that "
+                            "they are seen as HD frames are (the default of matte and video)")
     else:
         g.add_argument("--backbone-scale", type=_network_scale, metavar="S",
                        help="input scale of the base network, in [1/64, 1/2], e.g. 1/4")
@@ -216,8 +216,18 @@ def _matter(args):
                   **_model_options(args))
 
 
+def _auto_scale_by_default(args) -> None:
+    """``matte`` and ``video`` pick the backbone scale by frame size unless told (an ONNX file's is fixed)."""
+    from .weights import is_onnx_file
+
+    if args.backbone_scale is None and not is_onnx_file(args.weights):
+        args.backbone_scale = "auto"
+
+
 def _cmd_matte(args) -> int:
     from .folders import matte_images
+
+    _auto_scale_by_default(args)
 
     jobs = matte_images(args.src, args.bgr, args.output, lambda: _matter(args), outputs=args.outputs,
                         target_bgr=args.target_bgr, overwrite=args.overwrite, pha_16bit=args.pha_16bit,
@@ -230,6 +240,8 @@ def _cmd_matte(args) -> int:
 
 def _cmd_video(args) -> int:
     from .video import convert_video
+
+    _auto_scale_by_default(args)
 
     report = convert_video(lambda: _matter(args), args.src, args.bgr, args.output, outputs=args.outputs,
                            target_bgr=args.target_bgr, format=args.format, crf=args.crf, preset=args.preset,

@@ -7,7 +7,6 @@ and returns alpha, foreground, error and refinement maps at the input size.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Collection
 
@@ -44,21 +43,23 @@ MAX_SUPERSAMPLED_PIXELS = 40_000_000
 default pixel limit): 4K at scale 1 passes, 8K does not."""
 
 
-AUTO_BASE_SIDE = 640
-"""With ``backbone_scale="auto"``: the fewest pixels along its long side that the base network should see. The
-shipped model learned at 1/2 on crops whose subjects HD frames at 1/2 resemble; a smaller frame at 1/2 shows it
-subjects too small (an SD frame's people of 77 px become 38 px)."""
+AUTO_REFERENCE_SIDE = 1280
+"""With ``backbone_scale="auto"``: frames whose long side is shorter than this get a larger scale. Weights come
+with the backbone scale for HD (the shipped model's 1/2: the base network then sees people as large as in its
+training crops); a smaller frame at that scale shows it subjects too small (an SD frame's people of 77 px become
+38 px)."""
 
 
 def auto_backbone_scale(height: int, width: int, default: float) -> float:
-    """The backbone scale ``"auto"`` picks for a ``height`` x ``width`` frame: the model's own ``default`` unless
-    that leaves the base network fewer than :data:`AUTO_BASE_SIDE` pixels along the long side; then enough for
-    that, rounded up to eighths, at most 1 (640x480 → 1, 768x576 → 7/8, 960x540 → 3/4, 1280x720 and up → the
-    default)."""
-    want = AUTO_BASE_SIDE / max(height, width, 1)
-    if want <= default:
-        return default
-    return min(1.0, math.ceil(want * 8 - 1e-9) / 8)
+    """The backbone scale ``"auto"`` picks for a ``height`` x ``width`` frame: the weights' own ``default`` for
+    frames of :data:`AUTO_REFERENCE_SIDE` pixels (long side) and more; for smaller ones ``default`` doubled (the
+    frame enlarged by a whole factor: 3/4 measured worse than both 1/2 and 1) until the base network sees at least
+    as many pixels as at ``default`` on a frame of ``AUTO_REFERENCE_SIDE``, at most 1 (for the shipped model's 1/2:
+    1 below 1280 px, 1/2 from there)."""
+    side, scale = max(height, width, 1), default
+    while scale * 2 <= 1 and side * scale < AUTO_REFERENCE_SIDE * default:
+        scale *= 2
+    return scale
 
 
 class Matter:
@@ -81,7 +82,7 @@ class Matter:
             For subjects small in the frame (people under about 150 px in SD footage), which the base network at
             1/2 misses; it costs about ``(2 * backbone_scale)**2`` times the time. ``backbone_scale="auto"``
             picks the scale per frame size (:func:`auto_backbone_scale`): the weights' own for HD and larger,
-            up to 1 for smaller frames.
+            more (up to 1) for smaller frames, so that they are seen as HD frames are.
 
     Example:
         >>> matter = Matter("mobilenetv2")                          # doctest: +SKIP
