@@ -317,17 +317,23 @@ def test_matte_backends_write_the_reference_result(tmp_path, weights, backend):
     assert np.abs(expected - got).max() <= 1  # 8-bit rounding of alphas equal within 1e-4
 
 
-def test_matte_backbone_scale_1_supersamples_and_writes_the_frame_size(tmp_path, weights, monkeypatch):
+@pytest.fixture
+def made(monkeypatch):
+    """Every :class:`~bgmatting.Matter` the command makes, in order."""
     import bgmatting.pipeline
 
-    made = []
+    matters = []
     real = bgmatting.pipeline.Matter.__init__
 
     def spy(self, *a, **k):
         real(self, *a, **k)
-        made.append(self)
+        matters.append(self)
 
     monkeypatch.setattr(bgmatting.pipeline.Matter, "__init__", spy)
+    return matters
+
+
+def test_matte_backbone_scale_1_supersamples_and_writes_the_frame_size(tmp_path, weights, made):
     src, bgr = _img(tmp_path / "s.png", 36, 52), _img(tmp_path / "b.png", 36, 52, seed=1)
     assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "o", "--weights", weights, "--outputs", "pha",
                "--backbone-scale", "1", "--device", "cpu", "-q") == 0
@@ -335,17 +341,7 @@ def test_matte_backbone_scale_1_supersamples_and_writes_the_frame_size(tmp_path,
     assert Image.open(tmp_path / "o" / "pha" / "s.png").size == (52, 36)
 
 
-def test_matte_picks_the_backbone_scale_by_frame_size_unless_told(tmp_path, weights, monkeypatch):
-    import bgmatting.pipeline
-
-    made = []
-    real = bgmatting.pipeline.Matter.__init__
-
-    def spy(self, *a, **k):
-        real(self, *a, **k)
-        made.append(self)
-
-    monkeypatch.setattr(bgmatting.pipeline.Matter, "__init__", spy)
+def test_matte_picks_the_backbone_scale_by_frame_size_unless_told(tmp_path, weights, made):
     src, bgr = _img(tmp_path / "s.png", 36, 52), _img(tmp_path / "b.png", 36, 52, seed=1)
     assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "o", "--weights", weights, "--outputs", "pha",
                "--device", "cpu", "-q") == 0  # auto by default
@@ -353,7 +349,7 @@ def test_matte_picks_the_backbone_scale_by_frame_size_unless_told(tmp_path, weig
                "--backbone-scale", "auto", "--device", "cpu", "-q") == 0
     assert run("matte", src, "--bgr", bgr, "-o", tmp_path / "o3", "--weights", weights, "--outputs", "pha",
                "--backbone-scale", "1/4", "--device", "cpu", "-q") == 0
-    # 52 px wide: run as a 1280-px frame would be, at most at scale 1 (the frame enlarged 2x); 1/4 when told
+    # 52 px wide (under 1280): twice the weights' 1/2, the frame enlarged 2x; 1/4 when told
     assert [(m.auto_scale, m.backbone_scale, m.supersample) for m in made] == [(True, 1, 2), (True, 1, 2),
                                                                                 (False, 0.25, 1)]
     assert Image.open(tmp_path / "o" / "pha" / "s.png").size == (52, 36)
