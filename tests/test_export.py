@@ -307,3 +307,21 @@ def test_matter_runs_an_exported_onnx_file(tmp_path, models):
         Matter(path, device="cpu", backend="eager")
     with pytest.raises(BgMattingError, match="exported in fp32"):
         Matter(path, device="cpu", precision="bf16")
+
+
+@needs_onnx
+def test_matte_runs_an_exported_onnx_file_at_its_own_scale(tmp_path, models, capsys):
+    # matte's default backbone scale ("auto") leaves an ONNX file's fixed options alone; asked for, it is refused
+    from PIL import Image
+
+    path = tmp_path / "m.onnx"
+    export_onnx(models["sampling"], path, example_size=SIZE)
+    for name, seed in (("s", 5), ("b", 6)):
+        Image.fromarray((example_pair((36, 52), 1, seed=seed)[0][0].permute(1, 2, 0).numpy() * 255).astype("uint8")
+                        ).save(tmp_path / f"{name}.png")
+    common = [str(tmp_path / "s.png"), "--bgr", str(tmp_path / "b.png"), "--weights", str(path), "--outputs", "pha",
+              "--no-bgr-check", "--device", "cpu", "-q"]
+    assert main(["matte", *common, "-o", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "pha" / "s.png").is_file()
+    assert main(["matte", *common, "-o", str(tmp_path / "o2"), "--backbone-scale", "auto"]) == 2
+    assert "fixed" in capsys.readouterr().err and not (tmp_path / "o2" / "pha" / "s.png").exists()
