@@ -335,6 +335,7 @@ def test_an_auto_backbone_scale_is_chosen_per_frame_size(refine_model, tmp_path,
     # 32 px wide: the scale doubled, at most to 1: the frame enlarged 2x, as backbone_scale=1 does
     out = out_small = auto.forward_tensors(small, small_bgr)
     assert (auto.backbone_scale, auto.supersample, auto.model.refiner.sample_pixels) == (1, 2, 16 * 120)
+    engine = auto.runner
     one = Matter(path, device="cpu", backend=backend, backbone_scale=1, refine_sample_pixels=16 * 30)
     torch.testing.assert_close(out["pha"], one.forward_tensors(small, small_bgr)["pha"], atol=1e-5, rtol=0)
     # 128 px wide: the weights' own scale, 1/2, as without the option
@@ -342,9 +343,9 @@ def test_an_auto_backbone_scale_is_chosen_per_frame_size(refine_model, tmp_path,
     assert (auto.backbone_scale, auto.supersample, auto.model.refiner.sample_pixels) == (0.5, 1, 16 * 30)
     own = Matter(path, device="cpu", backend=backend, refine_sample_pixels=16 * 30)
     torch.testing.assert_close(out["pha"], own.forward_tensors(large, large_bgr)["pha"], atol=1e-5, rtol=0)
-    # and back to the small frame's setting
+    # and back to the small frame's setting, with the engine built for it
     torch.testing.assert_close(auto.forward_tensors(small, small_bgr)["pha"], out_small["pha"], atol=0, rtol=0)
-    assert (auto.backbone_scale, auto.supersample) == (1, 2)
+    assert (auto.backbone_scale, auto.supersample) == (1, 2) and auto.runner is engine
 
 
 def test_the_network_itself_runs_at_one_half_at_most(refine_model):

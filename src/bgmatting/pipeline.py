@@ -129,6 +129,7 @@ class Matter:
         self.auto_scale = self.auto_scale and self.is_refine  # a base model sees the whole frame anyway
         if self.auto_scale:
             self._own_scale, self._own_sample_pixels = model.backbone_scale, model.refiner.sample_pixels
+            self._engines: dict = {}  # (network scale, supersample) -> (backend, engine)
         self.backend = resolve_backend(backend or os.environ.get("BGMATTING_BACKEND") or "auto", self.device,
                                        self.precision)
 
@@ -213,14 +214,17 @@ class Matter:
 
     def _use_scale(self, scale: float) -> None:
         """Run the next frames at backbone ``scale`` (above 1/2: the network at 1/2 on an enlarged frame, with the
-        refined pixels scaled alike); the engine is rebuilt when the network's settings change."""
+        refined pixels scaled alike); each setting keeps its own engine, built at its first frame (a folder of
+        mixed sizes switches between at most two)."""
         net, supersample = (0.5, 2 * scale) if scale > 0.5 else (scale, 1.0)
-        if (net, supersample) == (self.model.backbone_scale, self.supersample):
+        old = (self.model.backbone_scale, self.supersample)
+        if (net, supersample) == old:
             return
+        self._engines[old] = (self.backend, self._runner)
         self.model.backbone_scale = net
         self.model.refiner.sample_pixels = round(self._own_sample_pixels * supersample ** 2)
         self.supersample = supersample
-        self._runner = None
+        self.backend, self._runner = self._engines.get((net, supersample), (self.backend, None))
 
     @property
     def backbone_scale(self) -> float | None:
