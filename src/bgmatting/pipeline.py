@@ -62,6 +62,12 @@ def auto_backbone_scale(height: int, width: int, default: float) -> float:
     return scale
 
 
+def _network_setting(scale: float) -> tuple[float, float]:
+    """``(network scale, supersample)`` for a backbone ``scale``: above 1/2 the network runs at 1/2 on the frame
+    enlarged by ``2 * scale``."""
+    return (0.5, 2 * float(scale)) if scale > 0.5 else (scale, 1.0)
+
+
 class Matter:
     """Background matting for frames of any size.
 
@@ -115,8 +121,8 @@ class Matter:
                 self.auto_scale = True
                 model_options = {k: v for k, v in model_options.items() if k != "backbone_scale"}
             elif isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0.5 < scale <= 1:
-                self.supersample = 2 * float(scale)
-                model_options = {**model_options, "backbone_scale": 0.5}
+                net, self.supersample = _network_setting(scale)
+                model_options = {**model_options, "backbone_scale": net}
             model = load_model(model, **model_options)
             if self.supersample != 1 and isinstance(model, MattingRefine):
                 model.refiner.sample_pixels = round(model.refiner.sample_pixels * self.supersample ** 2)
@@ -216,7 +222,7 @@ class Matter:
         """Run the next frames at backbone ``scale`` (above 1/2: the network at 1/2 on an enlarged frame, with the
         refined pixels scaled alike); each setting keeps its own engine, built at its first frame (a folder of
         mixed sizes switches between at most two)."""
-        net, supersample = (0.5, 2 * scale) if scale > 0.5 else (scale, 1.0)
+        net, supersample = _network_setting(scale)
         old = (self.model.backbone_scale, self.supersample)
         if (net, supersample) == old:
             return

@@ -578,7 +578,7 @@ def make_pair(
     composite(fgr, pha, bgr)  # shape checks
     if camouflage_p > 0:
         bgr = camouflage(bgr, fgr, pha, generator, p=camouflage_p)
-    src = composite(fgr, pha, cast_shadow(bgr, pha, generator, p=shadow_p, strength=tuple(shadow_strength)))
+    src = composite(fgr, pha, cast_shadow(bgr, pha, generator, p=shadow_p, strength=shadow_strength))
     idx = _chosen(src.shape[0], noise_p, generator, src.device)
     src = _apply(src, idx, lambda x: add_noise(x, generator))
     shot = _apply(bgr, idx, lambda x: add_noise(x, generator))

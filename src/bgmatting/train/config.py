@@ -46,6 +46,12 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _number_pair(v) -> bool:
+    """Whether ``v`` is a ``[min, max]`` pair of numbers (bools are not numbers here)."""
+    return (isinstance(v, (list, tuple)) and len(v) == 2
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v))
+
+
 @dataclass
 class TrainConfig:
     """All options of a training run (see the module docstring for the file format).
@@ -343,9 +349,7 @@ class TrainConfig:
             raise BgMattingError(f"valid_size ({self.valid_size}) must be a multiple of {m} in the refine stage")
         for name in ("fgr_scale", "extra_subject_scale"):
             fs = getattr(self, name)
-            if (not isinstance(fs, (list, tuple)) or len(fs) != 2
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in fs)
-                    or not 0 < fs[0] <= fs[1]):
+            if not _number_pair(fs) or not 0 < fs[0] <= fs[1]:
                 raise BgMattingError(f"{name} must be [min, max] with 0 < min <= max, not {fs!r}")
         p = self.extra_subject_p
         if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 1:
@@ -372,9 +376,7 @@ class TrainConfig:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 10:
             raise BgMattingError(f"misalign_strength must be a number in [0, 10], not {v!r}")
         v = self.shadow_strength
-        if (not isinstance(v, (list, tuple)) or len(v) != 2
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
-                or not 0 <= v[0] <= v[1] <= 1):
+        if not _number_pair(v) or not 0 <= v[0] <= v[1] <= 1:
             raise BgMattingError(f"shadow_strength must be [min, max] with 0 <= min <= max <= 1, not {v!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise BgMattingError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}")
